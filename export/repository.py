@@ -58,7 +58,9 @@ def write_model(repository: Path, opts: tc.ServingOptions, spec, art: Artifacts)
         shutil.rmtree(repository / name, ignore_errors=True)
 
     written.append(_write_config(repository / opts.name, tc.ensemble_config(opts, spec, art.token_types)))
-    (repository / opts.name / "1").mkdir(parents=True, exist_ok=True)  # ensembles need a version folder
+    # Ensembles need a version folder too; the placeholder keeps it in git.
+    (repository / opts.name / "1").mkdir(parents=True, exist_ok=True)
+    (repository / opts.name / "1" / ".gitkeep").touch()
 
     tok = repository / opts.tokenizer
     written.append(_write_config(tok, tc.tokenizer_config(opts, spec, art.token_types)))

@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instances", type=int, default=1, help="instances per step")
     p.add_argument("--tensorrt", action=argparse.BooleanOptionalAction, default=False,
                    help="gpu target: TensorRT execution provider (fp16 engines unless --precision fp32)")
+    p.add_argument("--trt-cache-dir", default="/trt_cache",
+                   help="gpu target with --tensorrt: where Triton keeps TensorRT engines (mount a volume)")
     p.add_argument("--source-label", help="what to record as the source in the ensemble config")
     return p
 
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             instances=args.instances,
             tensorrt=args.tensorrt,
             tensorrt_fp16=args.precision != "fp32",
+            trt_cache_dir=args.trt_cache_dir,
         )
         result = export_model(
             args.model, args.repository, options, precision=args.precision,

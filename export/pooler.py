@@ -48,8 +48,8 @@ def build_pooler(mode: str, normalize: bool, hidden: int, embeddings_type: int =
         last = node("Cast", [node("Max", [last, const("zero", 0.0)], "last_clip")], "last", to=TensorProto.INT64)
         shape = node("Shape", [emb], "emb_shape")
         hidden_dim = node("Slice", [shape, const("s2", [2], np.int64), const("s3", [3], np.int64)], "hidden_dim")
-        target = node("Concat", [const("minus1", [-1], np.int64), const("one_i", [1], np.int64), hidden_dim],
-                      "target", axis=0)
+        one = const("one_i", [1], np.int64)
+        target = node("Concat", [one, one, hidden_dim], "target", axis=0)  # broadcast [N, 1, 1] -> [N, 1, H]
         index = node("Expand", [node("Unsqueeze", [last, const("axis2", [2], np.int64)], "last3"), target], "index")
         gathered = node("GatherElements", [emb, index], "gathered", axis=1)
         pooled = node("Squeeze", [gathered, axis1], "pooled")

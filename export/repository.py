@@ -50,29 +50,32 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+def configs(opts: tc.ServingOptions, spec, token_types: bool, hidden: int) -> dict[str, object]:
+    """The four `ModelConfig`s of one model, by Triton model name."""
+    return {
+        opts.name: tc.ensemble_config(opts, spec, token_types),
+        opts.tokenizer: tc.tokenizer_config(opts, spec, token_types),
+        opts.encoder: tc.encoder_config(opts, spec, token_types, hidden),
+        opts.pooler: tc.pooler_config(opts, hidden),
+    }
+
+
 def write_model(repository: Path, opts: tc.ServingOptions, spec, art: Artifacts) -> list[Path]:
     """Replace the four models of `opts.name` in `repository`; return the files written."""
     repository = Path(repository)
-    written: list[Path] = []
     for name in (opts.name, opts.tokenizer, opts.encoder, opts.pooler):
         shutil.rmtree(repository / name, ignore_errors=True)
-
-    written.append(_write_config(repository / opts.name, tc.ensemble_config(opts, spec, art.token_types)))
+    written = [_write_config(repository / name, config)
+               for name, config in configs(opts, spec, art.token_types, art.hidden).items()]
     # Ensembles need a version folder too; the placeholder keeps it in git.
     (repository / opts.name / "1").mkdir(parents=True, exist_ok=True)
     (repository / opts.name / "1" / ".gitkeep").touch()
 
-    tok = repository / opts.tokenizer
-    written.append(_write_config(tok, tc.tokenizer_config(opts, spec, art.token_types)))
-    written.append(_write_model_py(tok / "1", "export.runtime.triton_tokenizer"))
-    written.append(_copy(art.tokenizer_json, tok / "1" / "tokenizer.json"))
-
-    for folder, config, onnx_file in (
-        (repository / opts.encoder, tc.encoder_config(opts, spec, art.token_types, art.hidden), art.encoder_onnx),
-        (repository / opts.pooler, tc.pooler_config(opts, art.hidden), art.pooler_onnx),
-    ):
-        written.append(_write_config(folder, config))
+    tok = repository / opts.tokenizer / "1"
+    written.append(_write_model_py(tok, "export.runtime.triton_tokenizer"))
+    written.append(_copy(art.tokenizer_json, tok / "tokenizer.json"))
+    for name, onnx_file in ((opts.encoder, art.encoder_onnx), (opts.pooler, art.pooler_onnx)):
         if opts.target == "embedded":
-            written.append(_write_model_py(folder / "1", "export.runtime.triton_onnx"))
-        written.append(_copy(onnx_file, folder / "1" / "model.onnx"))
+            written.append(_write_model_py(repository / name / "1", "export.runtime.triton_onnx"))
+        written.append(_copy(onnx_file, repository / name / "1" / "model.onnx"))
     return written

@@ -36,6 +36,7 @@ class ServingOptions:
     instances: int = 1
     tensorrt: bool = False  # gpu only: TensorRT execution provider
     tensorrt_fp16: bool = True
+    trt_cache_dir: str = "/trt_cache"  # engine and timing caches; mount a volume here to keep them
     intra_op_threads: int = 0  # embedded/cpu: ONNX Runtime threads per instance (0 = all cores)
 
     def __post_init__(self):
@@ -136,9 +137,9 @@ def _tensorrt(config, opts: ServingOptions, inputs: list[str], max_len: int) -> 
         "precision_mode": "FP16" if opts.tensorrt_fp16 else "FP32",
         "max_workspace_size_bytes": str(2 << 30),
         "trt_engine_cache_enable": "1",
-        "trt_engine_cache_path": f"/tmp/trt_cache/{opts.name}",
+        "trt_engine_cache_path": f"{opts.trt_cache_dir}/{opts.name}",
         "trt_timing_cache_enable": "1",
-        "trt_timing_cache_path": f"/tmp/trt_cache/{opts.name}",
+        "trt_timing_cache_path": f"{opts.trt_cache_dir}/{opts.name}",
         "trt_profile_min_shapes": shapes(1, 1),
         "trt_profile_opt_shapes": shapes(opts.max_batch_size, min(128, max_len)),
         "trt_profile_max_shapes": shapes(opts.max_batch_size, max_len),

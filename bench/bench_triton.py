@@ -72,8 +72,12 @@ def raw_pipeline(repo: Path, threads: int, encoder: Path | None = None) -> OnnxP
     params = (tok / "config.pbtxt").read_text()
     max_len = int(params.split('key: "max_seq_length"')[1].split('string_value: "')[1].split('"')[0])
     tokenizer = TextTokenizer(str(tok / "1" / "tokenizer.json"), max_len)
-    return OnnxPipeline(tokenizer, str(encoder or repo / f"{NAME}_encoder" / "1" / "model.onnx"),
-                        str(repo / f"{NAME}_pooler" / "1" / "model.onnx"), threads=threads)
+    return OnnxPipeline(
+        tokenizer,
+        str(encoder or repo / f"{NAME}_encoder" / "1" / "model.onnx"),
+        str(repo / f"{NAME}_pooler" / "1" / "model.onnx"),
+        threads=threads,
+    )
 
 
 def time_raw(pipeline: OnnxPipeline, texts: list[str]) -> float:
@@ -88,6 +92,7 @@ async def time_triton(url: str, texts: list[str], batch: int, concurrency: int) 
 
     chunks = [texts[i : i + batch] for i in range(0, len(texts), batch)]
     async with aio.InferenceServerClient(url) as client:
+
         async def infer(chunk):
             inp = aio.InferInput("TEXT", [len(chunk), 1], "BYTES")
             inp.set_data_from_numpy(np.array([[t.encode()] for t in chunk], dtype=object))
@@ -127,13 +132,16 @@ def main() -> None:
                 cfg = copy / name / "config.pbtxt"
                 cfg.write_text(cfg.read_text().replace('string_value: "0"', f'string_value: "{args.threads}"'))
             repo = copy
-        print(f"cores: {os.cpu_count()}, ONNX Runtime threads: {args.threads or 'all'}; "
-              f"texts: SHORT {len(texts['SHORT'])}, LONG {len(texts['LONG'])}, MIXED {len(texts['MIXED'])}")
+        print(
+            f"cores: {os.cpu_count()}, ONNX Runtime threads: {args.threads or 'all'}; "
+            f"texts: SHORT {len(texts['SHORT'])}, LONG {len(texts['LONG'])}, MIXED {len(texts['MIXED'])}"
+        )
 
         raw = raw_pipeline(repo, args.threads)
         rows = []
-        server = TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                              log_file=work / "triton.log")
+        server = TritonServer(
+            repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), log_file=work / "triton.log"
+        )
         with server:
             for label, items in texts.items():
                 # Rounds alternate raw and Triton, so a noisy neighbour hits both; report medians.
@@ -151,12 +159,15 @@ def main() -> None:
             print(f"{label:<8} {ceiling:>10.1f} {single:>13.1f} {r_single:>6.2f} {batched:>11.1f} {r_batched:>6.2f}")
 
         print("\nint8 (CPU) vs fp32, raw ONNX Runtime on MIXED:")
-        result = export_model(source_model(), work / "int8", ServingOptions(name=NAME), precision="int8",
-                              log=lambda _: None)
+        result = export_model(
+            source_model(), work / "int8", ServingOptions(name=NAME), precision="int8", log=lambda _: None
+        )
         q = raw_pipeline(work / "int8", args.threads)
         fp32_rate, int8_rate = time_raw(raw, texts["MIXED"]), time_raw(q, texts["MIXED"])
-        print(f"  fp32 {fp32_rate:.1f}/s, int8 {int8_rate:.1f}/s, speedup {int8_rate / fp32_rate:.2f}x, "
-              f"min cosine vs sentence-transformers {result.verification.min_cosine:.4f} ({result.note})")
+        print(
+            f"  fp32 {fp32_rate:.1f}/s, int8 {int8_rate:.1f}/s, speedup {int8_rate / fp32_rate:.2f}x, "
+            f"min cosine vs sentence-transformers {result.verification.min_cosine:.4f} ({result.note})"
+        )
 
 
 if __name__ == "__main__":

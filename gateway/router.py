@@ -32,7 +32,7 @@ def service_of(request: Request) -> EmbeddingService:
     return request.app.state.service
 
 
-def check_api_key(request: Request) -> None:
+async def check_api_key(request: Request) -> None:
     """Bearer auth against the configured keys (constant-time); no keys configured: open."""
     keys: list[bytes] = request.app.state.api_keys
     if not keys:
@@ -52,9 +52,9 @@ def check_api_key(request: Request) -> None:
         raise APIError(ErrorKind.INVALID_API_KEY, message, headers={"WWW-Authenticate": "Bearer"})
 
 
-def check_metrics_key(request: Request) -> None:
+async def check_metrics_key(request: Request) -> None:
     if request.app.state.settings.metrics_require_auth:
-        check_api_key(request)
+        await check_api_key(request)
 
 
 @router.post(

@@ -84,7 +84,10 @@ class EmbeddingService:
     def list_models(self) -> list[dict[str, Any]]:
         """OpenAI `Model` objects: every served model, then its aliases."""
         models = self._models()
-        out = [{"id": m.name, "object": "model", "created": m.created, "owned_by": OWNER} for m in models.values()]
+        out = [
+            {"id": m.name, "object": "model", "created": m.created, "owned_by": OWNER}
+            for m in sorted(models.values(), key=lambda m: m.name)
+        ]
         for alias, target in sorted(self.aliases(models).items()):
             out.append({"id": alias, "object": "model", "created": models[target].created, "owned_by": OWNER})
         return out

@@ -86,7 +86,9 @@ class Settings(BaseSettings):
     metrics_require_auth: bool = Field(False, description="Require an API key for `/metrics` too.")
 
     # --- Cache ---
-    cache: Literal["memory", "redis", "none"] = Field("memory", description="Per-text embedding cache.")
+    cache: Literal["memory", "redis", "none"] = Field(
+        "memory", description="Per-text embedding cache: memory (in-process LRU), redis, or none."
+    )
     cache_size: int = Field(10_000, ge=0, description="Entries kept by the in-process LRU cache.")
     cache_ttl_s: float | None = Field(None, description="Entry lifetime in seconds; unset: no expiry.")
     redis_url: SecretStr | None = Field(

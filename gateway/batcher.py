@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 
 from gateway.cache import CacheEntry
-from gateway.triton import ModelInfo, TritonBackend
+from gateway.triton import ModelInfo, TritonBackend, TritonTimeout
 
 log = logging.getLogger("gateway.batcher")
 
@@ -36,10 +36,12 @@ class Batcher:
         self,
         backend: TritonBackend,
         max_calls: int,
+        deadline_s: float | None = None,
         observe_call: Callable[[str, float], None] = lambda model, seconds: None,
     ):
         self.backend = backend
         self.max_calls = max_calls
+        self.deadline_s = deadline_s
         self.observe_call = observe_call
         self._queues: dict[str, deque[_Item]] = {}
         self._calls: dict[str, int] = {}
@@ -55,7 +57,10 @@ class Batcher:
             queue.append(_Item(texts[i], futures[i], request_id))
         self._pump(info)
         # Wait for all (so no failure goes unretrieved); the first failure is this request's answer.
-        results = await asyncio.gather(*futures, return_exceptions=True)
+        try:
+            results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), self.deadline_s)
+        except asyncio.TimeoutError:  # still queued texts are dropped: their futures were cancelled
+            raise TritonTimeout(f"request not embedded within {self.deadline_s:g} s") from None
         for r in results:
             if isinstance(r, BaseException):
                 raise r

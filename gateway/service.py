@@ -41,6 +41,7 @@ class EmbeddingService:
         self.batcher = Batcher(
             backend,
             settings.max_concurrent_batches,
+            settings.request_timeout_s,
             lambda model, seconds: metrics.triton_latency.labels(model).observe(seconds),
         )
         self._in_flight = 0

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     )
     triton_metrics_timeout_s: float = Field(0.5, description="Timeout for scraping Triton's metrics.")
     triton_timeout_s: float = Field(30.0, description="Deadline of one Triton inference call; past it: 504.")
+    request_timeout_s: float = Field(
+        120.0, description="Deadline of a whole embeddings request, waiting for Triton included; past it: 504."
+    )
     ready_timeout_s: float = Field(1.0, description="Deadline of the Triton calls behind `/ready`.")
     refresh_interval_s: float = Field(
         30.0, description="How often the served models are re-read from Triton (every 1 s while it is down)."

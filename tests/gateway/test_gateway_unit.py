@@ -687,3 +687,17 @@ def test_docs_list_every_setting():
     doc = (ROOT / "docs" / "gateway.md").read_text()
     for name in Settings.model_fields:
         assert f"`EMBEDDINGS_{name.upper()}`" in doc, f"docs/gateway.md does not document {name}"
+
+
+async def test_request_deadline_covers_queueing(cl100k):
+    backend = FakeBackend(max_batch_size=1)
+    backend.delay = 0.3
+    settings = Settings(triton_metrics_url="", request_timeout_s=0.5, max_concurrent_batches=1, cache="none")
+    app = create_app(settings, backend=backend, decoder=TokenDecoder(cl100k))
+    async with app.router.lifespan_context(app), await _lifespan_client(app) as c:
+        r = await c.post("/v1/embeddings", json={"model": M, "input": ["a", "b", "c", "d"]})
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+        await asyncio.sleep(0.4)
+        calls = len(backend.calls)
+        assert calls <= 3, "queued texts of a timed-out request must not be sent"
+        assert (await c.post("/v1/embeddings", json={"model": M, "input": "e"})).status_code == 200

@@ -109,12 +109,14 @@ def validation_error(exc: RequestValidationError) -> APIError:
     errors = exc.errors()
     first = errors[0] if errors else {"loc": (), "msg": "Invalid request.", "type": ""}
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    if first.get("type") in ("json_invalid", "json_type") or (first.get("type") == "model_attributes_type"):
+    if first.get("type") in ("json_invalid", "json_type"):
         return APIError(
             ErrorKind.INVALID_REQUEST,
             "We could not parse the JSON body of your request. The API expects a JSON object "
             "(Content-Type: application/json).",
         )
+    if first.get("type") == "model_attributes_type":
+        return APIError(ErrorKind.INVALID_REQUEST, "The request body must be a JSON object.")
     if first.get("type") == "missing" and loc:
         return APIError(ErrorKind.INVALID_REQUEST, f"Missing required parameter: '{loc[0]}'.", param=loc[0])
     param = loc[0] if loc else None

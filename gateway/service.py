@@ -75,6 +75,7 @@ class EmbeddingService:
         models = self._models()
         target = name if name in models else self.aliases(models).get(name)
         if target is None:
+            self.backend.unknown_model_seen()  # it may have been loaded since the last look
             raise APIError(
                 ErrorKind.MODEL_NOT_FOUND,
                 f"The model `{name}` does not exist. See GET /v1/models for the served models.",

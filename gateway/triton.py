@@ -137,6 +137,7 @@ class TritonBackend:
         self._refresh_task: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._created: dict[str, int] = {}
+        self._last_discovery = 0.0
 
     async def start(self) -> None:
         """Create the client and discover the models; a Triton that is down is retried in the background."""
@@ -163,6 +164,11 @@ class TritonBackend:
         """Ask the background loop to re-read the models now (after an error that suggests a restart)."""
         self.healthy = False
         self._wake.set()
+
+    def unknown_model_seen(self) -> None:
+        """A client asked for a model we do not know: re-read the models, at most once a second."""
+        if time.monotonic() - self._last_discovery > 1.0:
+            self._wake.set()
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -200,7 +206,9 @@ class TritonBackend:
         if found != self.models:
             log.info("serving models: %s", ", ".join(sorted(found)) or "(none)")
         self.models = found
-        self.healthy = True
+        self._last_discovery = time.monotonic()
+        # Nothing (or not every configured model) loaded yet, e.g. Triton still loading: look again in 1 s.
+        self.healthy = bool(found) and all(m in found for m in (self.only_models or ()))
         return found
 
     async def ready(self, names: list[str]) -> tuple[bool, str]:

@@ -48,6 +48,9 @@ class FakeBackend:
     async def close(self):
         return None
 
+    def unknown_model_seen(self):
+        self.unknown_seen = getattr(self, "unknown_seen", 0) + 1
+
     async def ready(self, names):
         return (True, "ready") if self.is_ready else (False, "Triton is not live")
 
@@ -145,8 +148,8 @@ class GatewayProcess:
 
 
 @contextmanager
-def running_gateway(tmp_path: Path, **settings):
-    gw = GatewayProcess(tmp_path / f"gateway-{time.monotonic_ns()}.log", **settings).start()
+def running_gateway(tmp_path: Path, wait: str = "/ready", **settings):
+    gw = GatewayProcess(tmp_path / f"gateway-{time.monotonic_ns()}.log", **settings).start(wait)
     try:
         yield gw
     finally:

@@ -204,3 +204,32 @@ def test_redis_cache_hits_are_identical_and_redis_down_still_serves(triton, redi
             assert down.json()["data"][:3] == miss.json()["data"]
         assert _metric(c.get("/metrics").text, "gateway_cache_errors_total") >= 1
         assert "Redis" in gw.log_text()
+
+
+def test_model_loaded_after_gateway_start_is_found(model_repository, tmp_path):
+    import tritonclient.grpc as grpcclient
+
+    from export.launcher import TritonServer
+
+    server = TritonServer(
+        model_repository,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        log_file=tmp_path / "triton.log",
+        extra_args=["--model-control-mode=explicit"],
+    )
+    with (
+        server,
+        running_gateway(tmp_path, "/health", triton_grpc_url=server.grpc_url, triton_metrics_url="") as gw,
+        httpx.Client(base_url=gw.url, timeout=10) as c,
+    ):
+        assert c.get("/v1/models").json()["data"] == []
+        assert c.get("/ready").status_code == 503
+        assert c.post("/v1/embeddings", json=BODY).json()["error"]["code"] == "model_not_found"
+        grpcclient.InferenceServerClient(server.grpc_url).load_model(DEFAULT_MODEL)  # loads its steps too
+        deadline = time.monotonic() + 15
+        while (r := c.post("/v1/embeddings", json=BODY)).status_code != 200:
+            assert r.status_code == 404 and time.monotonic() < deadline, r.text
+            time.sleep(0.2)
+        assert c.get("/ready").status_code == 200

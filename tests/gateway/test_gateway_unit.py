@@ -701,3 +701,10 @@ async def test_request_deadline_covers_queueing(cl100k):
         calls = len(backend.calls)
         assert calls <= 3, "queued texts of a timed-out request must not be sent"
         assert (await c.post("/v1/embeddings", json={"model": M, "input": "e"})).status_code == 200
+
+
+def test_openapi_schema_lists_the_api(make_client):
+    paths = make_client().get("/openapi.json").json()["paths"]
+    assert {"/v1/embeddings", "/v1/models", "/v1/models/{model_id}", "/health", "/ready", "/metrics"} <= set(paths)
+    schema = paths["/v1/embeddings"]["post"]
+    assert "EmbeddingResponse" in json.dumps(schema["responses"]["200"])

@@ -23,6 +23,7 @@ def run(settings: Settings) -> None:
         log_level=settings.log_level,
         access_log=False,  # ours logs request ids and never bodies
         timeout_graceful_shutdown=10,
+        timeout_keep_alive=settings.keep_alive_s,
     )
 
 

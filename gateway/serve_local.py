@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                     log_level=settings.log_level,
                     access_log=False,
                     timeout_graceful_shutdown=10,
+                    timeout_keep_alive=settings.keep_alive_s,
                 )
             )
 

@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     # --- HTTP server ---
     host: str = Field("127.0.0.1", description="Address the gateway listens on (0.0.0.0 in containers).")
     port: int = Field(8080, description="Port the gateway listens on.")
+    keep_alive_s: int = Field(
+        75, description="Idle keep-alive of client connections; longer than a proxy's (nginx: 60 s) avoids 502s."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     access_log: bool = Field(True, description="Log one line per request (request id, path, status, time).")
     log_inputs: bool = Field(

@@ -1,0 +1,1 @@
+"""Export sentence-transformers models into Triton model repositories, and serve them locally."""

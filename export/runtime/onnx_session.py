@@ -1,0 +1,16 @@
+"""ONNX Runtime sessions configured one way for the embedded Triton, the verifier and the benchmark."""
+
+from __future__ import annotations
+
+import onnxruntime as ort
+
+
+def make_session(path: str, threads: int = 0, providers: list[str] | None = None) -> ort.InferenceSession:
+    """An inference session; `threads=0` lets ONNX Runtime use every core."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    available = ort.get_available_providers()
+    chosen = [p for p in (providers or ["CUDAExecutionProvider", "CPUExecutionProvider"]) if p in available]
+    return ort.InferenceSession(path, sess_options=options, providers=chosen or ["CPUExecutionProvider"])

@@ -1,0 +1,94 @@
+"""Tokenization as sentence-transformers does it, plus length buckets so Triton can batch.
+
+Plain module: the Triton tokenizer step and the unit tests both import it; it needs only
+`tokenizers` and numpy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tokenizers import Tokenizer
+
+
+def bucket_length(length: int, max_length: int) -> int:
+    """Round a padded length up to its bucket, so that texts of similar length share a shape.
+
+    Triton's dynamic batcher only merges requests whose tensors have equal shapes; buckets give it
+    equal shapes while keeping padding small: steps of 8 up to 64 tokens, 16 up to 128, 32 up to
+    256, 64 beyond (at most ~1.25x padding past 32 tokens; multiples of 8 also suit tensor cores).
+    """
+    if length <= 0:
+        return min(8, max_length)
+    step = 8 if length <= 64 else 16 if length <= 128 else 32 if length <= 256 else 64
+    return min(-(-length // step) * step, max_length)
+
+
+@dataclass
+class Encoded:
+    """Token ids, attention mask and (optional) token types padded to one bucket length."""
+
+    input_ids: np.ndarray  # int64 [n, L]
+    attention_mask: np.ndarray  # int64 [n, L]
+    token_type_ids: np.ndarray  # int64 [n, L]
+    token_count: np.ndarray  # int32 [n, 1]: real tokens (special tokens included)
+    truncated: np.ndarray  # bool [n, 1]: text was cut at max_length
+
+    @property
+    def padded_tokens(self) -> int:
+        return int(self.input_ids.size)
+
+    @property
+    def real_tokens(self) -> int:
+        return int(self.token_count.sum())
+
+
+class TextTokenizer:
+    """A Hugging Face `tokenizers` tokenizer configured like the sentence-transformers model.
+
+    The `tokenizer.json` may carry its own truncation and padding (all-MiniLM-L6-v2's truncates at
+    128 while sentence-transformers uses max_seq_length 256): both are replaced here.
+    """
+
+    def __init__(self, tokenizer_file: str, max_length: int, prompt: str = "", pad_id: int | None = None):
+        self.tokenizer = Tokenizer.from_file(tokenizer_file)
+        self.max_length = int(max_length)
+        self.prompt = prompt
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=self.max_length)
+        if pad_id is None:
+            padding = Tokenizer.from_file(tokenizer_file).padding
+            pad_id = padding["pad_id"] if padding else 0
+        self.pad_id = int(pad_id)
+
+    def encode(self, texts: list[str]) -> list:
+        """Tokenize (in parallel, in Rust); returns `tokenizers.Encoding`s, truncated to max_length."""
+        if self.prompt:
+            texts = [self.prompt + t for t in texts]
+        return self.tokenizer.encode_batch(texts, add_special_tokens=True)
+
+    def pad(self, encodings: list, length: int | None = None) -> Encoded:
+        """Pad encodings to `length` (default: the bucket of the longest)."""
+        lengths = [len(e.ids) for e in encodings]
+        if length is None:
+            length = bucket_length(max(lengths, default=0), self.max_length)
+        n = len(encodings)
+        ids = np.full((n, length), self.pad_id, dtype=np.int64)
+        mask = np.zeros((n, length), dtype=np.int64)
+        types = np.zeros((n, length), dtype=np.int64)
+        for i, enc in enumerate(encodings):
+            k = len(enc.ids)
+            ids[i, :k] = enc.ids
+            mask[i, :k] = 1
+            types[i, :k] = enc.type_ids
+        return Encoded(
+            input_ids=ids,
+            attention_mask=mask,
+            token_type_ids=types,
+            token_count=np.asarray(lengths, dtype=np.int32).reshape(n, 1),
+            truncated=np.asarray([bool(e.overflowing) for e in encodings], dtype=bool).reshape(n, 1),
+        )
+
+    def __call__(self, texts: list[str]) -> Encoded:
+        return self.pad(self.encode(texts))

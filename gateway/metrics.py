@@ -1,0 +1,161 @@
+"""Gateway metrics (explicit buckets) and a collector that merges Triton's metrics into `/metrics`."""
+
+from __future__ import annotations
+
+import logging
+import re
+import urllib.request
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.process_collector import ProcessCollector
+
+log = logging.getLogger("gateway.metrics")
+
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+INPUT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+class GatewayMetrics:
+    """The gateway's own metrics, in a registry of their own (one per app)."""
+
+    def __init__(self, triton_metrics_url: str | None = None, triton_timeout_s: float = 0.5):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "gateway_requests",
+            "HTTP requests answered, by route, model and status code.",
+            ["route", "model", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "gateway_request_duration_seconds",
+            "Time to answer an embeddings request.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inputs = Histogram(
+            "gateway_request_inputs",
+            "Inputs per embeddings request.",
+            ["model"],
+            buckets=INPUT_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "gateway_tokens", "Prompt tokens embedded (usage), by model.", ["model"], registry=r
+        )
+        self.cache_hits = Counter("gateway_cache_hits", "Inputs answered from the cache.", registry=r)
+        self.cache_misses = Counter("gateway_cache_misses", "Inputs not in the cache.", registry=r)
+        self.cache_errors = Counter("gateway_cache_errors", "Failed cache (Redis) calls.", registry=r)
+        self.in_flight = Gauge("gateway_in_flight_requests", "Embeddings requests being handled.", registry=r)
+        self.triton_latency = Histogram(
+            "gateway_triton_request_duration_seconds",
+            "Time of one Triton inference call (one chunk).",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.triton_errors = Counter(
+            "gateway_triton_errors", "Failed Triton calls, by kind.", ["kind"], registry=r
+        )
+        ProcessCollector(registry=r)
+        if triton_metrics_url:
+            r.register(TritonMetricsCollector(triton_metrics_url, triton_timeout_s))
+
+    def exposition(self) -> bytes:
+        """The text exposition of everything (blocking: Triton is scraped; run it in a thread)."""
+        return generate_latest(self.registry)
+
+
+# Triton names that break Prometheus naming rules, renamed explicitly; the rest follow the rules below.
+_RENAMES = {"nv_inference_pending_request_count": "nv_inference_pending_requests"}
+_UNIT_SCALE = {"us": 1e-6, "ms": 1e-3, "ns": 1e-9}
+_UNIT_RE = re.compile(r"_(us|ms|ns)(?=_|$)")
+
+
+def _clean_name(name: str) -> tuple[str, float]:
+    """Lint-clean name and value scale: time units become seconds (`_us` -> `_seconds`, value / 1e6)."""
+    name = _RENAMES.get(name, name)
+    scale = 1.0
+    m = _UNIT_RE.search(name)
+    if m:
+        scale = _UNIT_SCALE[m.group(1)]
+        name = name[: m.start()] + "_seconds" + name[m.end() :]
+    return name, scale
+
+
+def translate_family(fam: Metric) -> Metric | None:
+    """Re-express one parsed Triton family so `promtool check metrics` accepts it (see docs/gateway.md)."""
+    name, scale = _clean_name(fam.name)
+    doc = fam.documentation or name
+    if fam.type == "counter":
+        if name.endswith("_total"):
+            name = name[: -len("_total")]
+        out: Metric = CounterMetricFamily(name, doc)
+        for s in fam.samples:
+            if s.name.endswith("_created"):
+                continue
+            out.samples.append(s._replace(name=name + "_total", value=s.value * scale))
+        return out
+    if fam.type == "gauge":
+        if name.endswith("_count"):
+            name = name[: -len("_count")]
+        out = GaugeMetricFamily(name, doc)
+        out.samples.extend(s._replace(name=name, value=s.value * scale) for s in fam.samples)
+        return out
+    if fam.type in ("histogram", "summary"):
+        out = (HistogramMetricFamily if fam.type == "histogram" else SummaryMetricFamily)(name, doc)
+        for s in fam.samples:
+            suffix = s.name[len(fam.name) :]
+            labels = dict(s.labels)
+            value = s.value
+            if suffix == "_bucket" and "le" in labels and labels["le"] != "+Inf":
+                labels["le"] = repr(float(labels["le"]) * scale)
+            if suffix == "_sum" or (fam.type == "summary" and suffix == ""):
+                value = value * scale
+            out.samples.append(s._replace(name=name + suffix, labels=labels, value=value))
+        return out
+    return None  # untyped or info families: not merged
+
+
+class TritonMetricsCollector:
+    """Scrapes Triton's `/metrics` with a short timeout at each collection; Triton down yields nothing."""
+
+    def __init__(self, url: str, timeout_s: float):
+        self.url = url
+        self.timeout_s = timeout_s
+
+    def collect(self):
+        up = GaugeMetricFamily("gateway_triton_metrics_up", "1 when Triton's metrics were scraped just now.")
+        try:
+            with urllib.request.urlopen(self.url, timeout=self.timeout_s) as resp:  # noqa: S310 (config URL)
+                text = resp.read().decode("utf-8", errors="replace")
+            families = list(text_string_to_metric_families(text))
+        except Exception as e:
+            log.debug("Triton metrics not scraped: %s", e)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        seen: set[str] = set()
+        for fam in families:
+            out = translate_family(fam)
+            if out is None or out.name.startswith(("gateway_", "process_")) or out.name in seen:
+                continue  # never let Triton's families collide with ours or with each other
+            seen.add(out.name)
+            yield out

@@ -1,0 +1,123 @@
+"""Gateway settings: each field is an environment variable prefixed `EMBEDDINGS_` (e.g. `EMBEDDINGS_PORT`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Target meaning "the default model" in `model_aliases`.
+DEFAULT_TARGET = "default"
+
+
+class Settings(BaseSettings):
+    """All gateway knobs; list- and dict-valued fields take JSON in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="EMBEDDINGS_", extra="ignore", validate_default=True)
+
+    # --- HTTP server ---
+    host: str = Field("127.0.0.1", description="Address the gateway listens on (0.0.0.0 in containers).")
+    port: int = Field(8080, description="Port the gateway listens on.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    access_log: bool = Field(True, description="Log one line per request (request id, path, status, time).")
+    log_inputs: bool = Field(
+        False, description="Log input texts at debug level. Off by default: texts never reach the log."
+    )
+
+    # --- Triton ---
+    triton_grpc_url: str = Field("localhost:8001", description="Triton's gRPC endpoint, host:port.")
+    triton_metrics_url: str | None = Field(
+        "http://localhost:8002/metrics",
+        description="Triton's Prometheus endpoint, merged into `/metrics`; empty to not merge.",
+    )
+    triton_metrics_timeout_s: float = Field(0.5, description="Timeout for scraping Triton's metrics.")
+    triton_timeout_s: float = Field(30.0, description="Deadline of one Triton inference call; past it: 504.")
+    ready_timeout_s: float = Field(1.0, description="Deadline of the Triton calls behind `/ready`.")
+    refresh_interval_s: float = Field(
+        30.0, description="How often the served models are re-read from Triton (every 1 s while it is down)."
+    )
+    retry_after_s: int = Field(1, description="`Retry-After` seconds sent with 429 and 503 answers.")
+
+    # --- Models ---
+    models: list[str] | None = Field(
+        None, description="Triton ensembles to serve; unset: every embedding ensemble Triton has loaded."
+    )
+    default_model: str | None = Field(
+        None, description="Model that aliases point at; unset: the only served model, else the first by name."
+    )
+    model_aliases: dict[str, str] = Field(
+        default_factory=lambda: {
+            "text-embedding-ada-002": DEFAULT_TARGET,
+            "text-embedding-3-small": DEFAULT_TARGET,
+        },
+        description='Extra model names clients may use, each mapped to a served model or to "default".',
+    )
+
+    # --- Limits ---
+    max_inputs: int = Field(2048, ge=1, description="Most inputs in one request (OpenAI's limit is 2048).")
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Request body cap; above it: 413.")
+    max_tokens_per_request: int = Field(
+        300_000, ge=1, description="Most tokens (as the model's tokenizer counts them) in one request."
+    )
+    truncate: bool = Field(
+        True,
+        description="Truncate inputs longer than the model's max length (sentence-transformers' behaviour); "
+        "false answers OpenAI's context-length 400 instead.",
+    )
+    max_in_flight: int = Field(
+        512, ge=1, description="Embedding requests handled at once; above it: 429 with Retry-After."
+    )
+    max_concurrent_chunks: int = Field(
+        8, ge=1, description="Triton calls one request may have in flight (big requests are chunked)."
+    )
+
+    # --- Security ---
+    api_keys: list[SecretStr] = Field(
+        default_factory=list, description="Accepted Bearer keys (JSON list); none and no file: auth is off."
+    )
+    api_keys_file: Path | None = Field(
+        None, description="File with one accepted key per line (blank lines and # comments ignored)."
+    )
+    metrics_require_auth: bool = Field(False, description="Require an API key for `/metrics` too.")
+
+    # --- Cache ---
+    cache: Literal["memory", "redis", "none"] = Field("memory", description="Per-text embedding cache.")
+    cache_size: int = Field(10_000, ge=0, description="Entries kept by the in-process LRU cache.")
+    cache_ttl_s: float | None = Field(None, description="Entry lifetime in seconds; unset: no expiry.")
+    redis_url: SecretStr | None = Field(
+        None, description="redis:// URL for `cache=redis` (may hold a password, so it is redacted)."
+    )
+    redis_timeout_s: float = Field(0.25, description="Socket timeout of Redis calls.")
+    redis_retry_s: float = Field(5.0, description="After a Redis failure, skip the cache for this long.")
+
+    # --- Token-id inputs ---
+    tiktoken_file: Path | None = Field(
+        None,
+        description="Local `cl100k_base.tiktoken` for decoding token-id inputs on air-gapped hosts "
+        "(checked against OpenAI's published hash).",
+    )
+    tiktoken_load_timeout_s: float = Field(
+        10.0, description="How long startup waits for cl100k_base when no local file is set."
+    )
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _empty_list_is_none(cls, v):
+        return None if v in ("", []) else v
+
+    @field_validator("triton_metrics_url", mode="before")
+    @classmethod
+    def _empty_url_is_none(cls, v):
+        return None if v == "" else v
+
+    def load_api_keys(self) -> list[str]:
+        """Keys from `api_keys` and `api_keys_file`, as plain strings (for the auth check only)."""
+        keys = [k.get_secret_value() for k in self.api_keys]
+        if self.api_keys_file is not None:
+            for line in self.api_keys_file.read_text(encoding="utf-8").splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    keys.append(line)
+        return [k for k in keys if k]

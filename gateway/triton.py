@@ -1,0 +1,250 @@
+"""The only module that talks to Triton: one async gRPC client, model discovery, and the ensemble call."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from tritonclient.grpc import (
+    MAX_GRPC_MESSAGE_SIZE,
+    InferenceServerException,
+    InferInput,
+    InferRequestedOutput,
+    KeepAliveOptions,
+)
+from tritonclient.grpc.aio import InferenceServerClient
+
+log = logging.getLogger("gateway.triton")
+
+# The ensemble's tensor contract (docs/contract.md).
+INPUT_TEXT = "TEXT"
+OUTPUT_EMBEDDING = "EMBEDDING"
+OUTPUT_TOKEN_COUNT = "TOKEN_COUNT"
+OUTPUT_TRUNCATED = "TRUNCATED"
+
+
+class TritonError(Exception):
+    """Triton answered with an error the client did not cause (a 500)."""
+
+
+class TritonUnavailable(TritonError):
+    """Triton is unreachable, shutting down, overloaded, or the model is not loaded right now (a 503)."""
+
+
+class TritonTimeout(TritonError):
+    """The call ran past its deadline (a 504)."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """An embedding ensemble as its config's `parameters` describe it."""
+
+    name: str
+    dimension: int
+    max_seq_length: int
+    max_batch_size: int
+    normalize: bool
+    pooling_mode: str
+    source_model: str
+    fingerprint: str
+    created: int
+
+
+@dataclass
+class EmbedResult:
+    """The ensemble's outputs for n texts."""
+
+    embeddings: np.ndarray  # [n, D] float32
+    token_counts: np.ndarray  # [n] int64
+    truncated: np.ndarray  # [n] bool
+
+
+def model_info_from_config(config: dict, created: int) -> ModelInfo | None:
+    """Read a model config (Triton's JSON form); None when it is not an embedding ensemble."""
+    params = {k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
+    if config.get("platform") != "ensemble" or "embedding_dimension" not in params:
+        return None
+    if INPUT_TEXT not in {i.get("name") for i in config.get("input", [])}:
+        return None
+    fingerprint = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    return ModelInfo(
+        name=config["name"],
+        dimension=int(params["embedding_dimension"]),
+        max_seq_length=int(params.get("max_seq_length") or 0),
+        max_batch_size=max(1, int(config.get("max_batch_size") or 1)),
+        normalize=params.get("normalize", "true").lower() == "true",
+        pooling_mode=params.get("pooling_mode", ""),
+        source_model=params.get("source_model", ""),
+        fingerprint=fingerprint,
+        created=created,
+    )
+
+
+def _channel_args() -> list[tuple[str, int]]:
+    """tritonclient's defaults plus a short reconnect backoff, so a restarted Triton is found within ~1 s."""
+    ka = KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", ka.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", ka.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", ka.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", ka.http2_max_pings_without_data),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+    ]
+
+
+def _classify(exc: InferenceServerException, what: str) -> TritonError:
+    status = str(exc.status() or "")
+    message = exc.message() or ""
+    if "DEADLINE_EXCEEDED" in status:
+        return TritonTimeout(f"{what}: deadline exceeded")
+    if "UNAVAILABLE" in status or "CANCELLED" in status:
+        return TritonUnavailable(f"{what}: {message}")
+    if "NOT_FOUND" in status or "unknown model" in message or "no available versions" in message:
+        # Seen while Triton shuts down and unloads its models, or after a model was removed.
+        return TritonUnavailable(f"{what}: model not available: {message}")
+    return TritonError(f"{what}: {status} {message}")
+
+
+class TritonBackend:
+    """One `tritonclient.grpc.aio` client, the served embedding models, and a background refresh."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float = 30.0,
+        ready_timeout_s: float = 1.0,
+        refresh_interval_s: float = 30.0,
+        only_models: list[str] | None = None,
+    ):
+        self.url = url
+        self.timeout_s = timeout_s
+        self.ready_timeout_s = ready_timeout_s
+        self.refresh_interval_s = refresh_interval_s
+        self.only_models = only_models
+        self.models: dict[str, ModelInfo] | None = None  # None: never discovered yet
+        self.healthy = False
+        self._client: InferenceServerClient | None = None
+        self._refresh_task: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+        self._created: dict[str, int] = {}
+
+    async def start(self) -> None:
+        """Create the client and discover the models; a Triton that is down is retried in the background."""
+        self._client = InferenceServerClient(self.url, channel_args=_channel_args())
+        try:
+            await self.discover()
+        except TritonError as e:
+            log.warning("Triton at %s not reachable yet (%s); retrying in the background", self.url, e)
+        self._refresh_task = asyncio.create_task(self._refresh_loop(), name="triton-refresh")
+
+    async def close(self) -> None:
+        """Stop the refresh and close the gRPC channel."""
+        if self._refresh_task is not None:
+            self._refresh_task.cancel()
+            try:
+                await self._refresh_task
+            except asyncio.CancelledError:
+                pass
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    def request_refresh(self) -> None:
+        """Ask the background loop to re-read the models now (after an error that suggests a restart)."""
+        self.healthy = False
+        self._wake.set()
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            delay = self.refresh_interval_s if self.healthy else 1.0
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.discover()
+            except TritonError as e:
+                log.debug("model refresh failed: %s", e)
+            except Exception:  # keep the loop alive whatever happens
+                log.exception("model refresh failed")
+
+    async def discover(self) -> dict[str, ModelInfo]:
+        """Read the repository index and each ready model's config; keep the embedding ensembles."""
+        client = self._require_client()
+        try:
+            index = await client.get_model_repository_index(as_json=True, client_timeout=self.ready_timeout_s)
+            found: dict[str, ModelInfo] = {}
+            for entry in index.get("models", []):
+                name = entry.get("name", "")
+                if entry.get("state") != "READY" or (self.only_models and name not in self.only_models):
+                    continue
+                cfg = await client.get_model_config(name, as_json=True, client_timeout=self.ready_timeout_s)
+                created = self._created.setdefault(name, int(time.time()))
+                info = model_info_from_config(cfg.get("config", {}), created)
+                if info is not None:
+                    found[name] = info
+        except InferenceServerException as e:
+            self.healthy = False
+            raise _classify(e, "model discovery") from None
+        if found != self.models:
+            log.info("serving models: %s", ", ".join(sorted(found)) or "(none)")
+        self.models = found
+        self.healthy = True
+        return found
+
+    async def ready(self, names: list[str]) -> tuple[bool, str]:
+        """Triton live and every named model ready; returns (ok, reason)."""
+        client = self._require_client()
+        try:
+            if not await client.is_server_live(client_timeout=self.ready_timeout_s):
+                return False, "Triton is not live"
+            for name in names:
+                if not await client.is_model_ready(name, client_timeout=self.ready_timeout_s):
+                    return False, f"model {name} is not ready"
+        except InferenceServerException as e:
+            return False, str(_classify(e, "readiness"))
+        return True, "ready"
+
+    async def embed(self, model: str, texts: list[str], request_id: str = "") -> EmbedResult:
+        """Run the ensemble on one batch (at most the model's max_batch_size texts)."""
+        client = self._require_client()
+        n = len(texts)
+        data = np.array([t.encode("utf-8") for t in texts], dtype=np.object_).reshape(n, 1)
+        inp = InferInput(INPUT_TEXT, [n, 1], "BYTES")
+        inp.set_data_from_numpy(data)
+        outputs = [InferRequestedOutput(o) for o in (OUTPUT_EMBEDDING, OUTPUT_TOKEN_COUNT, OUTPUT_TRUNCATED)]
+        try:
+            res = await client.infer(
+                model, [inp], outputs=outputs, request_id=request_id, client_timeout=self.timeout_s
+            )
+        except InferenceServerException as e:
+            err = _classify(e, f"inference on {model}")
+            if isinstance(err, TritonUnavailable):
+                self.request_refresh()
+            raise err from None
+        emb = res.as_numpy(OUTPUT_EMBEDDING)
+        counts = res.as_numpy(OUTPUT_TOKEN_COUNT)
+        truncated = res.as_numpy(OUTPUT_TRUNCATED)
+        if emb is None or counts is None or truncated is None or emb.shape[0] != n:
+            raise TritonError(f"inference on {model}: unexpected outputs")
+        return EmbedResult(
+            embeddings=np.asarray(emb, dtype=np.float32),
+            token_counts=counts.reshape(n).astype(np.int64),
+            truncated=truncated.reshape(n).astype(bool),
+        )
+
+    def _require_client(self) -> InferenceServerClient:
+        if self._client is None:
+            raise TritonUnavailable("the Triton client is not started")
+        return self._client

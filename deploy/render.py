@@ -34,7 +34,7 @@ class RenderError(ValueError):
 def _sub_once(pattern: str, repl: str | Callable[[re.Match], str], text: str, what: str) -> str:
     new, count = re.subn(pattern, repl, text, flags=re.MULTILINE)
     if count != 1:
-        raise RenderError(f"nginx.conf: expected exactly one {what}, found {count}")
+        raise RenderError(f"expected exactly one {what}, found {count}")
     return new
 
 
@@ -100,8 +100,8 @@ def render_nginx(
     if tls is not None:
         example = (includes / "tls" / "tls.conf.example").read_text()
         example = _sub_once(r"^listen \S+ ssl;$", f"listen {tls.listen} ssl;", example, "TLS listen")
-        example = _sub_once(r"^ssl_certificate \S+;$", f"ssl_certificate {tls.certificate};", example, "cert")
-        example = _sub_once(r"^ssl_certificate_key \S+;$", f"ssl_certificate_key {tls.key};", example, "key")
+        example = _sub_once(r"^ssl_certificate\s+\S+;$", f"ssl_certificate {tls.certificate};", example, "cert")
+        example = _sub_once(r"^ssl_certificate_key\s+\S+;$", f"ssl_certificate_key {tls.key};", example, "key")
         (includes / "tls" / "tls.conf").write_text(example)
     if rate_limit is not None:
         shutil.copy(includes / "ratelimit" / "ratelimit.conf.example", includes / "ratelimit" / "ratelimit.conf")

@@ -429,3 +429,35 @@ def test_compose_and_kubernetes_drop_the_gateways_copy_of_triton_metrics():
     job = next(j for j in config["scrape_configs"] if j["job_name"] == "gateway")
     assert {"source_labels": ["__name__"], "regex": "nv_.*", "action": "drop"} in job["metric_relabel_configs"]
 
+
+
+# --- docs -----------------------------------------------------------------------------------------------
+
+
+def _documented_default(value) -> str:
+    if value is None:
+        return "(unset)"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, (list, dict)):
+        return f"`{json.dumps(value)}`"
+    return f"`{value}`"
+
+
+def test_deployment_doc_lists_every_gateway_setting_with_its_default():
+    from gateway.settings import Settings
+
+    doc = (ROOT / "docs/deployment.md").read_text()
+    rows = dict(re.findall(r"^\| `(EMBEDDINGS_[A-Z0-9_]+)` \| (.*?) \|", doc, re.M))
+    expected = {f"EMBEDDINGS_{name.upper()}": _documented_default(f.get_default(call_default_factory=True))
+                for name, f in Settings.model_fields.items()}
+    assert rows == expected, "docs/deployment.md's gateway table is out of date with gateway/settings.py"
+
+
+def test_deployment_doc_lists_every_compose_variable():
+    doc = (ROOT / "docs/deployment.md").read_text()
+    used = set()
+    for f in ["docker-compose.yml", *OVERRIDES]:
+        text = re.sub(r"#.*", "", (ROOT / f).read_text())
+        used |= set(re.findall(r"\$\{([A-Z_]+)[:?-]", text))
+    assert used and {n for n in used if f"`{n}`" not in doc} == set()

@@ -165,12 +165,16 @@ class TritonServer:
             raise
         return self
 
-    def _output_tail(self) -> str:
+    def _explain(self) -> str:
+        """The lines of Triton's log that say which model failed and why, else the log's tail."""
+        text = ""
         if self.log_file and Path(self.log_file).exists():
-            return Path(self.log_file).read_text(errors="replace")[-4000:]
-        if self.process and self.process.stdout and self.process.poll() is not None:
-            return self.process.stdout.read().decode(errors="replace")[-4000:]
-        return ""
+            text = Path(self.log_file).read_text(errors="replace")
+        elif self.process and self.process.stdout and self.process.poll() is not None:
+            text = self.process.stdout.read().decode(errors="replace")
+        reasons = [line.strip() for line in text.splitlines()
+                   if "failed to load" in line or "UNAVAILABLE" in line or "error:" in line]
+        return "\n".join(reasons) if reasons else text[-4000:]
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
@@ -178,7 +182,7 @@ class TritonServer:
             if self.process.poll() is not None:
                 raise TritonLaunchError(
                     f"tritonserver exited with code {self.process.returncode} while starting "
-                    f"(a model failed to load?):\n{self._output_tail()}"
+                    f"(a model failed to load?):\n{self._explain()}"
                 )
             try:
                 with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=2) as resp:

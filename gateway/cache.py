@@ -66,9 +66,7 @@ class MemoryCache(Cache):
 
     def __init__(self, size: int, ttl_s: float | None = None):
         super().__init__()
-        self._data: cachetools.Cache = (
-            cachetools.TTLCache(size, ttl_s) if ttl_s else cachetools.LRUCache(size)
-        )
+        self._data: cachetools.Cache = cachetools.TTLCache(size, ttl_s) if ttl_s else cachetools.LRUCache(size)
 
     async def get_many(self, keys: list[str]) -> list[CacheEntry | None]:
         return [self._data.get(k) for k in keys]

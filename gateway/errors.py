@@ -82,9 +82,7 @@ def error_response(err: APIError, retry_after_s: int = 1) -> Response:
     headers = dict(err.headers)
     if err.kind in RETRYABLE:
         headers.setdefault("Retry-After", str(retry_after_s))
-    return Response(
-        orjson.dumps(err.body()), status_code=err.status, headers=headers, media_type="application/json"
-    )
+    return Response(orjson.dumps(err.body()), status_code=err.status, headers=headers, media_type="application/json")
 
 
 def internal_error(request_id: str) -> APIError:

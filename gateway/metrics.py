@@ -11,6 +11,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.core import (
@@ -24,6 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.process_collector import ProcessCollector
 
 log = logging.getLogger("gateway.metrics")
+
+disable_created_metrics()  # no `_created` series: half the exposition, and nothing dashboards use
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 INPUT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
@@ -55,9 +58,7 @@ class GatewayMetrics:
             buckets=INPUT_BUCKETS,
             registry=r,
         )
-        self.tokens = Counter(
-            "gateway_tokens", "Prompt tokens embedded (usage), by model.", ["model"], registry=r
-        )
+        self.tokens = Counter("gateway_tokens", "Prompt tokens embedded (usage), by model.", ["model"], registry=r)
         self.cache_hits = Counter("gateway_cache_hits", "Inputs answered from the cache.", registry=r)
         self.cache_misses = Counter("gateway_cache_misses", "Inputs not in the cache.", registry=r)
         self.cache_errors = Counter("gateway_cache_errors", "Failed cache (Redis) calls.", registry=r)
@@ -69,9 +70,7 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.triton_errors = Counter(
-            "gateway_triton_errors", "Failed Triton calls, by kind.", ["kind"], registry=r
-        )
+        self.triton_errors = Counter("gateway_triton_errors", "Failed Triton calls, by kind.", ["kind"], registry=r)
         ProcessCollector(registry=r)
         if triton_metrics_url:
             r.register(TritonMetricsCollector(triton_metrics_url, triton_timeout_s))
@@ -88,8 +87,9 @@ _UNIT_RE = re.compile(r"_(us|ms|ns)(?=_|$)")
 
 
 def _clean_name(name: str) -> tuple[str, float]:
-    """Lint-clean name and value scale: time units become seconds (`_us` -> `_seconds`, value / 1e6)."""
-    name = _RENAMES.get(name, name)
+    """Lint-clean name and value scale: time units become seconds (`_us` -> `_seconds`, value / 1e6), and the
+    type is not part of the name (`_histogram`, `_summary` dropped)."""
+    name = _RENAMES.get(name, name).replace("_histogram", "").replace("_summary", "")
     scale = 1.0
     m = _UNIT_RE.search(name)
     if m:

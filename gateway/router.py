@@ -79,9 +79,7 @@ async def create_embeddings(body: EmbeddingRequest, request: Request) -> Respons
 
 
 @router.get("/v1/models", response_model=ModelList, dependencies=[Depends(check_api_key)])
-@router.get(
-    "/models", response_model=ModelList, dependencies=[Depends(check_api_key)], include_in_schema=False
-)
+@router.get("/models", response_model=ModelList, dependencies=[Depends(check_api_key)], include_in_schema=False)
 async def list_models(request: Request) -> Response:
     """Every served model plus its aliases."""
     return json_response({"object": "list", "data": service_of(request).list_models()})

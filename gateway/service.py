@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
-import time
 from typing import Any
 
 import numpy as np
 
+from gateway.batcher import Batcher
 from gateway.cache import Cache, CacheEntry, cache_key
 from gateway.errors import APIError, ErrorKind
 from gateway.metrics import GatewayMetrics
@@ -39,6 +38,11 @@ class EmbeddingService:
         self.cache = cache
         self.metrics = metrics
         self.decoder = decoder
+        self.batcher = Batcher(
+            backend,
+            settings.max_concurrent_batches,
+            lambda model, seconds: metrics.triton_latency.labels(model).observe(seconds),
+        )
         self._in_flight = 0
 
     # ---- models -------------------------------------------------------------------------------------
@@ -80,10 +84,7 @@ class EmbeddingService:
     def list_models(self) -> list[dict[str, Any]]:
         """OpenAI `Model` objects: every served model, then its aliases."""
         models = self._models()
-        out = [
-            {"id": m.name, "object": "model", "created": m.created, "owned_by": OWNER}
-            for m in models.values()
-        ]
+        out = [{"id": m.name, "object": "model", "created": m.created, "owned_by": OWNER} for m in models.values()]
         for alias, target in sorted(self.aliases(models).items()):
             out.append({"id": alias, "object": "model", "created": models[target].created, "owned_by": OWNER})
         return out
@@ -210,28 +211,9 @@ class EmbeddingService:
         return [found[t] for t in texts]
 
     async def _infer(self, info: ModelInfo, texts: list[str], request_id: str) -> dict[str, CacheEntry]:
-        """Sort by length, chunk to the ensemble's max batch size, send concurrently, collect by text."""
-        ordered = sorted(texts, key=len)
-        size = info.max_batch_size
-        chunks = [ordered[i : i + size] for i in range(0, len(ordered), size)]
-        limit = asyncio.Semaphore(self.settings.max_concurrent_chunks)
-
-        async def run(chunk: list[str]) -> dict[str, CacheEntry]:
-            async with limit:
-                t0 = time.perf_counter()
-                try:
-                    res = await self.backend.embed(info.name, chunk, request_id)
-                finally:
-                    self.metrics.triton_latency.labels(info.name).observe(time.perf_counter() - t0)
-            return {
-                t: CacheEntry(res.embeddings[i].copy(), int(res.token_counts[i]), bool(res.truncated[i]))
-                for i, t in enumerate(chunk)
-            }
-
+        """Embed through the batcher (length-sorted, chunked, concurrent); Triton failures become 503/504."""
         try:
-            if len(chunks) == 1:
-                return await run(chunks[0])
-            parts = await gather_or_cancel([run(c) for c in chunks])
+            entries = await self.batcher.embed(info, texts, request_id)
         except TritonUnavailable as e:
             self.metrics.triton_errors.labels("unavailable").inc()
             log.warning("Triton unavailable: %s", e)
@@ -242,16 +224,11 @@ class EmbeddingService:
         except TritonTimeout as e:
             self.metrics.triton_errors.labels("timeout").inc()
             log.warning("Triton timeout: %s", e)
-            raise APIError(
-                ErrorKind.UPSTREAM_TIMEOUT, "The inference server did not answer in time."
-            ) from None
+            raise APIError(ErrorKind.UPSTREAM_TIMEOUT, "The inference server did not answer in time.") from None
         except TritonError:
             self.metrics.triton_errors.labels("error").inc()
             raise  # the generic 500 handler logs it and answers with the request id
-        out: dict[str, CacheEntry] = {}
-        for p in parts:
-            out.update(p)
-        return out
+        return dict(zip(texts, entries, strict=True))
 
 
 def postprocess(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
@@ -261,15 +238,3 @@ def postprocess(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         vectors = vectors / np.where(norms > 0, norms, 1.0)
     return np.ascontiguousarray(vectors, dtype="<f4")
-
-
-async def gather_or_cancel(coros: list) -> list:
-    """`asyncio.gather` that cancels the remaining tasks as soon as one fails."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        return await asyncio.gather(*tasks)
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise

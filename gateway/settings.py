@@ -69,8 +69,11 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(
         512, ge=1, description="Embedding requests handled at once; above it: 429 with Retry-After."
     )
-    max_concurrent_chunks: int = Field(
-        8, ge=1, description="Triton calls one request may have in flight (big requests are chunked)."
+    max_concurrent_batches: int = Field(
+        4,
+        ge=1,
+        description="Triton calls in flight per model. Texts arriving meanwhile, from any request, are "
+        "sent together in the next call (at most the model's max_batch_size each).",
     )
 
     # --- Security ---

@@ -140,7 +140,9 @@ class Nginx:
         return f"http://127.0.0.1:{self.port}"
 
     def access_entries(self) -> list[dict]:
-        return [json.loads(line) for line in self.access_log.read_text().splitlines() if line.strip()]
+        text = self.access_log.read_text()
+        complete = text[: text.rfind("\n") + 1]  # a line being written has no newline yet
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 @contextlib.contextmanager

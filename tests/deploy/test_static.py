@@ -51,10 +51,66 @@ def test_gateway_image_is_slim_non_root_and_healthchecked():
     assert '"./[gateway]"' in text and "torch" not in text.split("FROM", 2)[2]
 
 
-def test_gateway_extra_brings_no_torch():
-    pyproject = (ROOT / "pyproject.toml").read_text()
-    gateway_extra = re.search(r"^gateway = \[(.*?)\]", pyproject, re.S | re.M).group(1)
-    assert "torch" not in gateway_extra and "onnxruntime" not in gateway_extra
+def _extra_closure(extra: str) -> set[str]:
+    """Distributions `pip install .[extra]` brings: the base dependencies and the extra's, recursively
+    (read from the installed distributions' metadata)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    todo = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"][extra]]
+    seen: set[str] = set()
+    while todo:
+        req = todo.pop()
+        name = canonicalize_name(req.name)
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = distribution(name).requires or []
+        except PackageNotFoundError:
+            continue
+        for r in map(Requirement, requires):
+            if r.marker is None or any(r.marker.evaluate({"extra": e}) for e in (req.extras or {""})):
+                todo.append(r)
+    return seen
+
+
+def _third_party_imports(package: str) -> set[str]:
+    import ast
+
+    names = set()
+    for path in (ROOT / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n not in (package, "export")}
+
+
+@pytest.mark.xfail(strict=True, reason="gateway/errors.py imports orjson, which the `gateway` extra does not "
+                   "list (found by installing .[gateway] in a clean venv); drop this mark once pyproject adds it")
+def test_gateway_extra_provides_every_gateway_import():
+    """What the gateway image installs (`.[gateway]`) must cover every module the gateway imports."""
+    from importlib.metadata import packages_distributions
+
+    from packaging.utils import canonicalize_name
+
+    closure = _extra_closure("gateway")
+    providers = packages_distributions()
+    missing = {m for m in _third_party_imports("gateway")
+               if not {canonicalize_name(d) for d in providers.get(m, [m])} & closure}
+    assert missing == set(), f"imported by gateway/ but not installed by .[gateway]: {sorted(missing)}"
+
+
+def test_gateway_image_brings_no_torch():
+    closure = _extra_closure("gateway")
+    assert "fastapi" in closure and "tritonclient" in closure
+    assert not {"torch", "onnxruntime", "sentence-transformers", "transformers"} & closure
 
 
 def test_triton_image_matches_the_embedded_server_and_pins_the_tokenizer():

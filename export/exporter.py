@@ -113,16 +113,16 @@ def export_model(
             chosen = onnx_export.to_fp16(encoder, work / "fp16.onnx")
             result = check(chosen)
         else:
-            chosen, result = None, None
-            for plan in onnx_export.int8_plans(encoder):
-                candidate = onnx_export.to_int8(encoder, work / "int8.onnx", plan)
-                result = check(candidate)
-                log(f"    int8 plan '{plan.label}': min cosine {result.min_cosine:.4f}")
-                if result.passed:
-                    chosen, note = candidate, f"int8 plan: {plan.label}"
-                    break
+            found = onnx_export.search_int8(encoder, work / "int8.onnx", check, log)
+            if found is None:
+                raise ExportError(
+                    f"the int8 export is not faithful: no quantization plan reaches min cosine "
+                    f"{verify.THRESHOLDS['int8']}; nothing was written (use fp32)"
+                )
+            chosen, plan, result = found
+            note = f"int8 plan: {plan.label}"
         log(result.table())
-        if chosen is None or not result.passed:
+        if not result.passed:
             raise ExportError(
                 f"the {precision} export is not faithful (min cosine {result.min_cosine:.6f} < "
                 f"{result.threshold}); nothing was written"

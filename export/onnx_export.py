@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,20 +96,42 @@ class Int8Plan:
     keep_fp32: tuple[str, ...] = ()
 
 
-def int8_plans(src: Path) -> Iterator[Int8Plan]:
-    """Quantization plans from fastest to most careful.
-
-    Per-tensor dynamic quantization of every MatMul is far off on MiniLM (min cosine ~0.9);
-    per-channel weights help. The MatMuls that hurt most are the feed-forward output projections,
-    whose activations have the widest range, so the later plans keep those (last layers first) in fp32.
-    """
+def ffn_output_matmuls(src: Path) -> list[str]:
+    """The feed-forward down-projections: their activations have the widest range, so they suffer most
+    from int8 (optimum/torch name them ".../output/dense/MatMul", unlike ".../attention/output/...")."""
     graph = onnx.load(str(src), load_external_data=False).graph
-    matmuls = [n.name for n in graph.node if n.op_type == "MatMul"]
-    # FFN down-projections: optimum/torch name them ".../output/dense/MatMul" but not ".../attention/output/...".
-    ffn_out = [n for n in matmuls if "output/dense" in n and "attention" not in n]
-    yield Int8Plan("per-channel, all MatMul")
-    for k in range(1, len(ffn_out) + 1):
-        yield Int8Plan(f"per-channel, last {k} FFN output(s) fp32", tuple(ffn_out[-k:]))
+    return [n.name for n in graph.node if n.op_type == "MatMul" and "output/dense" in n.name
+            and "attention" not in n.name]
+
+
+def search_int8(src: Path, dst: Path, check: Callable[[Path], object], log: Callable[[str], None]):
+    """Find the fastest int8 plan whose pipeline passes `check`; return (path, plan, result) or None.
+
+    Per-tensor quantization of every MatMul is far off on MiniLM (min cosine ~0.9); per-channel
+    weights help but are not enough. So: try everything quantized; then measure how much keeping each
+    FFN down-projection in fp32 helps on its own, and keep the most helpful ones in fp32, one more at
+    a time, until the verification passes.
+    """
+    def attempt(plan: Int8Plan):
+        result = check(to_int8(src, dst, plan))
+        log(f"    int8 plan '{plan.label}': min cosine {result.min_cosine:.4f}")
+        return result
+
+    everything = Int8Plan("per-channel, all MatMul")
+    result = attempt(everything)
+    if result.passed:
+        return dst, everything, result
+    candidates = ffn_output_matmuls(src)
+    gain = {}
+    for name in candidates:
+        gain[name] = attempt(Int8Plan(f"fp32: {name}", (name,))).min_cosine
+    ranked = sorted(candidates, key=gain.__getitem__, reverse=True)
+    for k in range(1, len(ranked) + 1):
+        plan = Int8Plan(f"per-channel, {k} most sensitive FFN output(s) fp32", tuple(ranked[:k]))
+        result = attempt(plan)
+        if result.passed:
+            return dst, plan, result
+    return None
 
 
 def to_int8(src: Path, dst: Path, plan: Int8Plan) -> Path:

@@ -22,3 +22,8 @@ def test_padding_within_groups_is_bounded():
 def test_gather_rows_cuts_and_pads():
     rows = [np.array([1, 2, 3, 0]), np.array([4, 5])]
     assert gather_rows(rows, 3).tolist() == [[1, 2, 3], [4, 5, 0]]
+
+
+def test_token_budget_caps_long_groups():
+    groups = plan_groups([256] * 100, max_rows=64, max_tokens=8192)
+    assert [len(g) for g in groups] == [32, 32, 32, 4]

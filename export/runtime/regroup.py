@@ -8,17 +8,27 @@ from __future__ import annotations
 import numpy as np
 
 
-def plan_groups(lengths: list[int], max_ratio: float = 1.25, slack: int = 8, max_rows: int = 64) -> list[list[int]]:
+def plan_groups(
+    lengths: list[int], max_ratio: float = 1.25, slack: int = 8, max_rows: int = 64, max_tokens: int = 8192
+) -> list[list[int]]:
     """Split row indices into groups of similar length, shortest first.
 
     Rows are sorted by length; a group closes when the next row is longer than `max_ratio` times the
-    group's first row plus `slack` tokens (short rows tolerate a few pad tokens), or at `max_rows`.
+    group's first row plus `slack` tokens (short rows tolerate a few pad tokens), at `max_rows`, or
+    when its padded size would pass `max_tokens` (on CPU, 64 rows of 256 tokens run slower per row
+    than two batches of 32).
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     groups: list[list[int]] = []
     for i in order:
-        if groups and len(groups[-1]) < max_rows and lengths[i] <= lengths[groups[-1][0]] * max_ratio + slack:
-            groups[-1].append(i)
+        group = groups[-1] if groups else None
+        if (
+            group
+            and len(group) < max_rows
+            and lengths[i] <= lengths[group[0]] * max_ratio + slack
+            and (len(group) + 1) * lengths[i] <= max_tokens
+        ):
+            group.append(i)
         else:
             groups.append([i])
     return groups

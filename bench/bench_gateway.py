@@ -123,8 +123,9 @@ def wait_http(url: str, timeout: float = 120) -> None:
 
 
 def start(cmd: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
 
 
 def stop(p: subprocess.Popen) -> None:
@@ -144,8 +145,9 @@ def repository(arg: Path | None, source: str) -> Path:
     from export.triton_config import ServingOptions
 
     repo = Path(tempfile.mkdtemp(prefix="bench-gw-repo-"))
-    export_model(source, repo, ServingOptions(name=MODEL), source_label=f"sentence-transformers/{MODEL}",
-                 log=lambda _: None)
+    export_model(
+        source, repo, ServingOptions(name=MODEL), source_label=f"sentence-transformers/{MODEL}", log=lambda _: None
+    )
     return repo
 
 
@@ -193,14 +195,35 @@ def main() -> int:
     procs: list[subprocess.Popen] = []
     with triton:
         gw_port, ref_port = free_port(), free_port()
-        env = dict(os.environ, PYTHONPATH=str(ROOT), EMBEDDINGS_TRITON_GRPC_URL=triton.grpc_url,
-                   EMBEDDINGS_TRITON_METRICS_URL=triton.metrics_url, EMBEDDINGS_PORT=str(gw_port),
-                   EMBEDDINGS_CACHE="none", EMBEDDINGS_ACCESS_LOG="false", EMBEDDINGS_LOG_LEVEL="warning")
+        env = dict(
+            os.environ,
+            PYTHONPATH=str(ROOT),
+            EMBEDDINGS_TRITON_GRPC_URL=triton.grpc_url,
+            EMBEDDINGS_TRITON_METRICS_URL=triton.metrics_url,
+            EMBEDDINGS_PORT=str(gw_port),
+            EMBEDDINGS_CACHE="none",
+            EMBEDDINGS_ACCESS_LOG="false",
+            EMBEDDINGS_LOG_LEVEL="warning",
+        )
         procs.append(start([sys.executable, "-m", "gateway"], env))
         if not args.no_reference:
             renv = dict(os.environ, PYTHONPATH=str(ROOT), REFERENCE_MODEL=source)
-            procs.append(start([sys.executable, "-m", "uvicorn", "bench.reference_server:app", "--port",
-                                str(ref_port), "--log-level", "warning", "--no-access-log"], renv))
+            procs.append(
+                start(
+                    [
+                        sys.executable,
+                        "-m",
+                        "uvicorn",
+                        "bench.reference_server:app",
+                        "--port",
+                        str(ref_port),
+                        "--log-level",
+                        "warning",
+                        "--no-access-log",
+                    ],
+                    renv,
+                )
+            )
         try:
             wait_http(f"http://127.0.0.1:{gw_port}/ready")
             if not args.no_reference:
@@ -239,8 +262,10 @@ def report(res: dict, args) -> None:
     print(f"added p50 latency, one short text:                {added:.2f} ms  (target <= 2 ms)")
     if ("reference", "single") in res:
         ref, ours = res[("reference", "single")], res[("gateway-vs-ref", "single")]
-        print(f"gateway/reference throughput, 32 single-text clients: {ours['tps'] / ref['tps']:.2f}  "
-              f"(target >= 3; errors: gateway {ours['errors']}, reference {ref['errors']})")
+        print(
+            f"gateway/reference throughput, 32 single-text clients: {ours['tps'] / ref['tps']:.2f}  "
+            f"(target >= 3; errors: gateway {ours['errors']}, reference {ref['errors']})"
+        )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,206 @@
+"""Triton stops and comes back while the gateway runs; Redis stops while the gateway runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import httpx
+import numpy as np
+import pytest
+from gw_helpers import DEFAULT_MODEL, GatewayProcess, free_port, running_gateway
+
+pytestmark = pytest.mark.slow
+
+BODY = {"model": DEFAULT_MODEL, "input": "resilience check", "encoding_format": "float"}
+
+
+@pytest.fixture
+def own_triton(model_repository, tmp_path):
+    """A Triton of this test's own (the session one must not be stopped)."""
+    from export.launcher import TritonServer
+
+    server = TritonServer(
+        model_repository,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        log_file=tmp_path / "triton.log",
+    )
+    with server:
+        yield server
+
+
+def test_triton_stop_gives_503_fast_and_restart_recovers(own_triton, tmp_path):
+    with (
+        running_gateway(
+            tmp_path, triton_grpc_url=own_triton.grpc_url, triton_metrics_url=own_triton.metrics_url, cache="none"
+        ) as gw,
+        httpx.Client(base_url=gw.url, timeout=10) as c,
+    ):
+        before = c.post("/v1/embeddings", json=BODY)
+        assert before.status_code == 200
+        gateway_pid = gw.proc.pid
+
+        own_triton.stop()
+        for i in range(3):
+            t0 = time.monotonic()
+            r = c.post("/v1/embeddings", json={**BODY, "input": f"while down {i}"})
+            elapsed = time.monotonic() - t0
+            assert r.status_code == 503, r.text
+            assert elapsed < 1.0, f"503 took {elapsed:.2f}s"
+            assert r.headers["retry-after"] == "1"
+            assert r.json()["error"]["code"] == "service_unavailable"
+        assert c.get("/ready").status_code == 503
+        assert c.get("/health").status_code == 200
+        metrics = c.get("/metrics")
+        assert metrics.status_code == 200 and "gateway_triton_metrics_up 0.0" in metrics.text
+
+        own_triton.start()  # same ports; the gateway is not restarted
+        deadline = time.monotonic() + 30
+        while True:
+            r = c.post("/v1/embeddings", json=BODY)
+            if r.status_code == 200 or time.monotonic() > deadline:
+                break
+            assert r.status_code == 503, r.text
+            time.sleep(0.2)
+        assert r.status_code == 200, "the gateway did not recover after Triton came back"
+        np.testing.assert_allclose(r.json()["data"][0]["embedding"], before.json()["data"][0]["embedding"], atol=1e-6)
+        assert c.get("/ready").status_code == 200
+        assert gw.proc.pid == gateway_pid and gw.proc.poll() is None
+
+
+def test_triton_hanging_gives_504_after_the_deadline(own_triton, tmp_path):
+    with (
+        running_gateway(
+            tmp_path, triton_grpc_url=own_triton.grpc_url, triton_metrics_url="", cache="none", triton_timeout_s="1.0"
+        ) as gw,
+        httpx.Client(base_url=gw.url, timeout=10) as c,
+    ):
+        assert c.post("/v1/embeddings", json=BODY).status_code == 200
+        os.kill(own_triton.process.pid, signal.SIGSTOP)  # alive but not answering
+        try:
+            t0 = time.monotonic()
+            r = c.post("/v1/embeddings", json={**BODY, "input": "while frozen"})
+            elapsed = time.monotonic() - t0
+        finally:
+            os.kill(own_triton.process.pid, signal.SIGCONT)
+        assert r.status_code == 504, r.text
+        assert r.json()["error"]["code"] == "timeout" and 0.9 < elapsed < 5
+        assert c.post("/v1/embeddings", json=BODY).status_code == 200
+
+
+def test_gateway_started_before_triton_serves_once_it_is_up(model_repository, tmp_path):
+    from export.launcher import TritonServer
+
+    server = TritonServer(
+        model_repository,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        log_file=tmp_path / "triton.log",
+    )
+    gw = GatewayProcess(
+        tmp_path / "gw2.log", triton_grpc_url=server.grpc_url, triton_metrics_url=server.metrics_url
+    ).start(wait="/health")
+    try:
+        with httpx.Client(base_url=gw.url, timeout=10) as c:
+            r = c.post("/v1/embeddings", json=BODY)
+            assert r.status_code == 503 and r.headers["retry-after"] == "1"
+            with server:
+                deadline = time.monotonic() + 30
+                while c.post("/v1/embeddings", json=BODY).status_code != 200:
+                    assert time.monotonic() < deadline, "never recovered"
+                    time.sleep(0.2)
+                ids = [m["id"] for m in c.get("/v1/models").json()["data"]]
+                assert DEFAULT_MODEL in ids
+    finally:
+        gw.stop()
+
+
+# ---- Redis ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_server(redis_binary, tmp_path):
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            redis_binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    import redis
+
+    r = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            r.ping()
+            break
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+    yield proc, port, r
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in metrics")
+
+
+def test_redis_cache_hits_are_identical_and_redis_down_still_serves(triton, redis_server, tmp_path):
+    proc, port, r = redis_server
+    texts = ["cached one", "cached two", "cached three"]
+    with (
+        running_gateway(
+            tmp_path,
+            triton_grpc_url=triton.grpc_url,
+            triton_metrics_url="",
+            cache="redis",
+            redis_url=f"redis://127.0.0.1:{port}/0",
+            redis_retry_s="0.5",
+        ) as gw,
+        httpx.Client(base_url=gw.url, timeout=10) as c,
+    ):
+        body = {"model": DEFAULT_MODEL, "input": texts, "encoding_format": "base64"}
+        miss = c.post("/v1/embeddings", json=body)
+        assert miss.status_code == 200
+        m1 = c.get("/metrics").text
+        assert len(r.keys("emb:*")) == 3
+        hit = c.post("/v1/embeddings", json=body)
+        m2 = c.get("/metrics").text
+        assert hit.json() == miss.json(), "cached answers must be identical to computed ones"
+        assert _metric(m2, "gateway_cache_hits_total") - _metric(m1, "gateway_cache_hits_total") == 3
+        assert _metric(m2, "gateway_cache_misses_total") == _metric(m1, "gateway_cache_misses_total")
+        partly = c.post("/v1/embeddings", json={**body, "input": ["cached two", "new one"]})
+        assert partly.json()["data"][0] == {**miss.json()["data"][1], "index": 0}
+        assert len(r.keys("emb:*")) == 4
+
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+        for i in range(3):
+            t0 = time.monotonic()
+            down = c.post("/v1/embeddings", json={**body, "input": texts + [f"redis down {i}"]})
+            assert down.status_code == 200 and time.monotonic() - t0 < 5
+            assert down.json()["data"][:3] == miss.json()["data"]
+        assert _metric(c.get("/metrics").text, "gateway_cache_errors_total") >= 1
+        assert "Redis" in gw.log_text()

@@ -1,0 +1,3 @@
+from deploy.render import main
+
+raise SystemExit(main())

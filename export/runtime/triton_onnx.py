@@ -18,12 +18,10 @@ import triton_python_backend_utils as pb_utils
 
 from export.runtime.onnx_session import make_session
 from export.runtime.regroup import gather_rows, plan_groups
+from export.runtime.triton_common import TokenCounters
+from export.runtime.triton_common import parameter as _parameter
 
 MASK = "attention_mask"
-
-
-def _parameter(config: dict, key: str, default: str = "") -> str:
-    return config.get("parameters", {}).get(key, {}).get("string_value", default)
 
 
 class TritonPythonModel:
@@ -40,14 +38,11 @@ class TritonPythonModel:
         self.regroup = _parameter(config, "regroup_by_length", "false") == "true"
         self.max_rows = int(config.get("max_batch_size") or 64)
         if self.regroup:
-            family = pb_utils.MetricFamily(
-                name="embeddings_encoder_tokens_total",
-                description="Token positions the encoder computed: kind=real (text tokens) or padded (shape)",
-                kind=pb_utils.MetricFamily.COUNTER,
+            self.tokens = TokenCounters(
+                "embeddings_encoder_tokens_total",
+                "Token positions the encoder computed: kind=real (text tokens) or padded (shape)",
+                config["name"],
             )
-            self.token_metrics = family  # Triton drops the metrics once the family object is freed
-            self.real_tokens = family.Metric(labels={"model": config["name"], "kind": "real"})
-            self.padded_tokens = family.Metric(labels={"model": config["name"], "kind": "padded"})
 
     def execute(self, requests):
         arrays = [[pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in self.inputs] for r in requests]
@@ -91,8 +86,7 @@ class TritonPythonModel:
                 name: gather_rows([arrays[rows[g][0]][k][rows[g][1]] for g in group], length)
                 for k, name in enumerate(self.inputs)
             }
-            self.real_tokens.increment(sum(lengths[g] for g in group))
-            self.padded_tokens.increment(len(group) * length)
+            self.tokens.add(sum(lengths[g] for g in group), len(group) * length)
             outs = self.session.run(self.outputs, feed)
             for pos, g in enumerate(group):
                 i, r = rows[g]

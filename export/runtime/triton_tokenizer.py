@@ -12,10 +12,8 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 from export.runtime.tokenize import TextTokenizer
-
-
-def _parameter(config: dict, key: str, default: str = "") -> str:
-    return config.get("parameters", {}).get(key, {}).get("string_value", default)
+from export.runtime.triton_common import TokenCounters
+from export.runtime.triton_common import parameter as _parameter
 
 
 class TritonPythonModel:
@@ -30,15 +28,11 @@ class TritonPythonModel:
             pad_id=int(_parameter(config, "pad_id", "0")),
         )
         self.with_token_types = any(o["name"] == "TOKEN_TYPE_IDS" for o in config["output"])
-        # Keep the family referenced: Triton drops its metrics once the family object is freed.
-        self.token_metrics = family = pb_utils.MetricFamily(
-            name="embeddings_tokenizer_tokens_total",
-            description="Tokens the tokenizer sent to the encoder: kind=real (text tokens) or padded (shape)",
-            kind=pb_utils.MetricFamily.COUNTER,
+        self.tokens = TokenCounters(
+            "embeddings_tokenizer_tokens_total",
+            "Tokens the tokenizer sent to the encoder: kind=real (text tokens) or padded (shape)",
+            config["name"],
         )
-        model = config["name"]
-        self.real_tokens = family.Metric(labels={"model": model, "kind": "real"})
-        self.padded_tokens = family.Metric(labels={"model": model, "kind": "padded"})
 
     def _texts(self, request) -> list[str]:
         raw = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy().reshape(-1)
@@ -72,8 +66,7 @@ class TritonPythonModel:
                 ready.append((0, sender, pb_utils.InferenceResponse(error=pb_utils.TritonError(str(texts)))))
                 continue
             enc = self.tokenizer.pad([next(encodings) for _ in texts])
-            self.real_tokens.increment(enc.real_tokens)
-            self.padded_tokens.increment(enc.padded_tokens)
+            self.tokens.add(enc.real_tokens, enc.padded_tokens)
             outputs = [
                 pb_utils.Tensor("INPUT_IDS", enc.input_ids),
                 pb_utils.Tensor("ATTENTION_MASK", enc.attention_mask),

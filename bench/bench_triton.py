@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from export.exporter import export_model  # noqa: E402
-from export.launcher import TritonServer, free_port  # noqa: E402
+from export.launcher import TritonServer  # noqa: E402
 from export.runtime.pipeline import OnnxPipeline  # noqa: E402
 from export.runtime.tokenize import TextTokenizer  # noqa: E402
 from export.triton_config import ServingOptions  # noqa: E402
@@ -139,9 +139,7 @@ def main() -> None:
 
         raw = raw_pipeline(repo, args.threads)
         rows = []
-        server = TritonServer(
-            repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), log_file=work / "triton.log"
-        )
+        server = TritonServer.on_free_ports(repo, log_file=work / "triton.log")
         with server:
             for label, items in texts.items():
                 # Rounds alternate raw and Triton, so a noisy neighbour hits both; report medians.

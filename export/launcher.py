@@ -88,9 +88,16 @@ class TritonServer:
     host: str = "127.0.0.1"
     startup_timeout: float = 180.0
     log_verbose: int = 0
-    log_file: Path | None = None
+    log_file: Path | None = None  # default: a temporary file, read back to explain a failed start
+    inherit_output: bool = False  # True: Triton logs to this process's stdout (the CLI)
     extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen | None = field(default=None, init=False)
+    _log_handle: object = field(default=None, init=False, repr=False)
+
+    @classmethod
+    def on_free_ports(cls, model_repository: Path, **kwargs) -> TritonServer:
+        """A server on unused loopback ports (tests, benchmarks, ad-hoc servers)."""
+        return cls(model_repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), **kwargs)
 
     @property
     def grpc_url(self) -> str:
@@ -149,15 +156,20 @@ class TritonServer:
 
     def start(self) -> TritonServer:
         self.check()
-        log = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115 - lives with the process
+        # Never a pipe: nobody drains it while Triton runs, and a full pipe would stall the server.
+        self._log_handle = None
+        if not self.inherit_output:
+            if self.log_file:
+                self._log_handle = open(self.log_file, "ab")  # noqa: SIM115 - lives with the process
+            else:
+                self._log_handle = tempfile.NamedTemporaryFile(prefix="tritonserver-", suffix=".log")  # noqa: SIM115
         self.process = subprocess.Popen(
             self.command(),
             env=self.environment(),
-            stdout=log or subprocess.PIPE,
+            stdout=self._log_handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self._log_handle = log
         try:
             self.wait_ready()
         except BaseException:
@@ -167,11 +179,9 @@ class TritonServer:
 
     def _explain(self) -> str:
         """The lines of Triton's log that say which model failed and why, else the log's tail."""
-        text = ""
-        if self.log_file and Path(self.log_file).exists():
-            text = Path(self.log_file).read_text(errors="replace")
-        elif self.process and self.process.stdout and self.process.poll() is not None:
-            text = self.process.stdout.read().decode(errors="replace")
+        if self._log_handle is None:
+            return "(see Triton's output above)"
+        text = Path(self._log_handle.name).read_text(errors="replace")
         reasons = [line.strip() for line in text.splitlines()
                    if "failed to load" in line or "UNAVAILABLE" in line or "error:" in line]
         return "\n".join(reasons) if reasons else text[-4000:]
@@ -203,10 +213,9 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
-        if self.process.stdout:
-            self.process.stdout.close()
-        if getattr(self, "_log_handle", None):
+        if self._log_handle is not None:
             self._log_handle.close()
+            self._log_handle = None
         self.process = None
 
     def __enter__(self) -> TritonServer:
@@ -236,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         startup_timeout=args.startup_timeout,
         log_verbose=args.log_verbose,
+        inherit_output=True,
     )
     stop = {"now": False}
 
@@ -245,13 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     try:
-        server.process = None
-        server.check()
-        server.process = subprocess.Popen(server.command(), env=server.environment(), start_new_session=True)
-        server.wait_ready()
+        server.start()
     except TritonLaunchError as exc:
         print(f"embeddings-triton: {exc}", file=sys.stderr)
-        server.stop()
         return 1
     print(f"Triton ready: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url}")
     while not stop["now"] and server.process.poll() is None:

@@ -48,10 +48,9 @@ def model_repository(tmp_path_factory, default_model_source) -> Path:
 
 @pytest.fixture(scope="session")
 def triton(model_repository, tmp_path_factory):
-    from export.launcher import TritonServer, free_port
+    from export.launcher import TritonServer
 
     log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
-    server = TritonServer(model_repository, http_port=free_port(), grpc_port=free_port(),
-                          metrics_port=free_port(), log_file=log)
+    server = TritonServer.on_free_ports(model_repository, log_file=log)
     with server:
         yield server

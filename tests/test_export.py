@@ -10,7 +10,7 @@ import tritonclient.grpc as grpcclient
 
 from export import cli, verify
 from export.exporter import ExportError, export_model
-from export.launcher import TritonServer, free_port
+from export.launcher import TritonServer
 from export.model_spec import UnsupportedModelError
 from export.triton_config import ServingOptions
 
@@ -72,7 +72,7 @@ def test_two_models_in_one_repository_both_serve(tmp_path, default_model_source,
     assert str(repo.resolve()) in summary
 
     texts = ["hello world", "a longer sentence about dynamic batching in Triton " * 20]
-    with TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()) as server:
+    with TritonServer.on_free_ports(repo) as server:
         with grpcclient.InferenceServerClient(server.grpc_url) as client:
             got_minilm, _ = embed(client, "minilm", texts)
             got_cls, tokens = embed(client, "tiny-cls", texts)

@@ -22,13 +22,7 @@ def own_triton(model_repository, tmp_path):
     """A Triton of this test's own (the session one must not be stopped)."""
     from export.launcher import TritonServer
 
-    server = TritonServer(
-        model_repository,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        log_file=tmp_path / "triton.log",
-    )
+    server = TritonServer.on_free_ports(model_repository, log_file=tmp_path / "triton.log")
     with server:
         yield server
 
@@ -95,13 +89,7 @@ def test_triton_hanging_gives_504_after_the_deadline(own_triton, tmp_path):
 def test_gateway_started_before_triton_serves_once_it_is_up(model_repository, tmp_path):
     from export.launcher import TritonServer
 
-    server = TritonServer(
-        model_repository,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        log_file=tmp_path / "triton.log",
-    )
+    server = TritonServer.on_free_ports(model_repository, log_file=tmp_path / "triton.log")
     gw = GatewayProcess(
         tmp_path / "gw2.log", triton_grpc_url=server.grpc_url, triton_metrics_url=server.metrics_url
     ).start(wait="/health")
@@ -211,13 +199,8 @@ def test_model_loaded_after_gateway_start_is_found(model_repository, tmp_path):
 
     from export.launcher import TritonServer
 
-    server = TritonServer(
-        model_repository,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        log_file=tmp_path / "triton.log",
-        extra_args=["--model-control-mode=explicit"],
+    server = TritonServer.on_free_ports(
+        model_repository, log_file=tmp_path / "triton.log", extra_args=["--model-control-mode=explicit"]
     )
     with (
         server,

@@ -30,7 +30,7 @@ from export.exporter import export_model  # noqa: E402
 from export.launcher import TritonServer  # noqa: E402
 from export.runtime.pipeline import OnnxPipeline  # noqa: E402
 from export.runtime.tokenize import TextTokenizer  # noqa: E402
-from export.triton_config import ServingOptions  # noqa: E402
+from export.triton_config import ServingOptions, parse  # noqa: E402
 
 NAME = "all-MiniLM-L6-v2"
 VOCAB = (
@@ -69,8 +69,7 @@ def ensure_repository(repo: Path | None, work: Path) -> Path:
 
 def raw_pipeline(repo: Path, threads: int, encoder: Path | None = None) -> OnnxPipeline:
     tok = repo / f"{NAME}_tokenizer"
-    params = (tok / "config.pbtxt").read_text()
-    max_len = int(params.split('key: "max_seq_length"')[1].split('string_value: "')[1].split('"')[0])
+    max_len = int(parse((tok / "config.pbtxt").read_text()).parameters["max_seq_length"].string_value)
     tokenizer = TextTokenizer(str(tok / "1" / "tokenizer.json"), max_len)
     return OnnxPipeline(
         tokenizer,

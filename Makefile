@@ -25,10 +25,10 @@ install: $(VENV)/.installed
 
 # Export the default model when the repository lacks its weights (configs are committed, weights are not).
 $(REPO)/$(NAME)_encoder/1/model.onnx: | $(VENV)/.installed
-	$(PY) -m export "$(MODEL)" --name $(NAME) --repository $(REPO) --source-label $(HUB_ID)
+	$(PY) -m triton_embeddings.export "$(MODEL)" --name $(NAME) --repository $(REPO) --source-label $(HUB_ID)
 
 export: $(VENV)/.installed
-	$(PY) -m export "$(MODEL)" --name $(NAME) --repository $(REPO) --source-label $(HUB_ID)
+	$(PY) -m triton_embeddings.export "$(MODEL)" --name $(NAME) --repository $(REPO) --source-label $(HUB_ID)
 
 # Triton alone (HTTP 8000, gRPC 8001, metrics 8002).
 triton: $(REPO)/$(NAME)_encoder/1/model.onnx

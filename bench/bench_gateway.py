@@ -34,7 +34,7 @@ import tritonclient.grpc.aio as grpcaio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from export.launcher import TritonServer, free_port  # noqa: E402
+from triton_embeddings.local.launcher import TritonServer, free_port  # noqa: E402
 
 MODEL = "all-MiniLM-L6-v2"
 WORDS = (
@@ -169,8 +169,8 @@ def stop(p: subprocess.Popen) -> None:
 def repository(arg: Path | None, source: str) -> Path:
     if arg is not None:
         return arg
-    from export.exporter import export_model
-    from export.triton_config import ServingOptions
+    from triton_embeddings.export.exporter import export_model
+    from triton_embeddings.export.triton_config import ServingOptions
 
     repo = Path(tempfile.mkdtemp(prefix="bench-gw-repo-"))
     export_model(

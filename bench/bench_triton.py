@@ -26,11 +26,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from export.exporter import export_model  # noqa: E402
-from export.launcher import TritonServer  # noqa: E402
-from export.runtime.pipeline import OnnxPipeline  # noqa: E402
-from export.runtime.tokenize import TextTokenizer  # noqa: E402
-from export.triton_config import ServingOptions, parse  # noqa: E402
+from triton_embeddings.export.exporter import export_model  # noqa: E402
+from triton_embeddings.export.pipeline import OnnxPipeline  # noqa: E402
+from triton_embeddings.export.triton_config import ServingOptions, parse  # noqa: E402
+from triton_embeddings.local.launcher import TritonServer  # noqa: E402
+from triton_embeddings.triton_models.tokenize import TextTokenizer  # noqa: E402
 
 NAME = "all-MiniLM-L6-v2"
 VOCAB = (

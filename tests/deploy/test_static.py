@@ -83,14 +83,13 @@ def _third_party_imports(package: str) -> set[str]:
     import ast
 
     names = set()
-    # serve_local.py is the local all-in-one (it exports and starts Triton): not part of the gateway image.
-    for path in (p for p in (ROOT / package).rglob("*.py") if p.name != "serve_local.py"):
+    for path in (ROOT / "triton_embeddings" / package).rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 names |= {a.name.split(".")[0] for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names.add(node.module.split(".")[0])
-    return {n for n in names if n not in sys.stdlib_module_names and n not in (package, "export")}
+    return {n for n in names if n not in sys.stdlib_module_names and n != "triton_embeddings"}
 
 
 def test_gateway_extra_provides_every_gateway_import():
@@ -131,7 +130,7 @@ def _entrypoint(tmp_path, env_extra, repository):
     shim.mkdir(exist_ok=True)
     fake = shim / "embeddings-export"
     fake.write_text(
-        f"#!/bin/sh\nexec {sys.executable} -c \"import sys; from export.cli import build_parser; "
+        f"#!/bin/sh\nexec {sys.executable} -c \"import sys; from triton_embeddings.export.cli import build_parser; "
         "a = build_parser().parse_args(sys.argv[1:]); print('PARSED', a.model, a.name, a.repository, "
         "a.target, a.precision, a.tensorrt)\" \"$@\"\n"
     )
@@ -325,7 +324,7 @@ def _bytes(size: str) -> int:
 
 
 def test_nginx_body_limit_matches_the_gateway_default():
-    from gateway.settings import Settings
+    from triton_embeddings.gateway.settings import Settings
 
     default = Settings.model_fields["max_body_bytes"].default
     assert [_bytes(v) for v in _directives("client_max_body_size")] == [default]
@@ -527,7 +526,7 @@ def _documented_default(value) -> str:
 
 
 def test_deployment_doc_lists_every_gateway_setting_with_its_default():
-    from gateway.settings import Settings
+    from triton_embeddings.gateway.settings import Settings
 
     doc = (ROOT / "docs/deployment.md").read_text()
     rows = dict(re.findall(r"^\| `(EMBEDDINGS_[A-Z0-9_]+)` \| (.*?) \|", doc, re.M))

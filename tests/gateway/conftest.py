@@ -9,11 +9,11 @@ import shutil
 
 import pytest
 from fastapi.testclient import TestClient
-from gw_helpers import FakeBackend, running_gateway
 
-from gateway.app import create_app
-from gateway.settings import Settings
-from gateway.token_ids import TokenDecoder, load_cl100k
+from tests.gw_helpers import FakeBackend, running_gateway
+from triton_embeddings.gateway.app import create_app
+from triton_embeddings.gateway.settings import Settings
+from triton_embeddings.gateway.token_ids import TokenDecoder, load_cl100k
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from gw_helpers import DEFAULT_MODEL, running_gateway
+
+from tests.gw_helpers import DEFAULT_MODEL, running_gateway
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,8 @@ import time
 import httpx
 import numpy as np
 import pytest
-from gw_helpers import DEFAULT_MODEL, GatewayProcess, free_port, running_gateway
+
+from tests.gw_helpers import DEFAULT_MODEL, GatewayProcess, free_port, running_gateway
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +21,7 @@ BODY = {"model": DEFAULT_MODEL, "input": "resilience check", "encoding_format": 
 @pytest.fixture
 def own_triton(model_repository, tmp_path):
     """A Triton of this test's own (the session one must not be stopped)."""
-    from export.launcher import TritonServer
+    from triton_embeddings.local.launcher import TritonServer
 
     server = TritonServer.on_free_ports(model_repository, log_file=tmp_path / "triton.log")
     with server:
@@ -87,7 +88,7 @@ def test_triton_hanging_gives_504_after_the_deadline(own_triton, tmp_path):
 
 
 def test_gateway_started_before_triton_serves_once_it_is_up(model_repository, tmp_path):
-    from export.launcher import TritonServer
+    from triton_embeddings.local.launcher import TritonServer
 
     server = TritonServer.on_free_ports(model_repository, log_file=tmp_path / "triton.log")
     gw = GatewayProcess(
@@ -197,7 +198,7 @@ def test_redis_cache_hits_are_identical_and_redis_down_still_serves(triton, redi
 def test_model_loaded_after_gateway_start_is_found(model_repository, tmp_path):
     import tritonclient.grpc as grpcclient
 
-    from export.launcher import TritonServer
+    from triton_embeddings.local.launcher import TritonServer
 
     server = TritonServer.on_free_ports(
         model_repository, log_file=tmp_path / "triton.log", extra_args=["--model-control-mode=explicit"]

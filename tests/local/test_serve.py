@@ -1,0 +1,90 @@
+"""The one-command local stack: export when weights are missing, Triton, the gateway, Ctrl-C stops both."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.gw_helpers import DEFAULT_MODEL, ROOT, free_port
+from triton_embeddings.local.serve import curl_example, ensure_exported, missing_weights
+
+
+def test_export_only_when_weights_are_missing(tmp_path):
+    calls = []
+
+    def fake_export(source, repo, name):
+        calls.append((source, name))
+        for p in missing_weights(repo, name):
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(b"x")
+
+    assert len(missing_weights(tmp_path, "m")) == 3
+    assert ensure_exported(tmp_path, "m", "src", exporter=fake_export) is True
+    assert ensure_exported(tmp_path, "m", "src", exporter=fake_export) is False
+    assert calls == [("src", "m")]
+
+
+@pytest.mark.slow
+def test_serve_local_exports_serves_and_stops_on_ctrl_c(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    ports = {
+        "--port": free_port(),
+        "--triton-http-port": free_port(),
+        "--triton-grpc-port": free_port(),
+        "--triton-metrics-port": free_port(),
+    }
+    args = [sys.executable, "-m", "triton_embeddings.local.serve", "--model-repository", str(repo)]
+    for k, v in ports.items():
+        args += [k, str(v)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 240
+        while not any("Try:" in ln for ln in lines):
+            assert proc.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.2)
+        time.sleep(0.2)
+        out = "".join(lines)
+        assert "exporting" in out and not missing_weights(repo, DEFAULT_MODEL)
+        example = curl_example(ports["--port"], DEFAULT_MODEL)
+        assert example in out
+        if shutil.which("curl"):
+            res = subprocess.run(["bash", "-c", example], capture_output=True, text=True, timeout=30)
+            body = json.loads(res.stdout)
+        else:  # pragma: no cover - curl is on every CI image we use
+            import httpx
+
+            body = httpx.post(
+                f"http://127.0.0.1:{ports['--port']}/v1/embeddings",
+                json={"model": DEFAULT_MODEL, "input": ["Hello, world!"]},
+            ).json()
+        assert len(body["data"][0]["embedding"]) == 384
+    finally:
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        try:
+            code = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+    reader.join(5)
+    assert code == 0, "".join(lines)
+    assert "serve: stopped" in "".join(lines)
+    from triton_embeddings.local.launcher import port_in_use
+
+    for port in ports.values():
+        assert not port_in_use(port), f"port {port} still held after Ctrl-C"

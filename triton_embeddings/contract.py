@@ -1,0 +1,156 @@
+"""The Triton contract, written down once: model names, tensor names, parameter keys and typed parameter sets.
+
+Standard library only. The exporter writes every `config.pbtxt` from these types (`to_parameters`); the
+Triton-side models, the gateway, the examples and the benchmarks read them back (`from_config`). Renaming a
+tensor or a parameter key is a one-line change here. docs/contract.md is the prose version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+# ---- Model names ---------------------------------------------------------------------------------------
+TOKENIZER_SUFFIX, ENCODER_SUFFIX, POOLER_SUFFIX = "_tokenizer", "_encoder", "_pooler"
+
+
+def step_names(model: str) -> tuple[str, str, str]:
+    """The tokenizer, encoder and pooler models behind the ensemble `model`."""
+    return model + TOKENIZER_SUFFIX, model + ENCODER_SUFFIX, model + POOLER_SUFFIX
+
+
+# ---- Tensors -------------------------------------------------------------------------------------------
+# The ensemble's public tensors (gateway and direct gRPC clients).
+TEXT = "TEXT"  # input, BYTES [N, 1]
+EMBEDDING = "EMBEDDING"  # output, FP32 [N, D]
+TOKEN_COUNT = "TOKEN_COUNT"  # output, INT32 [N, 1]
+TRUNCATED = "TRUNCATED"  # output, BOOL [N, 1]
+ENSEMBLE_OUTPUTS = (EMBEDDING, TOKEN_COUNT, TRUNCATED)
+
+# Tokenizer step outputs (also the pooler's mask input).
+INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS = "INPUT_IDS", "ATTENTION_MASK", "TOKEN_TYPE_IDS"
+# The encoder's own tensors: the names the ONNX export gives them.
+ONNX_INPUT_IDS, ONNX_ATTENTION_MASK, ONNX_TOKEN_TYPE_IDS = "input_ids", "attention_mask", "token_type_ids"
+ENCODER_INPUTS = {INPUT_IDS: ONNX_INPUT_IDS, ATTENTION_MASK: ONNX_ATTENTION_MASK, TOKEN_TYPE_IDS: ONNX_TOKEN_TYPE_IDS}
+ENCODER_OUTPUT = "last_hidden_state"
+# Pooler input: the encoder's output under the pooler's own name.
+TOKEN_EMBEDDINGS = "TOKEN_EMBEDDINGS"
+
+# Triton's onnxruntime backend knob (cpu target), not ours.
+ORT_BACKEND_INTRA_OP_THREADS = "intra_op_thread_count"
+
+
+# ---- Typed parameter sets ------------------------------------------------------------------------------
+def param(key: str, default: Any = dataclasses.MISSING, **kwargs) -> Any:
+    """A dataclass field stored in `config.pbtxt` `parameters` under `key`."""
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata={"key": key}, **kwargs)
+    return field(default=default, metadata={"key": key}, **kwargs)
+
+
+def _encode(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def _decode(kind: Any, raw: str) -> Any:
+    kind = str(kind)
+    if kind.startswith("bool"):
+        return raw.strip().lower() == "true"
+    if kind.startswith("int"):
+        return int(raw)
+    if kind.startswith("float"):
+        return float(raw)
+    if kind.startswith("dict"):
+        return json.loads(raw) if raw else {}
+    return raw
+
+
+class ContractError(ValueError):
+    """A config does not carry what the contract requires."""
+
+
+def parameters_of(config: dict) -> dict[str, str]:
+    """String parameters of a model config in Triton's JSON form (Python-backend args, gRPC as_json)."""
+    return {k: (v or {}).get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
+
+
+class ParameterSet:
+    """Base of the typed parameter sets: `to_parameters()` for the writer, `from_config()` for readers."""
+
+    what: ClassVar[str] = "model"
+
+    def to_parameters(self) -> dict[str, str]:
+        return {f.metadata["key"]: _encode(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_parameters(cls, params: dict[str, str]):
+        values = {}
+        for f in dataclasses.fields(cls):
+            key = f.metadata["key"]
+            if key in params:
+                try:
+                    values[f.name] = _decode(f.type, params[key])
+                except ValueError as exc:
+                    raise ContractError(f"{cls.what} parameter {key!r}: {exc}") from None
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ContractError(f"{cls.what} config lacks the required parameter {key!r}")
+        return cls(**values)
+
+    @classmethod
+    def from_config(cls, config: dict):
+        """Read a model config in Triton's JSON form."""
+        return cls.from_parameters(parameters_of(config))
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.metadata["key"] for f in dataclasses.fields(cls)]
+
+
+@dataclass(frozen=True)
+class EnsembleParams(ParameterSet):
+    """What the ensemble's `parameters` tell clients about an embedding model."""
+
+    what: ClassVar[str] = "ensemble"
+    embedding_dimension: int = param("embedding_dimension")
+    max_seq_length: int = param("max_seq_length")
+    pooling_mode: str = param("pooling_mode", "mean")
+    normalize: bool = param("normalize", True)
+    source_model: str = param("source_model", "")
+    prompts: dict = param("prompts", {})
+
+
+@dataclass(frozen=True)
+class TokenizerParams(ParameterSet):
+    """Knobs of the tokenizer step."""
+
+    what: ClassVar[str] = "tokenizer"
+    max_seq_length: int = param("max_seq_length")
+    tokenizer_file: str = param("tokenizer_file", "tokenizer.json")
+    prompt: str = param("prompt", "")
+    lowercase: bool = param("lowercase", False)
+    pad_id: int = param("pad_id", 0)
+
+
+@dataclass(frozen=True)
+class OnnxStepParams(ParameterSet):
+    """Knobs of an ONNX step run on the Python backend (the embedded target's encoder and pooler)."""
+
+    what: ClassVar[str] = "onnx step"
+    onnx_file: str = param("onnx_file", "model.onnx")
+    intra_op_threads: int = param("intra_op_threads", 0)
+    regroup_by_length: bool = param("regroup_by_length", False)
+
+
+def is_embedding_ensemble(config: dict) -> bool:
+    """True for an ensemble written by the exporter (it carries the embedding contract)."""
+    return (
+        config.get("platform") == "ensemble"
+        and EnsembleParams.keys()[0] in parameters_of(config)
+        and TEXT in {i.get("name") for i in config.get("input", [])}
+    )

@@ -1,0 +1,43 @@
+"""The served pipeline (tokenizer -> encoder -> pooler) run in-process with ONNX Runtime.
+
+The export's verifier and the benchmark's raw baseline use it; Triton runs the same three steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from triton_embeddings.triton_models.onnx_session import make_session
+from triton_embeddings.triton_models.tokenize import TextTokenizer
+
+
+class OnnxPipeline:
+    def __init__(self, tokenizer: TextTokenizer, encoder: str, pooler: str, threads: int = 0,
+                 providers: list[str] | None = None, lowercase: bool = False):
+        self.tokenizer = tokenizer
+        self.lowercase = lowercase
+        self.encoder = make_session(encoder, threads, providers)
+        self.pooler = make_session(pooler, threads, providers)
+        self.encoder_inputs = [i.name for i in self.encoder.get_inputs()]
+
+    def embed_batch(self, texts: list[str]) -> np.ndarray:
+        enc = self.tokenizer([t.lower() for t in texts] if self.lowercase else texts)
+        feed = {
+            "input_ids": enc.input_ids,
+            "attention_mask": enc.attention_mask,
+            "token_type_ids": enc.token_type_ids,
+        }
+        (hidden,) = self.encoder.run(None, {k: feed[k] for k in self.encoder_inputs})
+        (pooled,) = self.pooler.run(None, {"TOKEN_EMBEDDINGS": hidden, "ATTENTION_MASK": enc.attention_mask})
+        return pooled
+
+    def embed(self, texts: list[str], batch_size: int = 32, sort_by_length: bool = True) -> np.ndarray:
+        """Embed in batches; sorting by length first keeps padding small (sentence-transformers does too)."""
+        order = list(range(len(texts)))
+        if sort_by_length:
+            order.sort(key=lambda i: len(texts[i]))
+        out = np.zeros((len(texts), self.pooler.get_outputs()[0].shape[-1]), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            out[idx] = self.embed_batch([texts[i] for i in idx])
+        return out

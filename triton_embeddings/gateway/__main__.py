@@ -1,0 +1,51 @@
+"""`python -m triton_embeddings.gateway`: run the gateway with uvicorn, configured from `EMBEDDINGS_*` environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import uvicorn
+
+from triton_embeddings.gateway.app import create_app, setup_logging
+from triton_embeddings.gateway.settings import Settings
+
+
+def run(settings: Settings) -> None:
+    """Serve until SIGINT/SIGTERM (uvicorn drains in-flight requests, then the lifespan closes the client)."""
+    setup_logging(settings.log_level)
+    logging.getLogger("gateway").info("settings: %s", settings.model_dump_json())  # SecretStr prints as ****
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # keep our handler (request ids)
+        log_level=settings.log_level,
+        access_log=False,  # ours logs request ids and never bodies
+        timeout_graceful_shutdown=10,
+        timeout_keep_alive=settings.keep_alive_s,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m triton_embeddings.gateway",
+        description="OpenAI-compatible embeddings gateway over Triton. Every setting is an EMBEDDINGS_* "
+        "environment variable; the flags below override the common ones.",
+    )
+    parser.add_argument("--host", help="listen address (EMBEDDINGS_HOST)")
+    parser.add_argument("--port", type=int, help="listen port (EMBEDDINGS_PORT, default 8080)")
+    parser.add_argument("--triton-grpc-url", help="Triton gRPC host:port (EMBEDDINGS_TRITON_GRPC_URL)")
+    parser.add_argument("--triton-metrics-url", help="Triton metrics URL (EMBEDDINGS_TRITON_METRICS_URL)")
+    parser.add_argument("--print-settings", action="store_true", help="print the settings (secrets redacted)")
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k != "print_settings"}
+    settings = Settings(**overrides)
+    if args.print_settings:
+        print(settings.model_dump_json(indent=2))
+        return
+    run(settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Per-model dispatch to Triton: length-sorted chunks of at most max_batch_size, a bounded number in flight.
+
+A request's texts are queued sorted by length and cut into chunks the ensemble accepts. At most
+`max_calls` Triton calls per model run at once; texts that arrive meanwhile (from any request) wait and
+leave together in the next call. An idle gateway sends at once (no added latency); a busy one sends fewer,
+fuller batches, which is cheaper for Triton than many single-text calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+from triton_embeddings.gateway.cache import CacheEntry
+from triton_embeddings.gateway.triton import ModelInfo, TritonBackend, TritonTimeout
+
+log = logging.getLogger("gateway.batcher")
+
+
+class _Item:
+    __slots__ = ("text", "future", "request_id")
+
+    def __init__(self, text: str, future: asyncio.Future, request_id: str):
+        self.text = text
+        self.future = future
+        self.request_id = request_id
+
+
+class Batcher:
+    """Queues texts per model and runs them through `backend.embed` in bounded, concurrent batches."""
+
+    def __init__(
+        self,
+        backend: TritonBackend,
+        max_calls: int,
+        deadline_s: float | None = None,
+        observe_call: Callable[[str, float], None] = lambda model, seconds: None,
+    ):
+        self.backend = backend
+        self.max_calls = max_calls
+        self.deadline_s = deadline_s
+        self.observe_call = observe_call
+        self._queues: dict[str, deque[_Item]] = {}
+        self._calls: dict[str, int] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    async def embed(self, info: ModelInfo, texts: list[str], request_id: str = "") -> list[CacheEntry]:
+        """Embed `texts` (any number) and return one entry per text, in order."""
+        loop = asyncio.get_running_loop()
+        queue = self._queues.setdefault(info.name, deque())
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        futures: list[asyncio.Future] = [loop.create_future() for _ in texts]
+        for i in order:
+            queue.append(_Item(texts[i], futures[i], request_id))
+        self._pump(info)
+        # Wait for all (so no failure goes unretrieved); the first failure is this request's answer.
+        try:
+            results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), self.deadline_s)
+        except asyncio.TimeoutError:  # still queued texts are dropped: their futures were cancelled
+            raise TritonTimeout(f"request not embedded within {self.deadline_s:g} s") from None
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return results
+
+    def _pump(self, info: ModelInfo) -> None:
+        queue = self._queues[info.name]
+        while queue and self._calls.get(info.name, 0) < self.max_calls:
+            batch: list[_Item] = []
+            while queue and len(batch) < info.max_batch_size:
+                item = queue.popleft()
+                if not item.future.done():  # skip texts of requests that went away
+                    batch.append(item)
+            if not batch:
+                return
+            self._calls[info.name] = self._calls.get(info.name, 0) + 1
+            task = asyncio.create_task(self._run(info, batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, info: ModelInfo, batch: list[_Item]) -> None:
+        batch.sort(key=lambda it: len(it.text))
+        t0 = time.perf_counter()
+        try:
+            res = await self.backend.embed(info.name, [it.text for it in batch], batch[0].request_id)
+        except Exception as e:
+            for it in batch:
+                if not it.future.done():
+                    it.future.set_exception(e)
+        else:
+            for i, it in enumerate(batch):
+                if not it.future.done():
+                    it.future.set_result(
+                        CacheEntry(res.embeddings[i].copy(), int(res.token_counts[i]), bool(res.truncated[i]))
+                    )
+        finally:
+            self.observe_call(info.name, time.perf_counter() - t0)
+            self._calls[info.name] -= 1
+            self._pump(info)

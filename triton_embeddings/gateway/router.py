@@ -1,0 +1,126 @@
+"""Thin HTTP layer: routes, auth, and rendering; the work is in `service.py`."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.responses import Response
+
+from triton_embeddings.gateway.errors import APIError, ErrorKind, error_response
+from triton_embeddings.gateway.protocol import EmbeddingRequest, EmbeddingResponse, ErrorResponse, Model, ModelList
+from triton_embeddings.gateway.service import EmbeddingService
+
+router = APIRouter()
+
+ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 413, 429, 500, 503, 504)}
+
+
+def json_response(body: object, status_code: int = 200) -> Response:
+    """JSON via orjson (numpy float32 rows are written as their shortest float32 repr)."""
+    return Response(
+        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+        status_code=status_code,
+        media_type="application/json",
+    )
+
+
+def service_of(request: Request) -> EmbeddingService:
+    return request.app.state.service
+
+
+async def check_api_key(request: Request) -> None:
+    """Bearer auth against the configured keys (constant-time); no keys configured: open."""
+    keys: list[bytes] = request.app.state.api_keys
+    if not keys:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    given = token.strip().encode("utf-8") if scheme.lower() == "bearer" else b""
+    ok = False
+    for key in keys:  # compare against every key so timing does not tell which one matched
+        ok |= hmac.compare_digest(given, key)
+    if not ok:
+        message = (
+            "Incorrect API key provided."
+            if given
+            else "You didn't provide an API key. Send it in an Authorization header: 'Bearer YOUR_KEY'."
+        )
+        raise APIError(ErrorKind.INVALID_API_KEY, message, headers={"WWW-Authenticate": "Bearer"})
+
+
+async def check_metrics_key(request: Request) -> None:
+    if request.app.state.settings.metrics_require_auth:
+        await check_api_key(request)
+
+
+@router.post(
+    "/v1/embeddings",
+    response_model=EmbeddingResponse,
+    responses=ERRORS,
+    dependencies=[Depends(check_api_key)],
+)
+@router.post(
+    "/embeddings",
+    response_model=EmbeddingResponse,
+    responses=ERRORS,
+    dependencies=[Depends(check_api_key)],
+    include_in_schema=False,
+)
+async def create_embeddings(body: EmbeddingRequest, request: Request) -> Response:
+    """OpenAI's `POST /v1/embeddings`."""
+    service = service_of(request)
+    info = service.resolve(body.model)
+    request.state.model_label = info.name  # bounded label for the request metrics
+    return json_response(await service.embed(body, request.state.request_id))
+
+
+@router.get("/v1/models", response_model=ModelList, dependencies=[Depends(check_api_key)])
+@router.get("/models", response_model=ModelList, dependencies=[Depends(check_api_key)], include_in_schema=False)
+async def list_models(request: Request) -> Response:
+    """Every served model plus its aliases."""
+    return json_response({"object": "list", "data": service_of(request).list_models()})
+
+
+@router.get(
+    "/v1/models/{model_id:path}",
+    response_model=Model,
+    responses=ERRORS,
+    dependencies=[Depends(check_api_key)],
+)
+@router.get(
+    "/models/{model_id:path}",
+    response_model=Model,
+    responses=ERRORS,
+    dependencies=[Depends(check_api_key)],
+    include_in_schema=False,
+)
+async def get_model(model_id: str, request: Request) -> Response:
+    """One model or alias; unknown: 404 `model_not_found`."""
+    return json_response(service_of(request).get_model(model_id))
+
+
+@router.get("/health")
+async def health() -> Response:
+    """Liveness: the process answers; Triton is not called."""
+    return json_response({"status": "ok"})
+
+
+@router.get("/ready", responses={503: {"model": ErrorResponse}})
+async def ready(request: Request) -> Response:
+    """Readiness: Triton live and every configured model ready."""
+    ok, reason = await service_of(request).ready()
+    if ok:
+        return json_response({"status": "ready"})
+    err = APIError(ErrorKind.UPSTREAM_UNAVAILABLE, f"Not ready: {reason}.")
+    return error_response(err, request.app.state.settings.retry_after_s)
+
+
+@router.get("/metrics", dependencies=[Depends(check_metrics_key)])
+async def metrics(request: Request) -> Response:
+    """Prometheus exposition: the gateway's metrics and Triton's, merged."""
+    body = await asyncio.to_thread(request.app.state.metrics.exposition)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

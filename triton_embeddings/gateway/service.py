@@ -1,0 +1,245 @@
+"""The embeddings work: inputs, cache, length-sorted concurrent chunks to Triton, and the OpenAI answer."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Any
+
+import numpy as np
+
+from triton_embeddings.gateway.batcher import Batcher
+from triton_embeddings.gateway.cache import Cache, CacheEntry, cache_key
+from triton_embeddings.gateway.errors import APIError, ErrorKind
+from triton_embeddings.gateway.metrics import GatewayMetrics
+from triton_embeddings.gateway.protocol import EmbeddingRequest
+from triton_embeddings.gateway.settings import DEFAULT_TARGET, Settings
+from triton_embeddings.gateway.token_ids import TokenDecoder
+from triton_embeddings.gateway.triton import ModelInfo, TritonBackend, TritonError, TritonTimeout, TritonUnavailable
+
+log = logging.getLogger("gateway.service")
+
+OWNER = "triton-embeddings"
+
+
+class EmbeddingService:
+    """Answers embeddings and models requests from the served Triton ensembles."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        backend: TritonBackend,
+        cache: Cache,
+        metrics: GatewayMetrics,
+        decoder: TokenDecoder,
+    ):
+        self.settings = settings
+        self.backend = backend
+        self.cache = cache
+        self.metrics = metrics
+        self.decoder = decoder
+        self.batcher = Batcher(
+            backend,
+            settings.max_concurrent_batches,
+            settings.request_timeout_s,
+            lambda model, seconds: metrics.triton_latency.labels(model).observe(seconds),
+        )
+        self._in_flight = 0
+
+    # ---- models -------------------------------------------------------------------------------------
+
+    def _models(self) -> dict[str, ModelInfo]:
+        models = self.backend.models
+        if models is None:
+            raise APIError(ErrorKind.UPSTREAM_UNAVAILABLE, "The inference server is not reachable right now.")
+        return models
+
+    def default_model(self, models: dict[str, ModelInfo]) -> str | None:
+        """The configured default if served, else the only model, else the first by name."""
+        if self.settings.default_model:
+            return self.settings.default_model if self.settings.default_model in models else None
+        return min(models) if models else None
+
+    def aliases(self, models: dict[str, ModelInfo]) -> dict[str, str]:
+        """Alias -> served model, for the aliases whose target is served (served names win over aliases)."""
+        default = self.default_model(models)
+        out = {}
+        for alias, target in self.settings.model_aliases.items():
+            target = default if target == DEFAULT_TARGET else target
+            if target in models and alias not in models:
+                out[alias] = target
+        return out
+
+    def resolve(self, name: str) -> ModelInfo:
+        """A served model or alias; unknown: 404 `model_not_found`."""
+        models = self._models()
+        target = name if name in models else self.aliases(models).get(name)
+        if target is None:
+            self.backend.unknown_model_seen()  # it may have been loaded since the last look
+            raise APIError(
+                ErrorKind.MODEL_NOT_FOUND,
+                f"The model `{name}` does not exist. See GET /v1/models for the served models.",
+                param="model",
+            )
+        return models[target]
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """OpenAI `Model` objects: every served model, then its aliases."""
+        models = self._models()
+        out = [
+            {"id": m.name, "object": "model", "created": m.created, "owned_by": OWNER}
+            for m in sorted(models.values(), key=lambda m: m.name)
+        ]
+        for alias, target in sorted(self.aliases(models).items()):
+            out.append({"id": alias, "object": "model", "created": models[target].created, "owned_by": OWNER})
+        return out
+
+    def get_model(self, name: str) -> dict[str, Any]:
+        info = self.resolve(name)
+        return {"id": name, "object": "model", "created": info.created, "owned_by": OWNER}
+
+    async def ready(self) -> tuple[bool, str]:
+        """Triton live and every configured (or, if none configured, every discovered) model ready."""
+        names = list(self.settings.models or (self.backend.models or {}))
+        if not names:
+            return False, "no embedding model is served"
+        return await self.backend.ready(names)
+
+    # ---- embeddings ---------------------------------------------------------------------------------
+
+    def texts_of(self, req: EmbeddingRequest) -> list[str]:
+        """The request's inputs as texts; token ids are decoded as cl100k_base."""
+        raw = req.input
+        if isinstance(raw, str):
+            items: list = [raw]
+        elif raw and isinstance(raw[0], int):
+            items = [raw]  # one token-id input
+        else:
+            items = list(raw)
+        if not items:
+            raise APIError(ErrorKind.INVALID_REQUEST, "'input' must not be an empty array.", param="input")
+        if len(items) > self.settings.max_inputs:
+            raise APIError(
+                ErrorKind.INVALID_REQUEST,
+                f"Too many inputs: {len(items)}. At most {self.settings.max_inputs} inputs per request.",
+                param="input",
+            )
+        texts = []
+        for i, item in enumerate(items):
+            if not item:
+                raise APIError(
+                    ErrorKind.INVALID_REQUEST, f"Input {i} is empty; inputs must be non-empty.", param="input"
+                )
+            text = item if isinstance(item, str) else self.decoder.decode(item, i)
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise APIError(
+                    ErrorKind.INVALID_REQUEST,
+                    f"Input {i} is not valid Unicode (unpaired surrogate).",
+                    param="input",
+                ) from None
+            texts.append(text)
+        return texts
+
+    def _check_dimensions(self, dims: int | None, info: ModelInfo) -> None:
+        if dims is not None and not 1 <= dims <= info.dimension:
+            raise APIError(
+                ErrorKind.INVALID_REQUEST,
+                f"'dimensions' must be between 1 and {info.dimension} for model {info.name}; got {dims}.",
+                param="dimensions",
+            )
+
+    async def embed(self, req: EmbeddingRequest, request_id: str = "") -> dict[str, Any]:
+        """Answer one embeddings request in OpenAI's shape."""
+        info = self.resolve(req.model)
+        texts = self.texts_of(req)
+        self._check_dimensions(req.dimensions, info)
+        if self._in_flight >= self.settings.max_in_flight:
+            raise APIError(ErrorKind.OVERLOADED, "The server is overloaded; retry shortly.")
+        if self.settings.log_inputs and log.isEnabledFor(logging.DEBUG):
+            log.debug("inputs: %r", texts)
+        self._in_flight += 1
+        self.metrics.in_flight.inc()
+        try:
+            entries = await self._entries(info, texts, request_id)
+        finally:
+            self._in_flight -= 1
+            self.metrics.in_flight.dec()
+        if not self.settings.truncate:
+            for i, e in enumerate(entries):
+                if e.truncated:
+                    raise APIError(
+                        ErrorKind.CONTEXT_LENGTH,
+                        f"This model's maximum context length is {info.max_seq_length} tokens; input {i} is "
+                        "longer. Please reduce the length of the input.",
+                        param="input",
+                    )
+        tokens = int(sum(e.tokens for e in entries))
+        if tokens > self.settings.max_tokens_per_request:
+            raise APIError(
+                ErrorKind.TOO_MANY_TOKENS,
+                f"Requested {tokens} tokens, max {self.settings.max_tokens_per_request} tokens per request.",
+                param="input",
+            )
+        self.metrics.inputs.labels(info.name).observe(len(texts))
+        self.metrics.tokens.labels(info.name).inc(tokens)
+        vectors = postprocess(np.stack([e.vector for e in entries]), req.dimensions)
+        if req.encoding_format == "base64":
+            embeddings: list = [base64.b64encode(v.tobytes()).decode("ascii") for v in vectors]
+        else:
+            embeddings = list(vectors)  # float32 rows; orjson writes the shortest float32 repr
+        return {
+            "object": "list",
+            "data": [{"object": "embedding", "embedding": e, "index": i} for i, e in enumerate(embeddings)],
+            "model": req.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+
+    async def _entries(self, info: ModelInfo, texts: list[str], request_id: str) -> list[CacheEntry]:
+        """One entry per input: cached ones from the cache, the missing unique texts from Triton."""
+        unique = list(dict.fromkeys(texts))
+        found: dict[str, CacheEntry] = {}
+        keys: dict[str, str] = {}
+        if self.cache.enabled:
+            keys = {t: cache_key(info.name, info.fingerprint, t) for t in unique}
+            cached = await self.cache.get_many([keys[t] for t in unique])
+            found = {t: e for t, e in zip(unique, cached, strict=True) if e is not None}
+            self.metrics.cache_hits.inc(len(found))
+            self.metrics.cache_misses.inc(len(unique) - len(found))
+        missing = [t for t in unique if t not in found]
+        if missing:
+            computed = await self._infer(info, missing, request_id)
+            found.update(computed)
+            if self.cache.enabled:
+                await self.cache.set_many({keys[t]: e for t, e in computed.items()})
+        return [found[t] for t in texts]
+
+    async def _infer(self, info: ModelInfo, texts: list[str], request_id: str) -> dict[str, CacheEntry]:
+        """Embed through the batcher (length-sorted, chunked, concurrent); Triton failures become 503/504."""
+        try:
+            entries = await self.batcher.embed(info, texts, request_id)
+        except TritonUnavailable as e:
+            self.metrics.triton_errors.labels("unavailable").inc()
+            log.warning("Triton unavailable: %s", e)
+            raise APIError(
+                ErrorKind.UPSTREAM_UNAVAILABLE,
+                "The inference server is not reachable right now; retry shortly.",
+            ) from None
+        except TritonTimeout as e:
+            self.metrics.triton_errors.labels("timeout").inc()
+            log.warning("Triton timeout: %s", e)
+            raise APIError(ErrorKind.UPSTREAM_TIMEOUT, "The inference server did not answer in time.") from None
+        except TritonError:
+            self.metrics.triton_errors.labels("error").inc()
+            raise  # the generic 500 handler logs it and answers with the request id
+        return dict(zip(texts, entries, strict=True))
+
+
+def postprocess(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
+    """Truncate to `dimensions` and re-normalize; little-endian float32 rows out."""
+    if dimensions is not None and dimensions < vectors.shape[1]:
+        vectors = vectors[:, :dimensions]
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors = vectors / np.where(norms > 0, norms, 1.0)
+    return np.ascontiguousarray(vectors, dtype="<f4")

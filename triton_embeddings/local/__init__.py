@@ -1,0 +1,1 @@
+"""The embedded Triton launcher and the one-command local stack."""

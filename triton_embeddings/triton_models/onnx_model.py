@@ -1,0 +1,99 @@
+"""Triton Python-backend model that runs an `.onnx` file with ONNX Runtime (the embedded target).
+
+It stands in for Triton's `onnxruntime_onnx` platform, which the embedded server lacks. Its inputs
+are declared `allow_ragged_batch`, so Triton hands it every queued request whatever their lengths:
+- `regroup_by_length: true` (the encoder): all rows are re-sorted by their real length (from the
+  attention mask) and run in groups of similar length, each padded only to its own longest row;
+- otherwise (the pooler): requests of equal shape are concatenated and run together.
+Other knobs in `parameters`: `onnx_file`, `intra_op_threads`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from triton_embeddings.triton_models.backend_utils import TokenCounters
+from triton_embeddings.triton_models.backend_utils import parameter as _parameter
+from triton_embeddings.triton_models.onnx_session import make_session
+from triton_embeddings.triton_models.regroup import gather_rows, plan_groups
+
+MASK = "attention_mask"
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        folder = Path(args["model_repository"]) / args["model_version"]
+        self.session = make_session(
+            str(folder / _parameter(config, "onnx_file", "model.onnx")),
+            threads=int(_parameter(config, "intra_op_threads", "0")),
+            providers=["CPUExecutionProvider"],
+        )
+        self.inputs = [i["name"] for i in config["input"]]
+        self.outputs = [o["name"] for o in config["output"]]
+        self.regroup = _parameter(config, "regroup_by_length", "false") == "true"
+        self.max_rows = int(config.get("max_batch_size") or 64)
+        if self.regroup:
+            self.tokens = TokenCounters(
+                "embeddings_encoder_tokens_total",
+                "Token positions the encoder computed: kind=real (text tokens) or padded (shape)",
+                config["name"],
+            )
+
+    def execute(self, requests):
+        arrays = [[pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in self.inputs] for r in requests]
+        try:
+            if self.regroup:
+                results = self._run_regrouped(arrays)
+            else:
+                results = self._run_by_shape(arrays)
+        except Exception as exc:  # noqa: BLE001 - report per request; the server keeps serving
+            error = pb_utils.TritonError(f"onnxruntime failed: {type(exc).__name__}")
+            return [pb_utils.InferenceResponse(error=error) for _ in requests]
+        return [
+            pb_utils.InferenceResponse([pb_utils.Tensor(n, np.ascontiguousarray(t)) for n, t in zip(self.outputs, out)])
+            for out in results
+        ]
+
+    def _run_by_shape(self, arrays):
+        groups: dict[tuple, list[int]] = {}
+        for i, tensors in enumerate(arrays):
+            groups.setdefault(tuple(t.shape[1:] for t in tensors), []).append(i)
+        results: list = [None] * len(arrays)
+        for members in groups.values():
+            feed = {n: np.concatenate([arrays[i][k] for i in members]) for k, n in enumerate(self.inputs)}
+            outs = self.session.run(self.outputs, feed)
+            offset = 0
+            for i in members:
+                rows = arrays[i][0].shape[0]
+                results[i] = [o[offset : offset + rows] for o in outs]
+                offset += rows
+        return results
+
+    def _run_regrouped(self, arrays):
+        mask_at = self.inputs.index(MASK)
+        # One entry per text: (request, row, real length).
+        rows = [(i, r) for i, tensors in enumerate(arrays) for r in range(tensors[0].shape[0])]
+        lengths = [int(arrays[i][mask_at][r].sum()) for i, r in rows]
+        results: list[list] = [[None] * len(self.outputs) for _ in arrays]
+        for group in plan_groups(lengths, max_rows=self.max_rows):
+            length = max(1, max(lengths[g] for g in group))
+            feed = {
+                name: gather_rows([arrays[rows[g][0]][k][rows[g][1]] for g in group], length)
+                for k, name in enumerate(self.inputs)
+            }
+            self.tokens.add(sum(lengths[g] for g in group), len(group) * length)
+            outs = self.session.run(self.outputs, feed)
+            for pos, g in enumerate(group):
+                i, r = rows[g]
+                n_rows, padded = arrays[i][mask_at].shape
+                for o, out in enumerate(outs):
+                    if results[i][o] is None:  # outputs keep the request's own padded length
+                        results[i][o] = np.zeros((n_rows, padded, *out.shape[2:]), dtype=out.dtype)
+                    n = min(length, padded)
+                    results[i][o][r, :n] = out[pos, :n]
+        return results

@@ -100,7 +100,7 @@ class Gateway:
 
 @contextlib.contextmanager
 def gateway(triton, logdir: Path, **settings: str):
-    """`python -m triton_embeddings.gateway` on a free loopback port, configured like the compose service (EMBEDDINGS_*)."""
+    """The gateway on a free loopback port, configured like the compose service (EMBEDDINGS_*)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDDINGS_")}
     env.update({

@@ -415,7 +415,8 @@ def test_logs_hold_no_keys_and_no_texts(make_client, caplog):
 
 def test_log_lines_carry_the_request_id(tmp_path):
     code = (
-        "import logging; from triton_embeddings.gateway.app import setup_logging, request_id_var; setup_logging('info'); "
+        "import logging; from triton_embeddings.gateway.app import setup_logging, request_id_var; "
+        "setup_logging('info'); "
         "request_id_var.set('rid-777'); logging.getLogger('gateway').info('hello')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)

@@ -1,4 +1,4 @@
-"""`python -m triton_embeddings.gateway`: run the gateway with uvicorn, configured from `EMBEDDINGS_*` environment variables."""
+"""`embeddings-gateway`: run the gateway with uvicorn, configured from `EMBEDDINGS_*` environment variables."""
 
 from __future__ import annotations
 

@@ -69,7 +69,7 @@ def curl_example(port: int, model: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m triton_embeddings.local.serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="embeddings-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--model-repository", type=Path, default=Path("model_repository"))
     p.add_argument("--name", default=DEFAULT_NAME, help="model to export when missing (default %(default)s)")

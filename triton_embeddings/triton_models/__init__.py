@@ -1,1 +1,4 @@
-"""What runs inside Triton's Python backend: tokenizer, ONNX step, pooling math (numpy, tokenizers, onnxruntime, contract only)."""
+"""What runs inside Triton's Python backend: tokenizer, ONNX step, pooling math.
+
+Imports numpy, tokenizers, onnxruntime, the standard library and `triton_embeddings.contract` only.
+"""

@@ -5,26 +5,16 @@ from __future__ import annotations
 import argparse
 import logging
 
-import uvicorn
-
 from triton_embeddings.gateway.app import create_app, setup_logging
+from triton_embeddings.gateway.server import make_server
 from triton_embeddings.gateway.settings import Settings
 
 
 def run(settings: Settings) -> None:
-    """Serve until SIGINT/SIGTERM (uvicorn drains in-flight requests, then the lifespan closes the client)."""
+    """Serve until SIGINT/SIGTERM (see `server.GatewayServer` for the drain), then close the Triton client."""
     setup_logging(settings.log_level)
     logging.getLogger("gateway").info("settings: %s", settings.model_dump_json())  # SecretStr prints as ****
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,  # keep our handler (request ids)
-        log_level=settings.log_level,
-        access_log=False,  # ours logs request ids and never bodies
-        timeout_graceful_shutdown=10,
-        timeout_keep_alive=settings.keep_alive_s,
-    )
+    make_server(create_app(settings), settings).run()
 
 
 def main(argv: list[str] | None = None) -> None:

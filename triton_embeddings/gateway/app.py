@@ -93,6 +93,8 @@ class RequestContextMiddleware:
             if not too_large and scope["method"] in ("POST", "PUT", "PATCH"):
                 body, too_large = await _read_body(receive, cap)
                 receive = _replay(body, receive)
+                if (bad := _not_utf8(body)) is not None:
+                    return await error_response(bad)(scope, receive, send_with_id)
             if too_large:
                 err = APIError(ErrorKind.BODY_TOO_LARGE, f"Request body too large: the limit is {cap} bytes.")
                 return await error_response(err)(scope, receive, send_with_id)
@@ -137,6 +139,19 @@ async def _read_body(receive, cap: int) -> tuple[bytes, bool]:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks), False
+
+
+def _not_utf8(body: bytes) -> APIError | None:
+    """JSON bodies must be UTF-8 (RFC 8259); say where one is not, instead of a generic parse error."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return APIError(
+            ErrorKind.INVALID_REQUEST,
+            f"The request body is not valid UTF-8: byte 0x{body[e.start]:02x} at byte offset {e.start} "
+            f"({e.reason}). Send the JSON body encoded as UTF-8.",
+        )
+    return None
 
 
 def _replay(body: bytes, receive):
@@ -216,6 +231,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.draining = False  # set on SIGTERM by server.GatewayServer: /ready answers 503
     app.state.metrics = metrics
     app.state.api_keys = api_keys
     install_error_handlers(app, settings.retry_after_s)

@@ -112,7 +112,10 @@ async def health() -> Response:
 @router.get("/ready", responses={503: {"model": ErrorResponse}})
 async def ready(request: Request) -> Response:
     """Readiness: Triton live and every configured model ready."""
-    ok, reason = await service_of(request).ready()
+    if request.app.state.draining:
+        ok, reason = False, "shutting down"
+    else:
+        ok, reason = await service_of(request).ready()
     if ok:
         return json_response({"status": "ready"})
     err = APIError(ErrorKind.UPSTREAM_UNAVAILABLE, f"Not ready: {reason}.")

@@ -23,6 +23,24 @@ class Settings(BaseSettings):
     keep_alive_s: int = Field(
         75, description="Idle keep-alive of client connections; longer than a proxy's (nginx: 60 s) avoids 502s."
     )
+    request_read_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A connection must deliver each complete request (headers and body) within this many "
+        "seconds of connecting or of starting it, else it is closed (silent or slow clients).",
+    )
+    max_connections: int = Field(
+        1024, ge=1, description="Open client connections at most; a request on one past it gets 503 and a close."
+    )
+    shutdown_delay_s: float = Field(
+        5.0,
+        ge=0,
+        description="On SIGTERM, `/ready` answers 503 at once but requests are still served this long, so "
+        "load balancers stop sending before the listener closes.",
+    )
+    drain_timeout_s: int = Field(
+        10, ge=1, description="After that, in-flight requests get this long to finish before they are cut."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     access_log: bool = Field(True, description="Log one line per request (request id, path, status, time).")
     log_inputs: bool = Field(

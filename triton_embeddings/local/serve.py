@@ -81,9 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--triton-metrics-port", type=int, default=8002)
     args = p.parse_args(argv)
 
-    import uvicorn
-
     from triton_embeddings.gateway.app import create_app, setup_logging
+    from triton_embeddings.gateway.server import make_server
     from triton_embeddings.gateway.settings import Settings
     from triton_embeddings.local.launcher import TritonLaunchError, TritonServer, port_in_use
 
@@ -108,18 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"serve: starting Triton (gRPC {triton.grpc_url}) ...", flush=True)
     try:
         with triton:
-            server = uvicorn.Server(
-                uvicorn.Config(
-                    create_app(settings),
-                    host=args.host,
-                    port=args.port,
-                    log_config=None,
-                    log_level=settings.log_level,
-                    access_log=False,
-                    timeout_graceful_shutdown=10,
-                    timeout_keep_alive=settings.keep_alive_s,
-                )
-            )
+            server = make_server(create_app(settings), settings)
 
             def announce() -> None:
                 while not server.started and not server.should_exit:

@@ -113,6 +113,7 @@ def gateway(triton, logdir: Path, **settings: str):
         "EMBEDDINGS_TIKTOKEN_LOAD_TIMEOUT_S": "1",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
     })
+    env["EMBEDDINGS_SHUTDOWN_DELAY_S"] = "0.2"  # quick teardown; tests of the drain set their own
     env.update({f"EMBEDDINGS_{k.upper()}": v for k, v in settings.items()})
     log = logdir / f"gateway-{port}.log"
     with open(log, "wb") as out:

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
+import httpx2
+import openai
 import pytest
 import yaml
 
@@ -238,75 +240,182 @@ def test_nginx_tls_and_per_key_rate_limit(stack):
 
 
 # --- failover -------------------------------------------------------------------------------------------
+# Each failover test runs FAILOVER_ROUNDS times (default 1): `FAILOVER_ROUNDS=20 pytest -k failover` loops it.
+
+ROUNDS = range(int(os.environ.get("FAILOVER_ROUNDS", "1")))
 
 
 @dataclass
 class Result:
     index: int
-    started: float
-    status: int | None = None
+    started: float = 0.0
     error: str | None = None
 
 
-def test_failover_kill_one_gateway_under_load(triton, tmp_path):
-    """A bounded load through nginx; one gateway is SIGKILLed a third of the way in. No client sees a
-    failure, and the survivor answers everything sent after the kill."""
-    total, workers, cap_s = 240, 8, 120.0
-    with gateway(triton, tmp_path) as a, gateway(triton, tmp_path) as b, nginx([a.address, b.address]) as proxy:
-        results = [Result(i, 0.0) for i in range(total)]
-        done = threading.Semaphore(0)
-        killed_at: list[float] = []
+def run_load(call, on_warm, *, warm: int = 60, after_s: float = 3.0, workers: int = 8, cap_s: float = 180.0):
+    """`call(i)` from `workers` threads (it returns an error text or None). After `warm` calls have finished,
+    `on_warm()` runs once (it returns a time); calls keep going until `after_s` past that time."""
+    results: list[Result] = []
+    lock = threading.Lock()
+    marks: list[float] = []
+    t0 = time.monotonic()
 
-        def one(client: httpx.Client, res: Result) -> None:
-            res.started = time.monotonic()
+    def worker() -> None:
+        while time.monotonic() - t0 < cap_s and not (marks and time.monotonic() > marks[0] + after_s):
+            with lock:
+                res = Result(len(results), time.monotonic())
+                results.append(res)
             try:
-                r = client.post("/v1/embeddings", json=embed_body(f"failover sentence {res.index} of the load"),
-                                headers={"X-Request-ID": f"failover-{res.index}"})
-                res.status = r.status_code
-                if r.status_code == 200 and len(r.json()["data"][0]["embedding"]) != DIMENSION:
-                    res.error = "bad embedding"
-                elif r.status_code != 200:
-                    res.error = r.text[:200]
-            except httpx.HTTPError as e:
+                res.error = call(res.index)
+            except Exception as e:  # noqa: BLE001 - every failure is reported, whatever its type
                 res.error = repr(e)
-            finally:
-                done.release()
+            with lock:
+                if len(results) >= warm and not marks:
+                    marks.append(on_warm())
 
-        def killer() -> None:
-            for _ in range(total // 3):
-                done.acquire()
+    threads = [threading.Thread(target=worker) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(cap_s + 60)
+    assert marks, "the load ended before the event"
+    return results, marks[0]
+
+
+def served_by(proxy, prefix: str, expected: int) -> dict[str, list[str]]:
+    """Request id -> upstream addresses nginx tried, from its access log (last entry per id)."""
+    def entries() -> dict[str, list[str]]:
+        return {e["request_id"]: e["upstream_addr"].split(", ") for e in proxy.access_entries()
+                if e["request_id"].startswith(prefix)}
+    with contextlib.suppress(TimeoutError):  # nginx logs a request just after sending its response
+        wait_until(lambda: len(entries()) >= expected, 5, "access log")
+    return entries()
+
+
+class ReadyWatch(threading.Thread):
+    """Polls a gateway's /ready: when it first answered 503, and when its port first refused connections."""
+
+    def __init__(self, url: str):
+        super().__init__(daemon=True)
+        self.url, self.not_ready, self.refused = url, None, None
+
+    def run(self) -> None:
+        while self.refused is None:
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=5).status_code == 503 and self.not_ready is None:
+                    self.not_ready = time.monotonic()
+            except httpx.ConnectError:
+                self.refused = time.monotonic()
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.02)
+
+
+def check_embedding(r: httpx.Response) -> str | None:
+    if r.status_code != 200:
+        return f"{r.status_code}: {r.text[:200]}"
+    return None if len(r.json()["data"][0]["embedding"]) == DIMENSION else "bad embedding"
+
+
+@pytest.mark.parametrize("round_", ROUNDS)
+def test_failover_graceful_stop_fails_nothing_without_retries(triton, tmp_path, round_):
+    """SIGTERM one of two gateways behind nginx under load: readiness goes false first, the listener closes
+    after the shutdown delay, in-flight requests finish, and a client without retries sees no failure."""
+    drain = {"shutdown_delay_s": "1", "drain_timeout_s": "30"}
+    with gateway(triton, tmp_path, **drain) as a, gateway(triton, tmp_path, **drain) as b, \
+            nginx([a.address, b.address]) as proxy, \
+            httpx.Client(base_url=proxy.url, timeout=60, transport=httpx.HTTPTransport(retries=0)) as client:
+        watch = ReadyWatch(a.url)
+
+        def call(i: int) -> str | None:
+            return check_embedding(client.post("/v1/embeddings", json=embed_body(f"graceful {round_} {i}"),
+                                               headers={"X-Request-ID": f"graceful-{i}"}))
+
+        def stop_a() -> float:
+            watch.start()
+            a.proc.send_signal(signal.SIGTERM)
+            return time.monotonic()
+
+        results, termed = run_load(call, stop_a, after_s=4.0)
+        assert a.proc.wait(30) in (0, -signal.SIGTERM)
+        watch.join(5)
+        failures = [(r.index, r.error) for r in results if r.error]
+        assert failures == [], f"{len(failures)} of {len(results)} failed: {failures[:5]}"
+        assert watch.not_ready is not None and watch.refused is not None
+        assert termed <= watch.not_ready < watch.refused, "readiness went false before the listener closed"
+        served = served_by(proxy, "graceful-", len(results))
+        late = [r for r in results if r.started > watch.refused + 0.1]
+        assert late and all(served[f"graceful-{r.index}"][-1] == b.address for r in late)
+        assert any(tried[-1] == a.address for tried in served.values()), "both replicas were in rotation"
+        print(f"graceful stop: {len(results)} requests, 0 failed, {len(late)} after the listener closed; "
+              f"not ready {watch.not_ready - termed:.2f}s and closed {watch.refused - termed:.2f}s after SIGTERM")
+
+
+class CountingTransport(httpx2.HTTPTransport):
+    """Counts each attempt and each transport failure (connecting, sending, or reading the body)."""
+
+    def __init__(self):
+        super().__init__()
+        self.attempts, self.failures, self.statuses = 0, [], []
+
+    def handle_request(self, request):
+        self.attempts += 1
+        try:
+            response = super().handle_request(request)
+        except httpx2.TransportError as e:
+            self.failures.append(repr(e))
+            raise
+        self.statuses.append(response.status_code)
+        response.stream = _CountedStream(response.stream, self.failures)
+        return response
+
+
+class _CountedStream(httpx2.SyncByteStream):
+    def __init__(self, inner, failures: list[str]):
+        self.inner, self.failures = inner, failures
+
+    def __iter__(self):
+        try:
+            yield from self.inner
+        except httpx2.TransportError as e:
+            self.failures.append(repr(e))
+            raise
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@pytest.mark.parametrize("round_", ROUNDS)
+def test_failover_crash_fails_no_call_of_a_retrying_openai_client(triton, tmp_path, round_):
+    """SIGKILL one of two gateways behind nginx under load. The official openai client with its default
+    retries (2) sees no failed call; raw transport failures and 5xx answers are counted and printed."""
+    with gateway(triton, tmp_path) as a, gateway(triton, tmp_path) as b, nginx([a.address, b.address]) as proxy:
+        transport = CountingTransport()
+        client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="unused", timeout=60,
+                               http_client=httpx2.Client(transport=transport))
+        assert client.max_retries == 2, "the openai client's default"
+
+        def call(i: int) -> str | None:
+            out = client.embeddings.create(model=DEFAULT_MODEL, input=[f"crash {round_} {i}"],
+                                           extra_headers={"X-Request-ID": f"crash-{i}"})
+            return None if len(out.data[0].embedding) == DIMENSION else "bad embedding"
+
+        def kill_a() -> float:
             a.proc.send_signal(signal.SIGKILL)
-            killed_at.append(time.monotonic())
+            return time.monotonic()
 
-        t0 = time.monotonic()
-        threading.Thread(target=killer, daemon=True).start()
-        with httpx.Client(base_url=proxy.url, timeout=60) as client, ThreadPoolExecutor(workers) as pool:
-            futures = [pool.submit(one, client, r) for r in results]
-            for f in as_completed(futures, timeout=cap_s):
-                f.result()
-        elapsed = time.monotonic() - t0
-        assert a.proc.wait(5) == -signal.SIGKILL and killed_at
-
-        failures = [(r.index, r.status, r.error) for r in results if r.status != 200 or r.error]
-        assert failures == [], f"{len(failures)} client-visible failures: {failures[:5]}"
-
-        def served_by() -> dict[str, list[str]]:
-            return {e["request_id"]: e["upstream_addr"].split(", ") for e in proxy.access_entries()
-                    if e["request_id"].startswith("failover-")}
-        # nginx logs a request just after sending its response: give the last lines a moment.
-        with contextlib.suppress(TimeoutError):
-            wait_until(lambda: len(served_by()) == total, 5, "access log")
-        served = served_by()
-        assert len(served) == total
-        final = {rid: tried[-1] for rid, tried in served.items()}
-        before = [r for r in results if r.started < killed_at[0]]
-        after = [r for r in results if r.started > killed_at[0]]
-        assert any(final[f"failover-{r.index}"] == a.address for r in before), "both replicas were in rotation"
-        assert after, "the kill happened before the load ended"
-        assert all(final[f"failover-{r.index}"] == b.address for r in after), "the survivor carries the load"
-        retried = sum(1 for tried in served.values() if len(tried) > 1)
-        print(f"failover: {total} requests in {elapsed:.1f}s, {len(after)} after the kill, "
-              f"{retried} retried by nginx on the survivor")
+        results, killed = run_load(call, kill_a, after_s=3.0)
+        assert a.proc.wait(5) == -signal.SIGKILL
+        failures = [(r.index, r.error) for r in results if r.error]
+        assert failures == [], f"{len(failures)} of {len(results)} calls failed: {failures[:5]}"
+        served = served_by(proxy, "crash-", len(results))
+        late = [r for r in results if r.started > killed + 0.1]
+        assert late and all(served[f"crash-{r.index}"][-1] == b.address for r in late), "the survivor serves"
+        assert any(tried[-1] == a.address for tried in served.values()), "both replicas were in rotation"
+        errors_5xx = sum(1 for s in transport.statuses if s >= 500)
+        print(f"crash: {len(results)} calls, 0 failed; {transport.attempts} attempts, "
+              f"{len(transport.failures)} raw transport failures {transport.failures[:3]}, {errors_5xx} 5xx answers, "
+              f"{sum(len(t) > 1 for t in served.values())} requests retried by nginx")
 
         # With no replica left, nginx answers by itself, still in OpenAI's error shape.
         b.proc.send_signal(signal.SIGKILL)

@@ -11,7 +11,7 @@ EXTRAS ?= export,serve,gateway,dev
 
 NODE_CLIENT := tests/gateway/node
 
-.PHONY: install serve triton export test lint bench clean
+.PHONY: install serve triton export preflight test lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,7 +42,11 @@ serve: $(VENV)/.installed
 $(NODE_CLIENT)/node_modules/.package-lock.json: $(NODE_CLIENT)/package-lock.json
 	if command -v npm >/dev/null; then npm ci --prefix $(NODE_CLIENT) --no-audit --no-fund; fi
 
-test: $(VENV)/.installed $(NODE_CLIENT)/node_modules/.package-lock.json
+# One line naming any missing tool and how to install it (tests/tools.py); under CI=true it stops the run.
+preflight: $(VENV)/.installed
+	$(PY) -m tests.tools
+
+test: preflight $(VENV)/.installed $(NODE_CLIENT)/node_modules/.package-lock.json
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra
 
 lint: $(VENV)/.installed

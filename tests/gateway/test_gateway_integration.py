@@ -15,6 +15,7 @@ import openai
 import pytest
 
 from tests.gw_helpers import DEFAULT_MODEL, running_gateway
+from tests.tools import require
 
 pytestmark = pytest.mark.slow
 
@@ -124,9 +125,7 @@ def test_big_mixed_request_keeps_input_order(client, reference):
 
 
 def run_node(*args: str) -> dict:
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed")
+    node = require("node")
     if not (NODE_DIR / "node_modules" / "openai").is_dir():
         pytest.fail(f"the openai npm package is missing: run `npm ci --prefix {NODE_DIR}`")
     out = subprocess.run([node, str(NODE_DIR / "embed.mjs"), *args], capture_output=True, text=True, timeout=60)
@@ -319,8 +318,6 @@ def test_metrics_scrape_is_valid_and_merged(gateway):
         assert name in families, name
     assert "gateway_triton_metrics_up 1.0" in text
     assert 'nv_inference_request_success_total{model="all-MiniLM-L6-v2",version="1"}' in text
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool is not installed (apt-get install prometheus)")
+    promtool = require("promtool")
     res = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import json
 import logging
-import shutil
 import subprocess
 import sys
 
@@ -17,6 +16,7 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from tests.gw_helpers import ROOT, FakeBackend, fake_vector, free_port
+from tests.tools import require
 from triton_embeddings.gateway.app import create_app
 from triton_embeddings.gateway.cache import CacheEntry, MemoryCache, RedisCache, cache_key
 from triton_embeddings.gateway.metrics import GatewayMetrics, translate_family
@@ -610,9 +610,7 @@ def test_triton_metrics_are_merged_lint_clean():
     assert "gateway_requests_total" in text
     types = [ln.split()[2] for ln in text.splitlines() if ln.startswith("# TYPE")]
     assert len(types) == len(set(types)), "duplicate metric families"
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool is not installed (apt-get install prometheus)")
+    promtool = require("promtool")
     res = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
 

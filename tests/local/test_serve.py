@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import time
 import pytest
 
 from tests.gw_helpers import DEFAULT_MODEL, ROOT, free_port
+from tests.tools import require
 from triton_embeddings.local.serve import curl_example, ensure_exported, missing_weights
 
 
@@ -63,16 +63,9 @@ def test_serve_local_exports_serves_and_stops_on_ctrl_c(tmp_path):
         assert "exporting" in out and not missing_weights(repo, DEFAULT_MODEL)
         example = curl_example(ports["--port"], DEFAULT_MODEL)
         assert example in out
-        if shutil.which("curl"):
-            res = subprocess.run(["bash", "-c", example], capture_output=True, text=True, timeout=30)
-            body = json.loads(res.stdout)
-        else:  # pragma: no cover - curl is on every CI image we use
-            import httpx
-
-            body = httpx.post(
-                f"http://127.0.0.1:{ports['--port']}/v1/embeddings",
-                json={"model": DEFAULT_MODEL, "input": ["Hello, world!"]},
-            ).json()
+        require("curl")
+        res = subprocess.run(["bash", "-c", example], capture_output=True, text=True, timeout=30)
+        body = json.loads(res.stdout)
         assert len(body["data"][0]["embedding"]) == 384
     finally:
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends

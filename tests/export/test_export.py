@@ -84,15 +84,12 @@ def test_two_models_in_one_repository_both_serve(tmp_path, default_model_source,
     assert tokens[1] == 96  # its own max_seq_length
 
 
-def test_int8_export_holds_the_bar(tmp_path, default_model_source, capsys):
-    repo = tmp_path / "repo"
-    code = cli.main([default_model_source, "--name", "q", "--repository", str(repo), "--precision", "int8"])
-    err = capsys.readouterr().err
-    assert code == 0, err
+def test_int8_export_holds_the_bar(int8_repository):
+    err = int8_repository.log
     assert "PASS: min cosine" in err
     floor = float(err.split("PASS: min cosine ")[1].split()[0])
     assert floor >= verify.THRESHOLDS["int8"]
-    assert (repo / "q_encoder" / "1" / "model.onnx").exists()
+    assert (int8_repository.repo / "q_encoder" / "1" / "model.onnx").exists()
 
 
 def test_unfaithful_export_writes_nothing(tmp_path, default_model_source, monkeypatch):
@@ -137,14 +134,11 @@ def test_default_name_comes_from_the_hub_id():
     assert cli.default_name("/models/my-model/") == "my-model"
 
 
-def test_gpu_fp16_export(tmp_path, default_model_source, capsys):
+def test_gpu_fp16_export(fp16_repository):
     from triton_embeddings.export import triton_config as tc
 
-    repo = tmp_path / "repo"
-    args = [default_model_source, "--name", "m", "--repository", str(repo), "--target", "gpu",
-            "--precision", "fp16", "--tensorrt", "--max-batch-size", "128"]
-    assert cli.main(args) == 0
-    assert "PASS" in capsys.readouterr().err
+    repo = fp16_repository.repo
+    assert "PASS" in fp16_repository.log
     encoder = tc.parse((repo / "m_encoder" / "config.pbtxt").read_text())
     assert encoder.platform == "onnxruntime_onnx" and encoder.max_batch_size == 128
     assert encoder.instance_group[0].kind == tc.mc.ModelInstanceGroup.KIND_GPU

@@ -27,4 +27,5 @@ exec embeddings-export "$model" \
     --target "${EXPORT_TARGET:-gpu}" \
     --precision "${EXPORT_PRECISION:-fp32}" \
     --source-label "$model" \
+    --trt-cache-dir "${EXPORT_TRT_CACHE_DIR:-/tmp/trt_cache}" \
     ${EXPORT_ARGS:-}

@@ -123,28 +123,110 @@ def test_export_entrypoint_shellcheck():
     assert result.returncode == 0, result.stdout
 
 
+# The real CLI with the export itself cut short once every check of its options has passed: it prints the
+# options and the TensorRT engine path the rendered encoder config would name.
+_DRY_RUN = """
+import sys, types
+from triton_embeddings.export import cli, triton_config as tc
+class Accepted(Exception):
+    pass
+def stop(*a, **k):
+    raise Accepted
+sys.modules["sentence_transformers"] = types.SimpleNamespace(SentenceTransformer=stop)
+real = cli.export_model
+def dry(source, repository, options, precision="fp32", **kw):
+    try:
+        real(source, repository, options, precision=precision, **kw)
+    except Accepted:
+        config = tc.mc.ModelConfig()
+        tc._tensorrt(config, options, ["input_ids"], 128)
+        engines = config.optimization.execution_accelerators.gpu_execution_accelerator[0].parameters
+        print("ACCEPTED", source, options.name, repository, options.target, precision, options.tensorrt,
+              engines["trt_engine_cache_path"])
+        sys.exit(0)
+cli.export_model = dry
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
 def _entrypoint(tmp_path, env_extra, repository):
-    """Run the real entrypoint script with `embeddings-export` replaced by the real CLI's argument parser."""
+    """Run the real entrypoint script with `embeddings-export` replaced by the real CLI in dry-run."""
     shim = tmp_path / "bin"
     shim.mkdir(exist_ok=True)
+    (tmp_path / "dry_run.py").write_text(_DRY_RUN)
     fake = shim / "embeddings-export"
-    fake.write_text(
-        f"#!/bin/sh\nexec {sys.executable} -c \"import sys; from triton_embeddings.export.cli import build_parser; "
-        "a = build_parser().parse_args(sys.argv[1:]); print('PARSED', a.model, a.name, a.repository, "
-        "a.target, a.precision, a.tensorrt)\" \"$@\"\n"
-    )
+    fake.write_text(f"#!/bin/sh\nexec {sys.executable} {tmp_path / 'dry_run.py'} \"$@\"\n")
     fake.chmod(0o755)
     env = {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT),
            "EXPORT_REPOSITORY": str(repository), **env_extra}
     return run("sh", ROOT / "docker/export/entrypoint.sh", env=env)
 
 
-def test_export_entrypoint_builds_a_command_line_the_cli_accepts(tmp_path):
-    result = _entrypoint(tmp_path, {"EXPORT_TARGET": "cpu", "EXPORT_ARGS": "--tensorrt --max-batch-size 32"},
-                         tmp_path / "repo")
+# EXPORT_TARGET, EXPORT_PRECISION, EXPORT_ARGS as the docs combine them (deployment.md, README).
+DOCUMENTED_EXPORTS = [
+    ("gpu", "fp32", ""),
+    ("gpu", "fp32", "--tensorrt --max-batch-size 128"),
+    ("gpu", "fp16", "--tensorrt"),
+    ("gpu", "fp16", ""),
+    ("cpu", "fp32", ""),
+    ("cpu", "int8", ""),
+    ("cpu", "fp32", "--max-batch-size 128"),
+]
+
+
+def test_documented_export_args_appear_in_the_docs():
+    docs = (ROOT / "docs/deployment.md").read_text()
+    for args in {a for _, _, a in DOCUMENTED_EXPORTS if a}:
+        assert f"`{args}`" in docs or all(f"`{part}" in docs for part in args.split(" --")), args
+
+
+@pytest.mark.parametrize(("target", "precision", "args"), DOCUMENTED_EXPORTS)
+def test_export_entrypoint_builds_a_command_line_the_cli_accepts(tmp_path, target, precision, args):
+    env = {"EXPORT_TARGET": target, "EXPORT_PRECISION": precision, "EXPORT_ARGS": args}
+    result = _entrypoint(tmp_path, env, tmp_path / "repo")
     assert result.returncode == 0, result.stderr
-    assert f"PARSED sentence-transformers/all-MiniLM-L6-v2 all-MiniLM-L6-v2 {tmp_path / 'repo'} cpu fp32 True" \
-        in result.stdout
+    expected = (f"ACCEPTED sentence-transformers/all-MiniLM-L6-v2 all-MiniLM-L6-v2 {tmp_path / 'repo'} "
+                f"{target} {precision} {'--tensorrt' in args}")
+    assert expected in result.stdout
+
+
+@pytest.mark.parametrize(("target", "precision", "args", "message"), [
+    ("cpu", "fp32", "--tensorrt", "TensorRT needs the gpu target"),
+    ("cpu", "fp16", "", "fp16 is for the gpu target"),
+    ("gpu", "int8", "", "int8"),
+])
+def test_export_entrypoint_refusals_come_from_the_real_cli(tmp_path, target, precision, args, message):
+    env = {"EXPORT_TARGET": target, "EXPORT_PRECISION": precision, "EXPORT_ARGS": args}
+    result = _entrypoint(tmp_path, env, tmp_path / "repo")
+    assert result.returncode == 2 and message in result.stderr and "ACCEPTED" not in result.stdout
+
+
+def _under(path: str, mounts: list[str]) -> bool:
+    return any(Path(path).is_relative_to(m) for m in mounts)
+
+
+def test_tensorrt_engines_go_to_the_mounted_volume_in_compose(tmp_path):
+    s = compose_config([])["services"]
+    env = {k: str(v) for k, v in s["export"]["environment"].items() if v is not None}
+    result = _entrypoint(tmp_path, {**env, "EXPORT_ARGS": "--tensorrt"}, tmp_path / "repo")
+    assert result.returncode == 0, result.stderr
+    engines = result.stdout.split()[-1]
+    mounts = [v.split(":")[1] for v in s["triton"]["volumes"] if v.split(":")[0] == "trt-cache"]
+    assert mounts and _under(engines, mounts), (engines, s["triton"]["volumes"])
+    assert engines.endswith("/all-MiniLM-L6-v2")
+
+
+def test_tensorrt_engines_go_to_the_mounted_volume_in_kubernetes(tmp_path, kustomized):
+    pod = _by_kind(kustomized, "Deployment")["triton"]["spec"]["template"]["spec"]
+    export = next(c for c in pod["initContainers"] if c["name"] == "export")
+    env = {e["name"]: e["value"] for e in export["env"] if "value" in e}
+    result = _entrypoint(tmp_path, {**env, "EXPORT_ARGS": "--tensorrt"}, tmp_path / "repo")
+    assert result.returncode == 0, result.stderr
+    engines = result.stdout.split()[-1]
+    triton = next(c for c in pod["containers"] if c["name"] == "triton")
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = [m["mountPath"] for m in triton["volumeMounts"] if not m.get("readOnly") and m["name"] in volumes]
+    assert _under(engines, mounts), (engines, triton["volumeMounts"])
 
 
 def test_export_entrypoint_skips_a_repository_that_holds_the_model(tmp_path):
@@ -154,9 +236,9 @@ def test_export_entrypoint_skips_a_repository_that_holds_the_model(tmp_path):
     (repo / "m_encoder" / "1").mkdir(parents=True)
     (repo / "m_encoder" / "1" / "model.onnx").write_bytes(b"")
     skipped = _entrypoint(tmp_path, {"EXPORT_NAME": "m"}, repo)
-    assert skipped.returncode == 0 and "already holds m" in skipped.stdout and "PARSED" not in skipped.stdout
+    assert skipped.returncode == 0 and "already holds m" in skipped.stdout and "ACCEPTED" not in skipped.stdout
     forced = _entrypoint(tmp_path, {"EXPORT_NAME": "m", "EXPORT_FORCE": "1"}, repo)
-    assert "PARSED" in forced.stdout
+    assert "ACCEPTED" in forced.stdout
 
 
 # --- docker-compose -----------------------------------------------------------------------------------

@@ -36,8 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instances", type=int, default=1, help="instances per step")
     p.add_argument("--tensorrt", action=argparse.BooleanOptionalAction, default=False,
                    help="gpu target: TensorRT execution provider (fp16 engines unless --precision fp32)")
-    p.add_argument("--trt-cache-dir", default="/trt_cache",
-                   help="gpu target with --tensorrt: where Triton keeps TensorRT engines (mount a volume)")
+    p.add_argument("--trt-cache-dir", default=ServingOptions.trt_cache_dir,
+                   help="gpu target with --tensorrt: where Triton keeps TensorRT engines, per model (the "
+                        "Triton image's volume at /tmp/trt_cache by default)")
     p.add_argument("--source-label", help="what to record as the source in the ensemble config")
     return p
 

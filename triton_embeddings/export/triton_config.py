@@ -36,7 +36,7 @@ class ServingOptions:
     instances: int = 1
     tensorrt: bool = False  # gpu only: TensorRT execution provider
     tensorrt_fp16: bool = True
-    trt_cache_dir: str = "/trt_cache"  # engine and timing caches; mount a volume here to keep them
+    trt_cache_dir: str = "/tmp/trt_cache"  # engine and timing caches: the images' volume (compose, Kubernetes)
     intra_op_threads: int = 0  # embedded/cpu: ONNX Runtime threads per instance (0 = all cores)
 
     def __post_init__(self):

@@ -92,6 +92,25 @@ def test_int8_export_holds_the_bar(int8_repository):
     assert (int8_repository.repo / "q_encoder" / "1" / "model.onnx").exists()
 
 
+@pytest.mark.slow
+def test_int8_served_by_triton_holds_the_bar_on_texts_it_was_not_chosen_on(int8_repository, st_model):
+    """The int8 plan is chosen on `selection_texts`; served by the real Triton (tokenizer step included)
+    it must hold the int8 bar on the held-out verification texts and on fresh ones."""
+    assert "chosen on other texts" in int8_repository.log
+    fresh = ["Can I get a refund for a cancelled flight?", "Die Katze schläft auf dem Sofa.",
+             "Rust's borrow checker prevents data races at compile time.", "🙂", "1234 5678",
+             "An embedding service should answer quickly even when many clients call it at once. " * 6]
+    held_out = [t for group in verify.verification_texts().values() for t in group]
+    assert not set(held_out) & {t for g in verify.selection_texts().values() for t in g}
+    texts = held_out + fresh
+    with TritonServer.on_free_ports(int8_repository.repo) as server:
+        with grpcclient.InferenceServerClient(server.grpc_url) as client:
+            got, _ = embed(client, "q", texts)
+    cos = verify.cosine(got, st_model.encode(texts))
+    worst = int(cos.argmin())
+    assert cos.min() >= verify.THRESHOLDS["int8"], f"min cosine {cos.min():.4f} on {texts[worst]!r}"
+
+
 def test_unfaithful_export_writes_nothing(tmp_path, default_model_source, monkeypatch):
     monkeypatch.setitem(verify.THRESHOLDS, "int8", 0.99999)  # a bar no int8 plan can hold
     repo = tmp_path / "repo"

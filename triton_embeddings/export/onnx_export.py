@@ -104,13 +104,20 @@ def ffn_output_matmuls(src: Path) -> list[str]:
             and "attention" not in n.name]
 
 
+def ffn_input_matmuls(src: Path) -> list[str]:
+    """The feed-forward up-projections (".../intermediate/dense/MatMul")."""
+    graph = onnx.load(str(src), load_external_data=False).graph
+    return [n.name for n in graph.node if n.op_type == "MatMul" and "intermediate/dense" in n.name]
+
+
 def search_int8(src: Path, dst: Path, check: Callable[[Path], object], log: Callable[[str], None]):
     """Find the fastest int8 plan whose pipeline passes `check`; return (path, plan, result) or None.
 
     Per-tensor quantization of every MatMul is far off on MiniLM (min cosine ~0.9); per-channel
     weights help but are not enough. So: try everything quantized; then measure how much keeping each
-    FFN down-projection in fp32 helps on its own, and keep the most helpful ones in fp32, one more at
-    a time, until the verification passes.
+    feed-forward MatMul (down-projections first, then up-projections) in fp32 helps on its own, and keep
+    the most helpful ones in fp32, one more at a time, until `check` passes. (On MiniLM the
+    down-projections alone reach 0.983 on the texts they were ranked on but 0.975 on others.)
     """
     def attempt(plan: Int8Plan):
         result = check(to_int8(src, dst, plan))
@@ -121,13 +128,13 @@ def search_int8(src: Path, dst: Path, check: Callable[[Path], object], log: Call
     result = attempt(everything)
     if result.passed:
         return dst, everything, result
-    candidates = ffn_output_matmuls(src)
+    candidates = ffn_output_matmuls(src) + ffn_input_matmuls(src)
     gain = {}
     for name in candidates:
         gain[name] = attempt(Int8Plan(f"fp32: {name}", (name,))).min_cosine
     ranked = sorted(candidates, key=gain.__getitem__, reverse=True)
     for k in range(1, len(ranked) + 1):
-        plan = Int8Plan(f"per-channel, {k} most sensitive FFN output(s) fp32", tuple(ranked[:k]))
+        plan = Int8Plan(f"per-channel, {k} most sensitive FFN MatMul(s) fp32", tuple(ranked[:k]))
         result = attempt(plan)
         if result.passed:
             return dst, plan, result

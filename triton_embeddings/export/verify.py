@@ -44,6 +44,24 @@ def verification_texts() -> dict[str, list[str]]:
     }
 
 
+def selection_texts() -> dict[str, list[str]]:
+    """Texts the int8 plan is chosen on; the verification texts stay held out to judge the choice."""
+    return {
+        "short": ["good morning", "Where is the nearest train station?", "Vectors for search.", "b", "OK"],
+        "medium": [
+            "A dynamic batcher waits a few microseconds so that requests arriving together run as one "
+            "batch, trading a little latency for much better accelerator utilisation.",
+            "Quantization stores weights in eight bits and rescales activations on the fly, which saves "
+            "memory bandwidth on CPUs at a small cost in accuracy.",
+        ],
+        "long": [("Retrieval systems rank passages by similarity to a query embedding. " * 40).strip(),
+                 " ".join(f"item-{i}" for i in range(400))],
+        "non-ascii": ["Ça va très bien, merci beaucoup !", "北京是中国的首都。", "Привет, как дела?",
+                      "γειά σου κόσμε", "¿Dónde está la biblioteca? ✨"],
+        "punctuation": ["!!!", "…", "=== ### ===", ";;;", "\n\n"],
+    }
+
+
 @dataclass
 class Verification:
     precision: str

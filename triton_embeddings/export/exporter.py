@@ -6,7 +6,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import onnx
@@ -116,8 +116,11 @@ def export_model(
             # Chosen on one set, judged on the held-out verification texts: the bar is not met in-sample.
             selection = verify.selection_texts()
             selection_ref = verify.reference_embeddings(model, selection)
-            found = onnx_export.search_int8(encoder, work / "int8.onnx",
-                                            lambda c: check(c, selection, selection_ref), log)
+            def choose(candidate: Path) -> verify.Verification:
+                result = check(candidate, selection, selection_ref)
+                return replace(result, threshold=result.threshold + verify.SELECTION_MARGIN)
+
+            found = onnx_export.search_int8(encoder, work / "int8.onnx", choose, log)
             if found is None:
                 raise ExportError(
                     f"the int8 export is not faithful: no quantization plan reaches min cosine "

@@ -8,6 +8,9 @@ import numpy as np
 
 # Minimum cosine per precision, over every verification text.
 THRESHOLDS = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.98}
+# A plan chosen on the selection texts must clear the bar by this much there: a plan that only just
+# clears it in-sample (0.9803) was seen to miss it on the held-out texts (0.9800).
+SELECTION_MARGIN = 0.005
 
 _LONG = (
     "Triton Inference Server batches requests dynamically, while the tokenizer pads every text in a "

@@ -700,3 +700,14 @@ def test_preflight_says_in_one_line_what_to_install(tmp_path):
     assert ci.returncode == 1
     full = subprocess.run([sys.executable, "-m", "tests.tools"], capture_output=True, text=True, cwd=ROOT)
     assert full.returncode == 0 and (full.stderr == "" or not in_ci())
+
+
+def test_stop_grace_periods_cover_the_gateway_drain(kustomized):
+    """SIGKILL must not come before the gateway's shutdown delay and drain are over."""
+    from triton_embeddings.gateway.settings import Settings
+
+    needed = Settings().shutdown_delay_s + Settings().drain_timeout_s
+    grace = compose_config([])["services"]["gateway"]["stop_grace_period"]
+    assert re.fullmatch(r"\d+s", grace) and int(grace[:-1]) > needed, grace
+    pod = _by_kind(kustomized, "Deployment")["gateway"]["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] > needed

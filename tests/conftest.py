@@ -5,7 +5,7 @@ Fixtures other test packages build on:
 - `st_model`: that model loaded with sentence-transformers (the reference)
 - `model_repository`: a temporary repository with it exported as DEFAULT_MODEL (embedded, fp32)
 - `fp16_repository`, `int8_repository`: the same model exported by the CLI as gpu fp16 (TensorRT) and int8
-  (`.repo`, `.log`: what the CLI printed to stderr)
+  (`.repo`, `.log`: what the CLI printed)
 - `triton`: a running `triton_embeddings.local.launcher.TritonServer` over that repository (`.grpc_url`, `.metrics_url`)
 """
 
@@ -56,11 +56,11 @@ def _cli_export(tmp_path_factory, source: str, name: str, *args: str):
     from triton_embeddings.export import cli
 
     repo = tmp_path_factory.mktemp(f"{name}_repository")
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
+    out = io.StringIO()
+    with contextlib.redirect_stderr(out), contextlib.redirect_stdout(out):
         code = cli.main([source, "--name", name, "--repository", str(repo), *args])
-    assert code == 0, err.getvalue()
-    return SimpleNamespace(repo=repo, name=name, log=err.getvalue())
+    assert code == 0, out.getvalue()
+    return SimpleNamespace(repo=repo, name=name, log=out.getvalue())
 
 
 @pytest.fixture(scope="session")

@@ -119,7 +119,8 @@ class GatewayProtocol(HttpToolsProtocol):
 class GatewayServer(uvicorn.Server):
     """On SIGTERM: readiness goes false (`on_drain`), requests are still served for `shutdown_delay_s`
     (so load balancers stop sending), then uvicorn stops accepting and drains in-flight requests for at
-    most `drain_timeout_s`. SIGINT (Ctrl-C) skips the delay; a second signal quits at once."""
+    most `drain_timeout_s`. SIGINT (Ctrl-C) skips the delay, as does a second SIGTERM; Ctrl-C during the
+    drain quits at once."""
 
     def __init__(self, config: uvicorn.Config, *, shutdown_delay_s: float, on_drain: Callable[[], None]):
         super().__init__(config)

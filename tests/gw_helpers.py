@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from triton_embeddings.gateway.triton import EmbedResult, ModelInfo
+from triton_embeddings.gateway.backend import EmbedResult, ModelInfo
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = "all-MiniLM-L6-v2"

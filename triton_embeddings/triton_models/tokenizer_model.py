@@ -1,7 +1,7 @@
 """Triton Python-backend model: the ensemble's tokenizer step.
 
 The model repository's `model.py` re-exports `TritonPythonModel` from here. Knobs come from
-`config.pbtxt` `parameters`, read as `contract.TokenizerParams`.
+`config.pbtxt` `parameters`, read as `contract.TokenizerParams` (`TextTokenizer.from_config`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         folder = Path(args["model_repository"]) / args["model_version"]
-        self.tokenizer = TextTokenizer.from_params(c.TokenizerParams.from_config(config), folder)
+        self.tokenizer = TextTokenizer.from_config(config, folder)
         self.with_token_types = any(o["name"] == c.TOKEN_TYPE_IDS for o in config["output"])
         self.tokens = TokenCounters(
             "embeddings_tokenizer_tokens_total",

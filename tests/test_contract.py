@@ -78,7 +78,7 @@ def test_tokenizer_reader_agrees_with_the_writer(repo, tokenizer_json):
     tok = TextTokenizer.from_config(read(repo, "m_tokenizer"), repo / "m_tokenizer" / "1")
     assert (tok.max_length, tok.prompt, tok.lowercase, tok.pad_id) == (100, "query: ", True, 3)
     plain = TextTokenizer(str(tokenizer_json), 100)
-    got, want = tok(["HELLO World " * 60]), plain(["query: hello world " * 60])
+    got, want = tok(["HELLO World " * 60]), plain(["query: " + "hello world " * 60])
     assert got.input_ids[0, :100].tolist() == want.input_ids[0, :100].tolist()  # prompt, lower-case, truncation
     assert got.token_count[0, 0] == 100 and got.truncated[0, 0]
     short = tok(["a"])

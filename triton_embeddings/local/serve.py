@@ -56,7 +56,7 @@ def curl_example(port: int, model: str) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="embeddings-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -68,12 +68,57 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--triton-http-port", type=int, default=8000)
     p.add_argument("--triton-grpc-port", type=int, default=8001)
     p.add_argument("--triton-metrics-port", type=int, default=8002)
-    args = p.parse_args(argv)
+    return p
 
+
+def _gateway_server(args, settings):
     import uvicorn
 
-    from triton_embeddings.gateway.app import create_app, setup_logging
+    from triton_embeddings.gateway.app import create_app
+
+    config = uvicorn.Config(
+        create_app(settings), host=args.host, port=args.port, log_config=None, log_level=settings.log_level,
+        access_log=False, timeout_graceful_shutdown=10, timeout_keep_alive=settings.keep_alive_s,
+    )
+    return uvicorn.Server(config)
+
+
+def _announce_when_started(server, args) -> None:
+    def announce() -> None:
+        while not server.started and not server.should_exit:
+            time.sleep(0.05)
+        if server.started:
+            print(
+                f"\nserve: gateway on http://{args.host}:{args.port} (Ctrl-C stops Triton and the "
+                f"gateway). Try:\n\n{curl_example(args.port, args.name)}\n",
+                flush=True,
+            )
+
+    threading.Thread(target=announce, daemon=True).start()
+
+
+def _serve(args, triton) -> None:
+    """Triton, then the gateway in front of it, until Ctrl-C or SIGTERM."""
+    from triton_embeddings.gateway.app import setup_logging
     from triton_embeddings.gateway.settings import Settings
+
+    settings = Settings(
+        host=args.host, port=args.port, triton_grpc_url=triton.grpc_url, triton_metrics_url=triton.metrics_url
+    )
+    setup_logging(settings.log_level)
+    print(f"serve: starting Triton (gRPC {triton.grpc_url}) ...", flush=True)
+    with triton:
+        server = _gateway_server(args, settings)
+        _announce_when_started(server, args)
+        try:
+            server.run()  # returns on SIGINT/SIGTERM after draining requests
+        except KeyboardInterrupt:  # uvicorn re-raises the signal it captured
+            pass
+        print("serve: stopping Triton ...", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from triton_embeddings.local.launcher import TritonLaunchError, TritonServer, port_in_use
 
     if port_in_use(args.port, args.host):
@@ -90,42 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         grpc_port=args.triton_grpc_port,
         metrics_port=args.triton_metrics_port,
     )
-    settings = Settings(
-        host=args.host, port=args.port, triton_grpc_url=triton.grpc_url, triton_metrics_url=triton.metrics_url
-    )
-    setup_logging(settings.log_level)
-    print(f"serve: starting Triton (gRPC {triton.grpc_url}) ...", flush=True)
     try:
-        with triton:
-            server = uvicorn.Server(
-                uvicorn.Config(
-                    create_app(settings),
-                    host=args.host,
-                    port=args.port,
-                    log_config=None,
-                    log_level=settings.log_level,
-                    access_log=False,
-                    timeout_graceful_shutdown=10,
-                    timeout_keep_alive=settings.keep_alive_s,
-                )
-            )
-
-            def announce() -> None:
-                while not server.started and not server.should_exit:
-                    time.sleep(0.05)
-                if server.started:
-                    print(
-                        f"\nserve: gateway on http://{args.host}:{args.port} (Ctrl-C stops Triton and the "
-                        f"gateway). Try:\n\n{curl_example(args.port, args.name)}\n",
-                        flush=True,
-                    )
-
-            threading.Thread(target=announce, daemon=True).start()
-            try:
-                server.run()  # returns on SIGINT/SIGTERM after draining requests
-            except KeyboardInterrupt:  # uvicorn re-raises the signal it captured
-                pass
-            print("serve: stopping Triton ...", flush=True)
+        _serve(args, triton)
     except TritonLaunchError as e:
         print(f"serve: {e}", file=sys.stderr)
         return 1

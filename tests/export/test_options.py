@@ -12,7 +12,7 @@ from triton_embeddings.export.options import TARGETS, ExportOptions, OptionsErro
 
 def parse(*argv: str) -> ExportOptions:
     args = cli.build_parser().parse_args(["some/model", *argv])
-    return from_arguments(args, name=getattr(args, "name", None) or cli.default_name(args.model))
+    return from_arguments(args, name=args.name or cli.default_name(args.model))
 
 
 def test_the_cli_defaults_are_the_dataclass_defaults():

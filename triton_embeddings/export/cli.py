@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        opts = options.from_arguments(args, name=getattr(args, "name", None) or default_name(args.model))
+        opts = options.from_arguments(args, name=args.name or default_name(args.model))
         result = export_model(args.model, args.repository, opts)
     except (ExportError, UnsupportedModelError, ValueError) as exc:
         print(f"embeddings-export: error: {exc}", file=sys.stderr)

@@ -128,11 +128,11 @@ class ExportOptions:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One `--flag` per field; omitted flags keep the dataclass default (argparse.SUPPRESS)."""
+    """One `--flag` per field, its default the dataclass field's."""
     for f in dataclasses.fields(ExportOptions):
         flag, meta = "--" + f.name.replace("_", "-"), dict(f.metadata)
-        shown = "" if f.default is None else f" (default {f.default})"
-        kwargs = {"help": meta.pop("help") + shown, "default": argparse.SUPPRESS, **meta}
+        shown = "" if f.default is None else " (default %(default)s)"
+        kwargs = {"help": meta.pop("help") + shown, "default": f.default, **meta}
         if isinstance(f.default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
         elif "type" not in kwargs and "choices" not in kwargs:
@@ -141,7 +141,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def from_arguments(args: argparse.Namespace, **overrides: Any) -> ExportOptions:
-    """The options given on a command line (plus `overrides`), the rest at their defaults."""
+    """The options of a parsed command line, plus `overrides`."""
     names = {f.name for f in dataclasses.fields(ExportOptions)}
     given = {k: v for k, v in vars(args).items() if k in names}
     return ExportOptions(**{**given, **overrides})

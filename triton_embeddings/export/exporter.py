@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import tempfile
 import time
@@ -141,7 +142,6 @@ def export_model(source: str, repository: Path, options: ExportOptions, log: Log
         art = _build(model, spec, work, log)
         chosen, result, note = _verified_encoder(model, spec, art, options.precision, work, log)
         t = _step(log, f"Writing the Triton models into {repository}")
-        art.encoder_onnx = chosen
-        files = write_model(Path(repository), options, spec, art)
+        files = write_model(Path(repository), options, spec, dataclasses.replace(art, encoder_onnx=chosen))
         log(f"    {time.perf_counter() - t:.1f}s")
     return ExportResult(spec, options, result, files, Path(repository), note)

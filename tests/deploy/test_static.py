@@ -123,27 +123,19 @@ def test_export_entrypoint_shellcheck():
     assert result.returncode == 0, result.stdout
 
 
-# The real CLI with the export itself cut short once every check of its options has passed: it prints the
-# options and the TensorRT engine path the rendered encoder config would name.
+# The real CLI with the export itself replaced once every check of its options has passed: it prints the
+# options and the TensorRT engine path the rendered encoder config names.
 _DRY_RUN = """
-import sys, types
+import sys
 from triton_embeddings.export import cli, triton_config as tc
-class Accepted(Exception):
-    pass
-def stop(*a, **k):
-    raise Accepted
-sys.modules["sentence_transformers"] = types.SimpleNamespace(SentenceTransformer=stop)
-real = cli.export_model
-def dry(source, repository, options, precision="fp32", **kw):
-    try:
-        real(source, repository, options, precision=precision, **kw)
-    except Accepted:
-        config = tc.mc.ModelConfig()
-        tc._tensorrt(config, options, ["input_ids"], 128)
-        engines = config.optimization.execution_accelerators.gpu_execution_accelerator[0].parameters
-        print("ACCEPTED", source, options.name, repository, options.target, precision, options.tensorrt,
-              engines["trt_engine_cache_path"])
-        sys.exit(0)
+def dry(source, repository, options, **kw):
+    # the CLI and ExportOptions have checked every option by now; render what the encoder config names
+    config = tc.encoder_config(options, 128, False, 384)
+    accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
+    engines = accelerators[0].parameters["trt_engine_cache_path"] if accelerators else "-"
+    print("ACCEPTED", source, options.name, repository, options.target.name, options.precision,
+          options.tensorrt, engines)
+    sys.exit(0)
 cli.export_model = dry
 sys.exit(cli.main(sys.argv[1:]))
 """

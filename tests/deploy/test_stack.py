@@ -324,13 +324,17 @@ def test_failover_graceful_stop_fails_nothing_without_retries(triton, tmp_path, 
     # A delay long enough for a /ready poll on a loaded 2-core machine to land inside it.
     drain = {"shutdown_delay_s": "3", "drain_timeout_s": "30"}
     with gateway(triton, tmp_path, **drain) as a, gateway(triton, tmp_path, **drain) as b, \
-            nginx([a.address, b.address]) as proxy, \
-            httpx.Client(base_url=proxy.url, timeout=60, transport=httpx.HTTPTransport(retries=0)) as client:
+            nginx([a.address, b.address]) as proxy, contextlib.ExitStack() as clients:
         watch = ReadyWatch(a.url)
+        # One client per thread: a pool shared by threads once failed a read with EBADF inside the client.
+        local = threading.local()
 
         def call(i: int) -> str | None:
-            return check_embedding(client.post("/v1/embeddings", json=embed_body(f"graceful {round_} {i}"),
-                                               headers={"X-Request-ID": f"graceful-{i}"}))
+            if not hasattr(local, "client"):
+                local.client = clients.enter_context(httpx.Client(
+                    base_url=proxy.url, timeout=60, transport=httpx.HTTPTransport(retries=0)))
+            return check_embedding(local.client.post("/v1/embeddings", json=embed_body(f"graceful {round_} {i}"),
+                                                     headers={"X-Request-ID": f"graceful-{i}"}))
 
         def stop_a() -> float:
             a.proc.send_signal(signal.SIGTERM)

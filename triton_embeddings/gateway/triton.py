@@ -189,11 +189,11 @@ class TritonBackend:
         """Read the repository index and each ready model's config; keep the embedding ensembles."""
         client = self._require_client()
         try:
-            index = await client.get_model_repository_index(as_json=True, client_timeout=self.ready_timeout_s)
+            # Statistics list the loaded models; the repository index may be restricted (local/supervisor.py).
+            stats = await client.get_inference_statistics("", as_json=True, client_timeout=self.ready_timeout_s)
             found: dict[str, ModelInfo] = {}
-            for entry in index.get("models", []):
-                name = entry.get("name", "")
-                if entry.get("state") != "READY" or (self.only_models and name not in self.only_models):
+            for name in sorted({entry.get("name", "") for entry in stats.get("model_stats", [])}):
+                if self.only_models and name not in self.only_models:
                     continue
                 cfg = await client.get_model_config(name, as_json=True, client_timeout=self.ready_timeout_s)
                 created = self._created.setdefault(name, int(time.time()))

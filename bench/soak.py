@@ -58,7 +58,7 @@ def errors(run: dict) -> int:
 
 
 def report(warm: dict, end: dict, warm_run: dict, main_run: dict, minutes: float) -> None:
-    print(f"\nsoak: {minutes:g} min, wrk {main_run['requests']} requests "
+    print(f"\nsoak: {minutes:.1f} min, wrk {main_run['requests']} requests "
           f"({main_run['requests'] / main_run['seconds']:.1f}/s), p50 {main_run['p50_ms']:.1f} ms, "
           f"p99 {main_run['p99_ms']:.1f} ms, max {main_run['max_ms']:.0f} ms")
     print(f"errors: warm-up {errors(warm_run)}, soak {errors(main_run)} "

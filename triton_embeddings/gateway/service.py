@@ -154,8 +154,8 @@ class EmbeddingService:
         """Embed through the batcher (length-sorted, chunked, concurrent); failures become 503/504/500."""
         try:
             entries = await self.batcher.embed(info, texts, request_id)
-        except TritonUnavailable as e:
-            self.metrics.triton_errors.labels("unavailable").inc()
+        except TritonUnavailable as e:  # a crashed worker (stub_unhealthy) too: it is being reloaded
+            self.metrics.triton_errors.labels(e.kind).inc()
             log.warning("Triton unavailable: %s", e)
             raise APIError(
                 ErrorKind.UPSTREAM_UNAVAILABLE,

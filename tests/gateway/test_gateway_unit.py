@@ -556,6 +556,13 @@ def test_model_info_from_ensemble_config():
     assert model_info_from_config({**cfg, "parameters": {}}, 5) is None
     other = dict(cfg, parameters={**cfg["parameters"], "max_seq_length": {"string_value": "128"}})
     assert model_info_from_config(other, 5).fingerprint != info.fingerprint
+    # A re-export under the same name at another precision, or with another encoder file, is another cache.
+    fp32 = dict(cfg, parameters={**cfg["parameters"], "precision": {"string_value": "fp32"},
+                                 "encoder_sha256": {"string_value": "a" * 64}})
+    int8 = dict(fp32, parameters={**fp32["parameters"], "precision": {"string_value": "int8"}})
+    replan = dict(fp32, parameters={**fp32["parameters"], "encoder_sha256": {"string_value": "b" * 64}})
+    prints = {model_info_from_config(c, 5).fingerprint for c in (cfg, fp32, int8, replan)}
+    assert len(prints) == 4
     # An ensemble that breaks the contract (a required parameter missing or unreadable) is not served.
     no_len = dict(cfg, parameters={k: v for k, v in cfg["parameters"].items() if k != "max_seq_length"})
     assert model_info_from_config(no_len, 5) is None

@@ -47,8 +47,10 @@ def model_info_from_config(config: dict, created: int) -> ModelInfo | None:
     except contract.ContractError as e:
         log.warning("model %s not served: %s", config.get("name"), e)
         return None
-    raw = contract.parameters_of(config)
-    fingerprint = hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
+    # The cache key's config part: every ensemble parameter, the encoder's precision and file hash included
+    # (an int8 re-export under the same name must never be answered with cached fp32 vectors).
+    described = {**contract.parameters_of(config), **params.to_parameters()}
+    fingerprint = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
     return ModelInfo(
         name=config["name"],
         dimension=params.embedding_dimension,

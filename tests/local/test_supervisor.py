@@ -86,6 +86,16 @@ def test_check_reloads_only_ready_models_whose_stub_vanished(tmp_path, monkeypat
     assert sup.check() == [] and sup.restarts["m_encoder"] == 3
 
 
+def test_entry_point_needs_explicit_mode_and_finds_the_http_port(capsys):
+    from triton_embeddings.local.supervisor import _http_url, main
+
+    assert main(["--", "tritonserver", "--model-repository=/models", "--model-control-mode=none"]) == 2
+    assert "--model-control-mode=explicit" in capsys.readouterr().err
+    assert _http_url(["tritonserver", "--http-port", "9000", "--http-address=0.0.0.0"]) == "http://127.0.0.1:9000"
+    assert _http_url(["tritonserver", "--http-address=10.0.0.1", "--http-port=81"]) == "http://10.0.0.1:81"
+    assert _http_url(["tritonserver"]) == "http://127.0.0.1:8000"
+
+
 # ---- the real Triton ----------------------------------------------------------------------------------
 
 

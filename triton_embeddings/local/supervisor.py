@@ -190,7 +190,12 @@ def stop_triton(process: subprocess.Popen, timeout_s: float, stubs_gone_grace_s:
 
 
 def _http_url(args: list[str]) -> str:
-    opts = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
+    """Triton's HTTP endpoint on loopback, from its flags (`--http-port=N` or `--http-port N`)."""
+    opts = {}
+    for i, arg in enumerate(args):
+        if arg.startswith("--"):
+            name, eq, value = arg[2:].partition("=")
+            opts[name] = value if eq else (args[i + 1] if i + 1 < len(args) else "")
     host = opts.get("http-address", "127.0.0.1")
     return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{opts.get('http-port', '8000')}"
 

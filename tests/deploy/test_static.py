@@ -105,6 +105,20 @@ def test_gateway_extra_provides_every_gateway_import():
     assert missing == set(), f"imported by gateway/ but not installed by .[gateway]: {sorted(missing)}"
 
 
+def test_compare_extra_provides_every_compare_import_and_no_torch():
+    """`pip install .[compare]` is enough for embeddings-compare and embeddings-reembed, without torch."""
+    from importlib.metadata import packages_distributions
+
+    from packaging.utils import canonicalize_name
+
+    closure = _extra_closure("compare")
+    providers = packages_distributions()
+    missing = {m for m in _third_party_imports("compare")
+               if not {canonicalize_name(d) for d in providers.get(m, [m])} & closure}
+    assert missing == set(), f"imported by compare/ but not installed by .[compare]: {sorted(missing)}"
+    assert not {"torch", "onnxruntime", "tritonclient", "fastapi"} & closure
+
+
 def test_gateway_image_brings_no_torch():
     closure = _extra_closure("gateway")
     assert "fastapi" in closure and "tritonclient" in closure

@@ -3,7 +3,8 @@
     HF_HUB_OFFLINE=1 python bench/compare_demo.py --out docs/compare-demo   # ~3 minutes on 2 cores
 
 Exports all-MiniLM-L6-v2 (fp32) and its int8 export into one repository (once, kept in --repository),
-serves both through the embedded Triton and one gateway process, then runs the two real tools:
+serves both through the embedded Triton and one gateway process with its cache off (C asks for the same
+texts as A: a cache would answer them and C's speed would mean nothing), then runs the two real tools:
 - embeddings-compare on the labelled test set (tests/compare/data): A = fp32, B = int8, C = fp32 asked for
   8 dimensions (a deliberately poor model: MiniLM is not trained for truncation);
 - embeddings-reembed over 4,000 distinct synthetic texts, for the throughput behind the cost per 1M tokens.
@@ -47,7 +48,8 @@ def ensure_repository(repo: Path) -> None:
 def start_gateway(triton: TritonServer, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = dict(os.environ, EMBEDDINGS_PORT=str(port), EMBEDDINGS_TRITON_GRPC_URL=triton.grpc_url,
-               EMBEDDINGS_TRITON_METRICS_URL="", EMBEDDINGS_ACCESS_LOG="false", PYTHONPATH=str(ROOT))
+               EMBEDDINGS_TRITON_METRICS_URL="", EMBEDDINGS_ACCESS_LOG="false", EMBEDDINGS_CACHE="none",
+               PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, "-m", "triton_embeddings.gateway"], env=env, cwd=ROOT,
                             stdout=log.open("wb"), stderr=subprocess.STDOUT)
     from tests.gw_helpers import wait_http

@@ -208,7 +208,8 @@ def test_alert_rules_load_and_stay_quiet_on_a_healthy_stack(traffic):
     with contextlib.suppress(TimeoutError):
         wait_until(settled, 15, "rule evaluation")
     rules = loaded()
-    assert len(rules) == len(alert_exprs()) + len(recording_rules()) and all(r["health"] == "ok" for r in rules.values()), rules
+    assert len(rules) == len(alert_exprs()) + len(recording_rules()), sorted(rules)
+    assert all(r["health"] == "ok" for r in rules.values()), rules
     for name in quiet:
         assert rules[name]["state"] == "inactive", (name, rules[name])
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from triton_embeddings.compare import metrics
 from triton_embeddings.compare.cache import VectorCache, text_hash
@@ -162,14 +164,15 @@ def test_vector_cache_roundtrip(tmp_path):
     assert cache.get("other", hashes) == {}
 
 
-def test_price_table_in_the_docs_matches_the_code():
-    from pathlib import Path
-
+def test_price_table_in_the_docs_matches_the_code_and_the_rules():
     from triton_embeddings.compare.cost import PRICES_READ_ON
 
-    text = (Path(__file__).parents[2] / "docs" / "migration.md").read_text()
-    rows = {m: float(p) for m, p in
-            __import__("re").findall(r"^\| `([\w.-]+)` \| \$([\d.]+) \|", text, __import__("re").M)}
+    root = Path(__file__).parents[2]
+    text = (root / "docs" / "migration.md").read_text()
+    rows = {m: float(p) for m, p in re.findall(r"^\| `([\w.-]+)` \| \$([\d.]+) \|", text, re.M)}
     assert rows == PRICES_PER_1M
     assert PRICES_READ_ON.split(" ")[0] in text
-    json.dumps(rows)
+    groups = yaml.safe_load((root / "monitoring" / "cost.yml").read_text())["groups"]
+    rules = {r["labels"]["model"]: float(r["expr"][len("vector("):-1]) for g in groups for r in g["rules"]
+             if r["record"] == "embeddings:upstream_price_per_1m_tokens_usd"}
+    assert rules == PRICES_PER_1M

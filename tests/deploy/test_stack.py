@@ -143,6 +143,13 @@ def traffic(stack):
     return stack
 
 
+def keep_counting(stack) -> None:
+    """One more request: rates (and the cost rules over them) need counters that move while scraped; the
+    traffic fixture's requests may all land before Prometheus's first scrape of the new series."""
+    r = httpx.post(stack.nginx.url + "/v1/embeddings", json=embed_body("keep the counters moving"), timeout=30)
+    assert r.status_code == 200, r.text
+
+
 def test_prometheus_scrapes_the_stack(traffic):
     prom = traffic.prometheus
 
@@ -173,6 +180,7 @@ def test_every_dashboard_and_alert_metric_appears_in_a_real_scrape(traffic):
     assert set(UPSTREAM_ONLY) <= used, "upstream-only allow-list names a metric nothing uses"
 
     def missing() -> set[str]:
+        keep_counting(traffic)
         return used - set(prom.api("label/__name__/values")) - set(GPU_ONLY) - set(UPSTREAM_ONLY)
     with contextlib.suppress(TimeoutError):
         wait_until(lambda: not missing(), 20, "metric names")
@@ -188,6 +196,7 @@ def test_dashboard_and_adapter_queries_return_data(traffic):
     expected = [e for e in queries if not metric_names(e) & (set(GPU_ONLY) | set(UPSTREAM_ONLY))]
 
     def empty() -> list[str]:
+        keep_counting(traffic)
         return [e for e in expected if not prom.query(e)]
     with contextlib.suppress(TimeoutError):
         wait_until(lambda: not empty(), 20, "dashboard data")

@@ -113,14 +113,15 @@ def _run_batches(client, endpoint: Endpoint, todo: list[str], options: ClientOpt
         pending: dict[Future, list[str]] = {}
         for group in groups:
             if len(pending) >= options.concurrency:
-                _drain(pending, on_done, FIRST_COMPLETED)
+                _drain(pending, on_done)
             pending[pool.submit(call, client, endpoint, group)] = group
         while pending:
-            _drain(pending, on_done, FIRST_COMPLETED)
+            _drain(pending, on_done)
 
 
-def _drain(pending: dict, on_done, return_when) -> None:
-    done, _ = wait(pending, return_when=return_when)
+def _drain(pending: dict, on_done) -> None:
+    """Wait for at least one call; hand each finished one to `on_done`."""
+    done, _ = wait(pending, return_when=FIRST_COMPLETED)
     for future in done:
         group = pending.pop(future)
         vectors, tokens, seconds = future.result()  # raises the openai error after its retries

@@ -106,3 +106,21 @@ def test_shadow_samples_by_share_and_drops_past_the_cap():
     assert calls == [["a"]]
     assert metrics.shadow_requests.labels("up", "local", "dropped")._value.get() == 1
     assert metrics.shadow_requests.labels("up", "local", "ok")._value.get() == 1
+
+
+@pytest.mark.parametrize("make", [
+    lambda: UpstreamBackend("cloud", "http://x/v1", "", {"m": UpstreamConfig(base_url="http://x/v1")}),
+    lambda: RoutedBackend(FakeBackend(), []),
+], ids=["upstream", "routed"])
+def test_upstream_and_routed_backends_satisfy_the_protocol(make):
+    import inspect
+
+    from triton_embeddings.gateway.backend import Backend
+
+    backend = make()
+    assert isinstance(backend, Backend)
+    for name in ("start", "close", "ready", "embed", "unknown_model_seen"):
+        want, got = inspect.signature(getattr(Backend, name)), inspect.signature(getattr(type(backend), name))
+        assert list(got.parameters) == list(want.parameters), name
+        assert inspect.iscoroutinefunction(getattr(Backend, name)) == inspect.iscoroutinefunction(
+            getattr(type(backend), name)), name

@@ -192,3 +192,19 @@ def test_pricing_precedence_flag_then_hourly_then_table():
     assert _price(local, measured, flagged).per_1m == 0.5
     assert _price(cloud, measured, flagged).per_1m == pytest.approx(7.2 / (3600 * 3600) * 1e6)
     assert _price(local, measured, Pricing()).per_1m is None
+
+
+def test_retry_delay_honours_retry_after_with_jitter():
+    import httpx
+    import openai
+
+    from triton_embeddings.compare.client import retry_delay
+
+    request = httpx.Request("POST", "http://x/v1/embeddings")
+    limited = openai.RateLimitError("slow down", response=httpx.Response(429, headers={"retry-after": "3"},
+                                                                         request=request), body=None)
+    delays = [retry_delay(limited, 0) for _ in range(50)]
+    assert all(3 <= d <= 4.5 for d in delays) and len(set(delays)) > 1, "jittered, never under Retry-After"
+    plain = openai.APIConnectionError(request=request)
+    assert 0.5 <= retry_delay(plain, 0) <= 0.75 and 4 <= retry_delay(plain, 3) <= 6
+    assert retry_delay(plain, 20) <= 45

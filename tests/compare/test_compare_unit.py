@@ -176,3 +176,35 @@ def test_price_table_in_the_docs_matches_the_code_and_the_rules():
     rules = {r["labels"]["model"]: float(r["expr"][len("vector("):-1]) for g in groups for r in g["rules"]
              if r["record"] == "embeddings:upstream_price_per_1m_tokens_usd"}
     assert rules == PRICES_PER_1M
+
+
+def test_pricing_precedence_flag_then_hourly_then_table():
+    from triton_embeddings.compare.run import Pricing, _price
+
+    measured = Speed(requests=1, inputs=10, tokens=3600, wall_s=1.0, p50_s=0.1, p95_s=0.1, retries=0,
+                     concurrency=1)
+    cloud = parse_spec("a", "https://api.openai.com/v1:text-embedding-3-small")
+    local = parse_spec("b", "http://gw:8080/v1:all-MiniLM-L6-v2")
+    pricing = Pricing(default_hour=3.6, default_hour_label="GPU")
+    assert _price(cloud, measured, pricing).per_1m == PRICES_PER_1M["text-embedding-3-small"]
+    assert _price(local, measured, pricing).per_1m == pytest.approx(3.6 / (3600 * 3600) * 1e6)
+    flagged = Pricing(per_1m={"b": 0.5}, hour={"a": 7.2}, default_hour=3.6)
+    assert _price(local, measured, flagged).per_1m == 0.5
+    assert _price(cloud, measured, flagged).per_1m == pytest.approx(7.2 / (3600 * 3600) * 1e6)
+    assert _price(local, measured, Pricing()).per_1m is None
+
+
+def test_retry_delay_honours_retry_after_with_jitter():
+    import httpx
+    import openai
+
+    from triton_embeddings.compare.client import retry_delay
+
+    request = httpx.Request("POST", "http://x/v1/embeddings")
+    limited = openai.RateLimitError("slow down", response=httpx.Response(429, headers={"retry-after": "3"},
+                                                                         request=request), body=None)
+    delays = [retry_delay(limited, 0) for _ in range(50)]
+    assert all(3 <= d <= 4.5 for d in delays) and len(set(delays)) > 1, "jittered, never under Retry-After"
+    plain = openai.APIConnectionError(request=request)
+    assert 0.5 <= retry_delay(plain, 0) <= 0.75 and 4 <= retry_delay(plain, 3) <= 6
+    assert retry_delay(plain, 20) <= 45

@@ -35,6 +35,10 @@ GPU_ONLY = {
 # recording rules built on them; this stack serves local models only.
 UPSTREAM_ONLY = {
     "gateway_upstream_tokens_total": "counted only for models forwarded upstream",
+    "gateway_upstream_request_duration_seconds_bucket": "observed only for models forwarded upstream",
+    "gateway_upstream_errors_total": "counted only for models forwarded upstream",
+    "gateway_shadow_requests_total": "counted only with shadow traffic configured",
+    "gateway_shadow_duration_seconds_bucket": "observed only with shadow traffic configured",
     "backend_model:upstream_cost_usd_per_hour": "recorded from gateway_upstream_tokens_total",
     "backend:upstream_cost_per_1m_tokens_usd": "recorded from gateway_upstream_tokens_total",
 }

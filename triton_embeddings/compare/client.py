@@ -3,6 +3,7 @@ official `openai` client (its retries honour 429/503 and Retry-After), with a pr
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -71,22 +72,49 @@ def make_client(endpoint: Endpoint, options: ClientOptions, counter: RetryCounte
         limits=httpx.Limits(max_connections=options.concurrency, max_keepalive_connections=options.concurrency),
         event_hooks={"response": [counter]},
     )
-    return openai.OpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key(), max_retries=options.max_retries,
+    # Retries are ours (call()): the client's own wait exactly Retry-After, so concurrent callers refused
+    # together retry together and collide again.
+    return openai.OpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key(), max_retries=0,
                          timeout=options.timeout_s, http_client=http)
 
 
-def call(client: openai.OpenAI, endpoint: Endpoint, texts: list[str]) -> tuple[np.ndarray, int, float]:
-    """One request: (vectors in input order, total tokens, seconds including retries)."""
-    extra = {"dimensions": endpoint.dimensions} if endpoint.dimensions else {}
+RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError)  # timeouts included
+
+
+def retry_delay(error: Exception, attempt: int) -> float:
+    """The server's Retry-After when it sent one, else exponential backoff; plus up to 50% jitter."""
+    base = min(0.5 * 2**attempt, 30.0)
+    response = getattr(error, "response", None)
+    try:
+        base = max(base, float(response.headers["retry-after"])) if response is not None else base
+    except (KeyError, ValueError):
+        pass
+    return min(base, 60.0) * (1 + 0.5 * random.random())
+
+
+def call(client: openai.OpenAI, endpoint: Endpoint, texts: list[str], retries: int = 8
+         ) -> tuple[np.ndarray, int, float]:
+    """One request, retried on 429/5xx/timeouts: (vectors in input order, total tokens, seconds incl. retries)."""
     start = time.perf_counter()
+    for attempt in range(retries + 1):
+        try:
+            vectors, tokens = _create(client, endpoint, texts)
+            return vectors, tokens, time.perf_counter() - start
+        except RETRYABLE as e:
+            if attempt == retries:
+                raise
+            time.sleep(retry_delay(e, attempt))
+    raise AssertionError("unreachable")
+
+
+def _create(client: openai.OpenAI, endpoint: Endpoint, texts: list[str]) -> tuple[np.ndarray, int]:
+    extra = {"dimensions": endpoint.dimensions} if endpoint.dimensions else {}
     response = client.embeddings.create(model=endpoint.model, input=texts, encoding_format="float", **extra)
-    seconds = time.perf_counter() - start
     rows = sorted(response.data, key=lambda d: d.index)
     vectors = np.asarray([r.embedding for r in rows], dtype=np.float32)
     if vectors.shape[0] != len(texts):
         raise RuntimeError(f"{endpoint.name}: {vectors.shape[0]} embeddings for {len(texts)} inputs")
-    tokens = response.usage.total_tokens if response.usage else 0
-    return vectors, tokens, seconds
+    return vectors, response.usage.total_tokens if response.usage else 0
 
 
 def apportion(tokens: int, texts: list[str]) -> list[float]:
@@ -113,14 +141,15 @@ def _run_batches(client, endpoint: Endpoint, todo: list[str], options: ClientOpt
         pending: dict[Future, list[str]] = {}
         for group in groups:
             if len(pending) >= options.concurrency:
-                _drain(pending, on_done, FIRST_COMPLETED)
-            pending[pool.submit(call, client, endpoint, group)] = group
+                _drain(pending, on_done)
+            pending[pool.submit(call, client, endpoint, group, options.max_retries)] = group
         while pending:
-            _drain(pending, on_done, FIRST_COMPLETED)
+            _drain(pending, on_done)
 
 
-def _drain(pending: dict, on_done, return_when) -> None:
-    done, _ = wait(pending, return_when=return_when)
+def _drain(pending: dict, on_done) -> None:
+    """Wait for at least one call; hand each finished one to `on_done`."""
+    done, _ = wait(pending, return_when=FIRST_COMPLETED)
     for future in done:
         group = pending.pop(future)
         vectors, tokens, seconds = future.result()  # raises the openai error after its retries

@@ -129,7 +129,7 @@ def run(endpoint: Endpoint, source: Path, output: Path, options: ClientOptions, 
             for group in groups:
                 while len(in_flight) >= options.concurrency:
                     _finish(in_flight, out, checkpoint, totals, bar)
-                in_flight[pool.submit(call, client, endpoint, [t for _, t, _ in group])] = group
+                in_flight[pool.submit(call, client, endpoint, [t for _, t, _ in group], options.max_retries)] = group
             while in_flight:
                 _finish(in_flight, out, checkpoint, totals, bar)
         finally:

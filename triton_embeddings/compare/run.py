@@ -11,7 +11,7 @@ from triton_embeddings.compare import metrics
 from triton_embeddings.compare.cache import VectorCache
 from triton_embeddings.compare.client import ClientOptions, Embedded, embed_texts
 from triton_embeddings.compare.corpus import Texts, read_qrels, read_texts
-from triton_embeddings.compare.cost import Cost, Speed, cost, speed
+from triton_embeddings.compare.cost import PRICES_PER_1M, Cost, Speed, cost, speed
 from triton_embeddings.compare.endpoint import Endpoint
 
 
@@ -66,13 +66,13 @@ def load_inputs(corpus: Path, queries: Path | None, qrels: Path | None, sample: 
     return Inputs(docs, q, picked, None, f"{len(q)} texts sampled from the corpus (seed {seed})")
 
 
-def _price(ep: Endpoint, result_speed: Speed | None, pricing: Pricing) -> Cost:
-    hour = pricing.hour.get(ep.label)
-    label = "hardware"
-    if hour is None and ep.label not in pricing.per_1m and pricing.default_hour is not None \
-            and cost(ep.model, None, None, "", None).per_1m is None:
+def _price(ep: Endpoint, measured: Speed | None, pricing: Pricing) -> Cost:
+    """Flags for this endpoint first; the default hourly price only for models the price table lacks."""
+    hour, label = pricing.hour.get(ep.label), "hardware"
+    unpriced = ep.label not in pricing.per_1m and ep.model not in PRICES_PER_1M
+    if hour is None and unpriced and pricing.default_hour is not None:
         hour, label = pricing.default_hour, pricing.default_hour_label
-    return cost(ep.model, pricing.per_1m.get(ep.label), hour, label, result_speed)
+    return cost(ep.model, pricing.per_1m.get(ep.label), hour, label, measured)
 
 
 def embed_endpoint(ep: Endpoint, inputs: Inputs, cache: VectorCache, options: ClientOptions,

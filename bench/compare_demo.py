@@ -28,21 +28,23 @@ sys.path.insert(0, str(ROOT))
 
 from tests.compare.data.make_data import OBJECTS, SUBJECTS, TIMES, VERBS  # noqa: E402
 from triton_embeddings.compare.cost import hourly_cost_per_1m  # noqa: E402
-from triton_embeddings.local.launcher import TritonServer, free_port  # noqa: E402
+from triton_embeddings.local.launcher import TritonServer  # noqa: E402
+from triton_embeddings.local.processes import free_port, stop_process, wait_http  # noqa: E402
 
 DATA = ROOT / "tests" / "compare" / "data"
 FP32, INT8 = "all-MiniLM-L6-v2", "all-MiniLM-L6-v2-int8"
 
 
 def ensure_repository(repo: Path) -> None:
+    from triton_embeddings.defaults import DEFAULT_HUB_ID, default_source
     from triton_embeddings.export.exporter import export_model
-    from triton_embeddings.export.triton_config import ServingOptions
-    from triton_embeddings.local.serve import default_source, missing_weights
+    from triton_embeddings.export.options import ExportOptions
+    from triton_embeddings.local.serve import missing_weights
 
     for name, precision in ((FP32, "fp32"), (INT8, "int8")):
         if missing_weights(repo, name):
-            export_model(default_source(), repo, ServingOptions(name=name), precision=precision,
-                         source_label="sentence-transformers/all-MiniLM-L6-v2")
+            export_model(default_source(), repo,
+                         ExportOptions(name=name, precision=precision, source_label=DEFAULT_HUB_ID))
 
 
 def start_gateway(triton: TritonServer, log: Path) -> tuple[subprocess.Popen, str]:
@@ -52,8 +54,6 @@ def start_gateway(triton: TritonServer, log: Path) -> tuple[subprocess.Popen, st
                PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, "-m", "triton_embeddings.gateway"], env=env, cwd=ROOT,
                             stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    from tests.gw_helpers import wait_http
-
     wait_http(f"http://127.0.0.1:{port}/ready", proc=proc)
     return proc, f"http://127.0.0.1:{port}/v1"
 
@@ -100,8 +100,7 @@ def main() -> None:
                 print(f"reembed {model}: {n} texts, {time.perf_counter() - start:.1f}s wall: {line}; "
                       f"{tokens / seconds:,.0f} tokens/s -> ${per_1m:.4f} per 1M tokens at ${args.node_hour_price}/h")
         finally:
-            gw.terminate()
-            gw.wait()
+            stop_process(gw)
     print((args.out / "report.md").read_text())
 
 

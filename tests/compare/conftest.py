@@ -18,12 +18,12 @@ INT8_MODEL = f"{DEFAULT_MODEL}-int8"
 @pytest.fixture(scope="session")
 def two_model_repository(model_repository, default_model_source, tmp_path_factory) -> Path:
     from triton_embeddings.export.exporter import export_model
-    from triton_embeddings.export.triton_config import ServingOptions
+    from triton_embeddings.export.options import ExportOptions
 
     repo = tmp_path_factory.mktemp("two_models")
     shutil.copytree(model_repository, repo, dirs_exist_ok=True)
-    export_model(default_model_source, repo, ServingOptions(name=INT8_MODEL), precision="int8",
-                 source_label=DEFAULT_SOURCE_LABEL, log=lambda _: None)
+    options = ExportOptions(name=INT8_MODEL, precision="int8", source_label=DEFAULT_SOURCE_LABEL)
+    export_model(default_model_source, repo, options, log=lambda _: None)
     return repo
 
 

@@ -64,6 +64,30 @@ class GatewayMetrics:
             ["model", "backend"],
             registry=r,
         )
+        self.cache_hits = Counter("gateway_cache_hits", "Inputs answered from the cache.", registry=r)
+        self.cache_misses = Counter("gateway_cache_misses", "Inputs not in the cache.", registry=r)
+        self.cache_errors = Counter("gateway_cache_errors", "Failed cache (Redis) calls.", registry=r)
+        self.in_flight = Gauge("gateway_in_flight_requests", "Embeddings requests being handled.", registry=r)
+        self.triton_latency = Histogram(
+            "gateway_triton_request_duration_seconds",
+            "Time of one Triton inference call (one chunk).",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.triton_errors = Counter(
+            "gateway_triton_errors",
+            "Failed Triton calls by kind (unavailable, timeout, error); deadline: requests past their own deadline.",
+            ["kind"],
+            registry=r,
+        )
+        self._upstream_metrics(r)
+        ProcessCollector(registry=r)
+        if triton_metrics_url:
+            r.register(TritonMetricsCollector(triton_metrics_url, triton_timeout_s))
+
+    def _upstream_metrics(self, r: CollectorRegistry) -> None:
+        """Metrics of models forwarded to upstream APIs (EMBEDDINGS_UPSTREAMS) and of their shadow copies."""
         self.upstream_tokens = Counter(
             "gateway_upstream_tokens",
             "Tokens an upstream API billed (its usage for the texts not in the cache), by upstream and model.",
@@ -96,26 +120,6 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.cache_hits = Counter("gateway_cache_hits", "Inputs answered from the cache.", registry=r)
-        self.cache_misses = Counter("gateway_cache_misses", "Inputs not in the cache.", registry=r)
-        self.cache_errors = Counter("gateway_cache_errors", "Failed cache (Redis) calls.", registry=r)
-        self.in_flight = Gauge("gateway_in_flight_requests", "Embeddings requests being handled.", registry=r)
-        self.triton_latency = Histogram(
-            "gateway_triton_request_duration_seconds",
-            "Time of one Triton inference call (one chunk).",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.triton_errors = Counter(
-            "gateway_triton_errors",
-            "Failed Triton calls by kind (unavailable, timeout, error); deadline: requests past their own deadline.",
-            ["kind"],
-            registry=r,
-        )
-        ProcessCollector(registry=r)
-        if triton_metrics_url:
-            r.register(TritonMetricsCollector(triton_metrics_url, triton_timeout_s))
 
     def exposition(self) -> bytes:
         """The text exposition of everything (blocking: Triton is scraped; run it in a thread)."""

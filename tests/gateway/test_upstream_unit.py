@@ -11,7 +11,6 @@ import pytest
 from pydantic import ValidationError
 
 from tests.gw_helpers import FakeBackend
-from triton_embeddings.gateway.backend import TritonError
 from triton_embeddings.gateway.metrics import GatewayMetrics
 from triton_embeddings.gateway.routing import RoutedBackend
 from triton_embeddings.gateway.settings import Settings, UpstreamConfig
@@ -53,7 +52,7 @@ def test_decode_vectors_base64_floats_order_and_count():
     body = {"data": [{"index": 1, "embedding": base64.b64encode(v[1].tobytes()).decode()},
                      {"index": 0, "embedding": v[0].tolist()}]}
     assert (decode_vectors(body, 2) == v).all()
-    with pytest.raises(TritonError, match="2 embeddings for 3"):
+    with pytest.raises(ValueError, match="2 embeddings for 3"):
         decode_vectors(body, 3)
 
 

@@ -3,8 +3,8 @@ there (one HTTP client per upstream), so applications use one base URL for cloud
 
 The key is read from the named environment variable or file at startup and only ever sent upstream in the
 `Authorization` header: it is never logged, and upstream error bodies (which may quote it) are never
-passed on. Failures map to the gateway's own errors: unreachable, 5xx, 429 or rejected credentials -> 503
-with Retry-After; too slow -> 504; an input the upstream rejects (400/413/422) -> 400.
+passed on. Failures map to the gateway's own errors: unreachable, 5xx, 429, rejected credentials
+or a malformed answer -> 503 with Retry-After; too slow -> 504; an input it rejects (400/413/422) -> 400.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Callable
 import httpx
 import numpy as np
 
-from triton_embeddings.gateway.backend import EmbedResult, ModelInfo, TritonError, TritonTimeout, TritonUnavailable
+from triton_embeddings.gateway.backend import EmbedResult, ModelInfo, TritonTimeout, TritonUnavailable
 from triton_embeddings.gateway.errors import APIError, ErrorKind
 from triton_embeddings.gateway.settings import UpstreamConfig
 
@@ -37,7 +37,7 @@ def decode_vectors(body: dict, n: int) -> np.ndarray:
     """The `data` of an embeddings answer (base64 or float lists), in input order."""
     rows = sorted(body["data"], key=lambda d: d["index"])
     if len(rows) != n:
-        raise TritonError(f"upstream answered {len(rows)} embeddings for {n} inputs")
+        raise ValueError(f"upstream answered {len(rows)} embeddings for {n} inputs")
     vectors = [np.frombuffer(base64.b64decode(r["embedding"]), dtype="<f4") if isinstance(r["embedding"], str)
                else np.asarray(r["embedding"], dtype=np.float32) for r in rows]
     return np.stack(vectors)
@@ -91,8 +91,8 @@ class UpstreamBackend:
             raise TritonTimeout(f"upstream {self.name} did not answer within {config.timeout_s:g} s") from None
         except httpx.TransportError as e:
             raise TritonUnavailable(f"upstream {self.name} unreachable ({type(e).__name__})") from None
-        except (ValueError, KeyError, TypeError) as e:
-            raise TritonError(f"upstream {self.name} answered a malformed body ({type(e).__name__})") from None
+        except (ValueError, KeyError, TypeError) as e:  # a broken upstream: 503, as when it is down
+            raise TritonUnavailable(f"upstream {self.name} answered a malformed body ({type(e).__name__})") from None
         finally:
             self.observe(self.name, time.perf_counter() - t0)
         tokens = int((body.get("usage") or {}).get("total_tokens") or 0)

@@ -106,7 +106,7 @@ def test_dimensions_checked_against_the_configured_dimension(front):
         client(front).embeddings.create(model=CLOUD, input=["x"], dimensions=385)
 
 
-@pytest.mark.parametrize("case", ["bad key", "down", "timeout"])
+@pytest.mark.parametrize("case", ["bad key", "down", "timeout", "not an API"])
 def test_upstream_failures_are_openai_errors_without_secrets(triton, upstream, tmp_path, monkeypatch, case):
     url, extra = upstream.url + "/v1", {}
     monkeypatch.setenv("TEAMCLOUD_KEY", "sk-wrong-key-that-must-not-leak" if case == "bad key" else UPSTREAM_KEY)
@@ -114,6 +114,8 @@ def test_upstream_failures_are_openai_errors_without_secrets(triton, upstream, t
         url = f"http://127.0.0.1:{free_port()}/v1"
     if case == "timeout":
         extra = {"timeout_s": 0.001}
+    if case == "not an API":  # answers 404 to POST /nope/v1/embeddings
+        url = upstream.url + "/nope/v1"
     with running_gateway(tmp_path, triton_grpc_url=triton.grpc_url, triton_metrics_url="",
                          upstreams=upstreams(url, **extra)) as gw:
         r = httpx.post(gw.url + "/v1/embeddings", json={"model": CLOUD, "input": [f"fails {case}"]}, timeout=30)
@@ -124,7 +126,7 @@ def test_upstream_failures_are_openai_errors_without_secrets(triton, upstream, t
             assert r.headers["retry-after"] == "1"
         ok = httpx.post(gw.url + "/v1/embeddings", json={"model": DEFAULT_MODEL, "input": ["local"]}, timeout=30)
         assert ok.status_code == 200, "the local models keep serving"
-        kind = {"bad key": "unavailable", "down": "unavailable", "timeout": "timeout"}[case]
+        kind = "timeout" if case == "timeout" else "unavailable"
         assert value(gw.url, "gateway_upstream_errors_total", backend="teamcloud", kind=kind) >= 1
         log = gw.log_text()
     for secret in ("sk-wrong-key-that-must-not-leak", UPSTREAM_KEY):

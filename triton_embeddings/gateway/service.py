@@ -14,6 +14,7 @@ from triton_embeddings.gateway.errors import APIError, ErrorKind
 from triton_embeddings.gateway.metrics import GatewayMetrics
 from triton_embeddings.gateway.protocol import EmbeddingRequest, EmbeddingResponse, embedding_response
 from triton_embeddings.gateway.settings import Settings
+from triton_embeddings.gateway.singleflight import SharedCallCancelled, SingleFlight
 from triton_embeddings.gateway.token_ids import TokenDecoder
 
 log = logging.getLogger("gateway.service")
@@ -43,6 +44,7 @@ class EmbeddingService:
         )
         self._upstream_models = set(settings.upstreams)
         self._in_flight = 0
+        self._flights: SingleFlight[tuple[str, str, str], CacheEntry] = SingleFlight()
 
     def _observe_call(self, model: str, seconds: float) -> None:
         if model not in self._upstream_models:  # upstream calls: gateway_upstream_request_duration_seconds
@@ -150,15 +152,29 @@ class EmbeddingService:
             self.metrics.cache_misses.inc(len(unique) - len(found))
         missing = [t for t in unique if t not in found]
         if missing:
-            computed = await self._infer(info, missing, request_id)
-            found.update(computed)
-            if self.cache.enabled:
-                await self.cache.set_many({keys[t]: e for t, e in computed.items()})
+            found.update(await self._compute(info, missing, request_id))
         return [found[t] for t in texts]
 
     async def embed_uncached(self, info: ModelInfo, texts: list[str]) -> None:
         """The backend path alone, cache bypassed (shadow copies measure the work, not the cache)."""
         await self._infer(info, texts, "")
+
+    async def _compute(self, info: ModelInfo, texts: list[str], request_id: str) -> dict[str, CacheEntry]:
+        """Missing texts from Triton, once per (model, text) however many requests miss it at the same time;
+        the request that computes a text also caches it."""
+
+        async def compute(keys: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], CacheEntry]:
+            computed = await self._infer(info, [k[2] for k in keys], request_id)
+            if self.cache.enabled:
+                await self.cache.set_many({cache_key(info.name, info.fingerprint, t): e for t, e in computed.items()})
+            return {(info.name, info.fingerprint, t): e for t, e in computed.items()}
+
+        try:
+            shared = await self._flights.run([(info.name, info.fingerprint, t) for t in texts], compute)
+        except SharedCallCancelled:
+            message = "The inference server did not answer; retry shortly."
+            raise APIError(ErrorKind.UPSTREAM_UNAVAILABLE, message) from None
+        return {k[2]: e for k, e in shared.items()}
 
     async def _infer(self, info: ModelInfo, texts: list[str], request_id: str) -> dict[str, CacheEntry]:
         """Embed through the batcher (length-sorted, chunked, concurrent); failures become 503/504/500."""
@@ -172,8 +188,7 @@ class EmbeddingService:
 
     def _failure(self, info: ModelInfo, e: Exception) -> Exception:
         """The client's error for a backend failure, counted by kind (Triton's, or the upstream's)."""
-        kind = {TritonUnavailable: "unavailable", TritonTimeout: "timeout", DeadlineExceeded: "deadline",
-                APIError: "rejected"}.get(type(e), "error")
+        kind = e.kind if isinstance(e, TritonError) else "deadline" if isinstance(e, DeadlineExceeded) else "rejected"
         local = info.backend == LOCAL
         if local:
             self.metrics.triton_errors.labels(kind).inc()
@@ -182,11 +197,11 @@ class EmbeddingService:
         server = "The inference server" if local else "The upstream API for this model"
         if kind not in ("rejected", "error"):  # a TritonError is logged by the 500 handler
             log.warning("%s %s: %s", "Triton" if local else f"upstream {info.backend}", kind, e)
-        if kind == "unavailable":
+        if isinstance(e, TritonUnavailable):  # a crashed worker (stub_unhealthy) too: it is being reloaded
             return APIError(ErrorKind.UPSTREAM_UNAVAILABLE, f"{server} is not reachable right now; retry shortly.")
-        if kind == "timeout":
+        if isinstance(e, TritonTimeout):
             return APIError(ErrorKind.UPSTREAM_TIMEOUT, f"{server} did not answer in time.")
-        if kind == "deadline":
+        if isinstance(e, DeadlineExceeded):
             return APIError(
                 ErrorKind.REQUEST_TIMEOUT,
                 f"The request was not answered within {self.settings.request_timeout_s:g} s; retry shortly.",

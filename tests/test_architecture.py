@@ -70,6 +70,16 @@ def test_the_exporter_and_the_launcher_never_import_the_gateway():
     assert outside(room("export") + launcher, lambda m: not within(m, "triton_embeddings.gateway")) == []
 
 
+def test_compare_talks_to_endpoints_only_through_their_api():
+    """embeddings-compare/-reembed work with any OpenAI-compatible endpoint: no gateway, exporter or Triton code."""
+    third_party = {"numpy", "scipy", "openai", "httpx", "tqdm", "matplotlib"}
+
+    def allowed(m: str) -> bool:
+        return top(m) in STDLIB or top(m) in third_party or within(m, "triton_embeddings.compare")
+
+    assert outside(room("compare"), allowed) == []
+
+
 def test_the_boundary_check_sees_imports():
     """The checks above would pass vacuously if `imports` found nothing."""
     assert "triton_embeddings.contract.TokenizerParams" in imports(PACKAGE / "triton_models" / "tokenize.py")

@@ -105,6 +105,20 @@ def test_gateway_extra_provides_every_gateway_import():
     assert missing == set(), f"imported by gateway/ but not installed by .[gateway]: {sorted(missing)}"
 
 
+def test_compare_extra_provides_every_compare_import_and_no_torch():
+    """`pip install .[compare]` is enough for embeddings-compare and embeddings-reembed, without torch."""
+    from importlib.metadata import packages_distributions
+
+    from packaging.utils import canonicalize_name
+
+    closure = _extra_closure("compare")
+    providers = packages_distributions()
+    missing = {m for m in _third_party_imports("compare")
+               if not {canonicalize_name(d) for d in providers.get(m, [m])} & closure}
+    assert missing == set(), f"imported by compare/ but not installed by .[compare]: {sorted(missing)}"
+    assert not {"torch", "onnxruntime", "tritonclient", "fastapi"} & closure
+
+
 def test_gateway_image_brings_no_torch():
     closure = _extra_closure("gateway")
     assert "fastapi" in closure and "tritonclient" in closure
@@ -473,6 +487,34 @@ def test_promtool_test_rules_can_fail(tmp_path):
     (tmp_path / "alerts.yml").write_text(rules)
     (tmp_path / "tests/alerts_test.yml").write_text((ROOT / "monitoring/tests/alerts_test.yml").read_text())
     assert run(tool("promtool"), "test", "rules", tmp_path / "tests/alerts_test.yml").returncode != 0
+
+
+def test_promtool_cost_rules_check_and_unit_tests():
+    promtool = tool("promtool")
+    result = run(promtool, "check", "rules", "monitoring/cost.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    result = run(promtool, "test", "rules", "monitoring/tests/cost_test.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    config = yaml.safe_load((ROOT / "monitoring/prometheus.yml").read_text())
+    assert config["rule_files"] == ["alerts.yml", "cost.yml"]
+
+
+def test_every_cost_rule_is_unit_tested():
+    recorded = {r["record"] for g in yaml.safe_load((ROOT / "monitoring/cost.yml").read_text())["groups"]
+                for r in g["rules"]}
+    tests = yaml.safe_load((ROOT / "monitoring/tests/cost_test.yml").read_text())["tests"]
+    exprs = " ".join(case["expr"] for t in tests for case in t["promql_expr_test"])
+    prices = {"embeddings:local_replica_price_usd_per_hour", "embeddings:upstream_price_per_1m_tokens_usd",
+              "embeddings:reference_price_per_1m_tokens_usd", "embeddings:local_replicas:count"}
+    assert {r for r in recorded - prices if r not in exprs} == set()
+
+
+def test_promtool_cost_rules_tests_can_fail(tmp_path):
+    (tmp_path / "tests").mkdir()
+    rules = (ROOT / "monitoring/cost.yml").read_text().replace("expr: vector(1.00)", "expr: vector(1.50)")
+    (tmp_path / "cost.yml").write_text(rules)
+    (tmp_path / "tests/cost_test.yml").write_text((ROOT / "monitoring/tests/cost_test.yml").read_text())
+    assert run(tool("promtool"), "test", "rules", tmp_path / "tests/cost_test.yml").returncode != 0
 
 
 # --- Grafana --------------------------------------------------------------------------------------------

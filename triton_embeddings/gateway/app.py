@@ -24,10 +24,13 @@ from triton_embeddings.gateway.errors import (
 from triton_embeddings.gateway.metrics import GatewayMetrics
 from triton_embeddings.gateway.registry import ModelRegistry
 from triton_embeddings.gateway.router import router
+from triton_embeddings.gateway.routing import RoutedBackend
 from triton_embeddings.gateway.service import EmbeddingService
 from triton_embeddings.gateway.settings import Settings
+from triton_embeddings.gateway.shadow import Shadow
 from triton_embeddings.gateway.token_ids import TokenDecoder, load_cl100k
 from triton_embeddings.gateway.triton import TritonBackend
+from triton_embeddings.gateway.upstream import make_upstreams
 
 log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
@@ -207,6 +210,13 @@ def _make_backend(settings: Settings) -> Backend:
     )
 
 
+def _route_upstreams(settings: Settings, local: Backend, metrics: GatewayMetrics) -> Backend:
+    """The local backend alone, or routed together with the configured upstream APIs."""
+    if not settings.upstreams:
+        return local
+    return RoutedBackend(local, make_upstreams(settings.upstreams, metrics))
+
+
 def _make_cache(settings: Settings) -> Cache:
     return make_cache(
         settings.cache,
@@ -223,16 +233,19 @@ def _lifespan(settings: Settings, backend: Backend | None, cache: Cache | None, 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        be = backend or _make_backend(settings)
+        be = _route_upstreams(settings, backend or _make_backend(settings), app.state.metrics)
         ca = cache or _make_cache(settings)
         ca.on_error = app.state.metrics.cache_errors.inc
         dec = decoder or await _load_decoder(settings)
         await be.start()
         app.state.registry = ModelRegistry(settings, be)
         app.state.service = EmbeddingService(settings, be, ca, app.state.metrics, dec)
+        app.state.shadow = Shadow(app.state.registry.resolve_local, app.state.service.embed_uncached,
+                                  app.state.metrics, settings.shadow_max_in_flight)
         log.info(
-            "gateway ready: triton=%s cache=%s token-ids=%s auth=%s",
+            "gateway ready: triton=%s upstreams=%s cache=%s token-ids=%s auth=%s",
             settings.triton_grpc_url,
+            {m: c.backend_name for m, c in settings.upstreams.items()} or "none",
             ca.name,
             "on" if dec.available else "off",
             "on" if app.state.api_keys else "off",

@@ -36,6 +36,9 @@ class TritonTimeout(TritonError):
     kind = "timeout"
 
 
+LOCAL = "local"  # the backend name of models Triton serves (others carry their upstream's name)
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """An embedding ensemble as its config's `parameters` describe it."""
@@ -49,6 +52,7 @@ class ModelInfo:
     source_model: str
     fingerprint: str
     created: int
+    backend: str = LOCAL  # who computes it: Triton, or an upstream's name (EMBEDDINGS_UPSTREAMS)
 
 
 @dataclass

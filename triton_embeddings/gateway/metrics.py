@@ -59,7 +59,6 @@ class GatewayMetrics:
             buckets=INPUT_BUCKETS,
             registry=r,
         )
-        self.tokens = Counter("gateway_tokens", "Prompt tokens embedded (usage), by model.", ["model"], registry=r)
         self.cache_hits = Counter("gateway_cache_hits", "Inputs answered from the cache.", registry=r)
         self.cache_misses = Counter("gateway_cache_misses", "Inputs not in the cache.", registry=r)
         self.cache_errors = Counter("gateway_cache_errors", "Failed cache (Redis) calls.", registry=r)
@@ -80,9 +79,51 @@ class GatewayMetrics:
         )
         for kind in TRITON_ERROR_KINDS:  # exposed at 0, so that increase() sees the first error
             self.triton_errors.labels(kind)
+        self._backend_metrics(r)
         ProcessCollector(registry=r)
         if triton_metrics_url:
             r.register(TritonMetricsCollector(triton_metrics_url, triton_timeout_s))
+
+    def _backend_metrics(self, r: CollectorRegistry) -> None:
+        """Tokens by backend, and the metrics of upstream APIs (EMBEDDINGS_UPSTREAMS) and shadow copies."""
+        self.tokens = Counter(
+            "gateway_tokens",
+            "Prompt tokens answered (usage, cache hits included), by model and backend (local or an upstream).",
+            ["model", "backend"],
+            registry=r,
+        )
+        self.upstream_tokens = Counter(
+            "gateway_upstream_tokens",
+            "Tokens an upstream API billed (its usage for the texts not in the cache), by upstream and model.",
+            ["backend", "model"],
+            registry=r,
+        )
+        self.upstream_latency = Histogram(
+            "gateway_upstream_request_duration_seconds",
+            "Time of one call to an upstream API.",
+            ["backend"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "gateway_upstream_errors",
+            "Failed upstream calls by kind (unavailable, timeout, rejected: the upstream refused the input, error).",
+            ["backend", "kind"],
+            registry=r,
+        )
+        self.shadow_requests = Counter(
+            "gateway_shadow_requests",
+            "Shadow copies of upstream requests sent to a local model, by outcome (ok, dropped, or an error code).",
+            ["model", "target", "outcome"],
+            registry=r,
+        )
+        self.shadow_duration = Histogram(
+            "gateway_shadow_duration_seconds",
+            "Time the local model took for a shadow copy (the client did not wait for it).",
+            ["target"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
 
     def exposition(self) -> bytes:
         """The text exposition of everything (blocking: Triton is scraped; run it in a thread)."""

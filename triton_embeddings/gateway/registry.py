@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from triton_embeddings.gateway.backend import Backend, ModelInfo
+from triton_embeddings.gateway.backend import LOCAL, Backend, ModelInfo
 from triton_embeddings.gateway.errors import APIError, ErrorKind
 from triton_embeddings.gateway.protocol import Model, ModelList, model_card
 from triton_embeddings.gateway.settings import DEFAULT_TARGET, Settings
 
 OWNER = "triton-embeddings"
+
+
+def owner(info: ModelInfo) -> str:
+    """`owned_by`: this project for local models, the upstream's name for forwarded ones."""
+    return OWNER if info.backend == LOCAL else info.backend
 
 
 class ModelRegistry:
@@ -41,11 +46,13 @@ class ModelRegistry:
         return out
 
     def resolve(self, name: str) -> ModelInfo:
-        """A served model or alias; unknown: 404 `model_not_found`."""
+        """A served model or alias; unknown: 404 `model_not_found` (503 while the local models are unknown)."""
         models = self.models()
         target = name if name in models else self.aliases(models).get(name)
         if target is None:
             self.backend.unknown_model_seen()  # it may have been loaded since the last look
+            if not getattr(self.backend, "local_known", True):  # upstreams known, Triton not reached yet
+                raise APIError(ErrorKind.UPSTREAM_UNAVAILABLE, "The inference server is not reachable right now.")
             raise APIError(
                 ErrorKind.MODEL_NOT_FOUND,
                 f"The model `{name}` does not exist. See GET /v1/models for the served models.",
@@ -53,17 +60,25 @@ class ModelRegistry:
             )
         return models[target]
 
+    def resolve_local(self, name: str) -> ModelInfo:
+        """A model (or alias) the local backend serves; an upstream model is not local: 404."""
+        info = self.resolve(name)
+        if info.backend != LOCAL:
+            raise APIError(ErrorKind.MODEL_NOT_FOUND, f"The model `{name}` is not a local model.", param="model")
+        return info
+
     def list(self) -> ModelList:
-        """Every served model, then its aliases."""
+        """Every served model, then its aliases; upstream models are owned by their upstream's name."""
         models = self.models()
-        data = [model_card(m.name, m.created, OWNER) for m in sorted(models.values(), key=lambda m: m.name)]
+        data = [model_card(m.name, m.created, owner(m)) for m in sorted(models.values(), key=lambda m: m.name)]
         for alias, target in sorted(self.aliases(models).items()):
-            data.append(model_card(alias, models[target].created, OWNER))
+            data.append(model_card(alias, models[target].created, owner(models[target])))
         return {"object": "list", "data": data}
 
     def get(self, name: str) -> Model:
         """One model or alias, under the name asked for."""
-        return model_card(name, self.resolve(name).created, OWNER)
+        info = self.resolve(name)
+        return model_card(name, info.created, owner(info))
 
     async def ready(self) -> tuple[bool, str]:
         """Backend live and every configured (or, if none configured, every discovered) model ready."""

@@ -82,7 +82,12 @@ async def create_embeddings(body: EmbeddingRequest, request: Request) -> Respons
     """OpenAI's `POST /v1/embeddings`."""
     info = registry_of(request).resolve(body.model)
     request.state.model_label = info.name  # bounded label for the request metrics
-    return json_response(await service_of(request).embed(body, info, request.state.request_id))
+    service = service_of(request)
+    response = json_response(await service.embed(body, info, request.state.request_id))
+    upstream = request.app.state.settings.upstreams.get(info.name)
+    if upstream is not None and upstream.shadow is not None:  # runs after the response has been sent
+        response.background = request.app.state.shadow.task(info.name, upstream.shadow, service.texts_of(body))
+    return response
 
 
 @router.get("/v1/models", response_model=ModelList, dependencies=[Depends(check_api_key)])

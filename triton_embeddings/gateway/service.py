@@ -7,7 +7,7 @@ import logging
 
 import numpy as np
 
-from triton_embeddings.gateway.backend import Backend, ModelInfo, TritonError, TritonTimeout, TritonUnavailable
+from triton_embeddings.gateway.backend import LOCAL, Backend, ModelInfo, TritonError, TritonTimeout, TritonUnavailable
 from triton_embeddings.gateway.batcher import Batcher, DeadlineExceeded
 from triton_embeddings.gateway.cache import Cache, CacheEntry, cache_key
 from triton_embeddings.gateway.errors import APIError, ErrorKind
@@ -40,10 +40,15 @@ class EmbeddingService:
             backend,
             settings.max_concurrent_batches,
             settings.request_timeout_s,
-            lambda model, seconds: metrics.triton_latency.labels(model).observe(seconds),
+            self._observe_call,
         )
+        self._upstream_models = set(settings.upstreams)
         self._in_flight = 0
         self._flights: SingleFlight[tuple[str, str, str], CacheEntry] = SingleFlight()
+
+    def _observe_call(self, model: str, seconds: float) -> None:
+        if model not in self._upstream_models:  # upstream calls: gateway_upstream_request_duration_seconds
+            self.metrics.triton_latency.labels(model).observe(seconds)
 
     # ---- embeddings ---------------------------------------------------------------------------------
 
@@ -83,7 +88,8 @@ class EmbeddingService:
         return texts
 
     def _check_dimensions(self, dims: int | None, info: ModelInfo) -> None:
-        if dims is not None and not 1 <= dims <= info.dimension:
+        upper = info.dimension or dims or 1  # 0: an upstream model of unconfigured length (checked there)
+        if dims is not None and not 1 <= dims <= upper:
             raise APIError(
                 ErrorKind.INVALID_REQUEST,
                 f"'dimensions' must be between 1 and {info.dimension} for model {info.name}; got {dims}.",
@@ -107,7 +113,7 @@ class EmbeddingService:
             self.metrics.in_flight.dec()
         tokens = self._check_lengths(info, entries)
         self.metrics.inputs.labels(info.name).observe(len(texts))
-        self.metrics.tokens.labels(info.name).inc(tokens)
+        self.metrics.tokens.labels(info.name, info.backend).inc(tokens)
         vectors = postprocess(np.stack([e.vector for e in entries]), req.dimensions)
         if req.encoding_format == "base64":
             return embedding_response(req.model, [base64.b64encode(v.tobytes()).decode() for v in vectors], tokens)
@@ -149,6 +155,10 @@ class EmbeddingService:
             found.update(await self._compute(info, missing, request_id))
         return [found[t] for t in texts]
 
+    async def embed_uncached(self, info: ModelInfo, texts: list[str]) -> None:
+        """The backend path alone, cache bypassed (shadow copies measure the work, not the cache)."""
+        await self._infer(info, texts, "")
+
     async def _compute(self, info: ModelInfo, texts: list[str], request_id: str) -> dict[str, CacheEntry]:
         """Missing texts from Triton, once per (model, text) however many requests miss it at the same time;
         the request that computes a text also caches it."""
@@ -170,28 +180,33 @@ class EmbeddingService:
         """Embed through the batcher (length-sorted, chunked, concurrent); failures become 503/504/500."""
         try:
             entries = await self.batcher.embed(info, texts, request_id)
-        except TritonUnavailable as e:  # a crashed worker (stub_unhealthy) too: it is being reloaded
-            self.metrics.triton_errors.labels(e.kind).inc()
-            log.warning("Triton unavailable: %s", e)
-            raise APIError(
-                ErrorKind.UPSTREAM_UNAVAILABLE,
-                "The inference server is not reachable right now; retry shortly.",
-            ) from None
-        except TritonTimeout as e:
-            self.metrics.triton_errors.labels("timeout").inc()
-            log.warning("Triton timeout: %s", e)
-            raise APIError(ErrorKind.UPSTREAM_TIMEOUT, "The inference server did not answer in time.") from None
-        except DeadlineExceeded as e:
-            self.metrics.triton_errors.labels("deadline").inc()
-            log.warning("deadline exceeded: %s", e)
-            raise APIError(
+        except (TritonError, DeadlineExceeded, APIError) as e:
+            raise self._failure(info, e) from None
+        if info.backend != LOCAL:
+            self.metrics.upstream_tokens.labels(info.backend, info.name).inc(sum(e.tokens for e in entries))
+        return dict(zip(texts, entries, strict=True))
+
+    def _failure(self, info: ModelInfo, e: Exception) -> Exception:
+        """The client's error for a backend failure, counted by kind (Triton's, or the upstream's)."""
+        kind = e.kind if isinstance(e, TritonError) else "deadline" if isinstance(e, DeadlineExceeded) else "rejected"
+        local = info.backend == LOCAL
+        if local:
+            self.metrics.triton_errors.labels(kind).inc()
+        else:
+            self.metrics.upstream_errors.labels(info.backend, kind).inc()
+        server = "The inference server" if local else "The upstream API for this model"
+        if kind not in ("rejected", "error"):  # a TritonError is logged by the 500 handler
+            log.warning("%s %s: %s", "Triton" if local else f"upstream {info.backend}", kind, e)
+        if isinstance(e, TritonUnavailable):  # a crashed worker (stub_unhealthy) too: it is being reloaded
+            return APIError(ErrorKind.UPSTREAM_UNAVAILABLE, f"{server} is not reachable right now; retry shortly.")
+        if isinstance(e, TritonTimeout):
+            return APIError(ErrorKind.UPSTREAM_TIMEOUT, f"{server} did not answer in time.")
+        if isinstance(e, DeadlineExceeded):
+            return APIError(
                 ErrorKind.REQUEST_TIMEOUT,
                 f"The request was not answered within {self.settings.request_timeout_s:g} s; retry shortly.",
-            ) from None
-        except TritonError:
-            self.metrics.triton_errors.labels("error").inc()
-            raise  # the generic 500 handler logs it and answers with the request id
-        return dict(zip(texts, entries, strict=True))
+            )
+        return e  # a 400 from the upstream as it is; a TritonError: the generic 500 handler logs it
 
 
 def postprocess(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:

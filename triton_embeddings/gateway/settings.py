@@ -2,14 +2,61 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Target meaning "the default model" in `model_aliases`.
 DEFAULT_TARGET = "default"
+
+
+class ShadowConfig(BaseModel):
+    """Also embed a sampled share of this model's requests with a local model, after answering (metrics only)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(description="Local model that receives the shadow copies.")
+    share: float = Field(ge=0.0, le=1.0, description="Share of requests copied (0.1 = one in ten).")
+
+
+class UpstreamConfig(BaseModel):
+    """One model served by an upstream OpenAI-compatible API (a value of `EMBEDDINGS_UPSTREAMS`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    base_url: str = Field(description="The API's base URL, e.g. https://api.openai.com/v1.")
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
+    api_key_file: Path | None = Field(None, description="File holding the API key (e.g. a mounted secret).")
+    name: str | None = Field(None, description="Backend name in metrics and `owned_by`; default: the URL's host.")
+    model: str | None = Field(None, description="Model name at the upstream; default: the name clients use.")
+    dimension: int | None = Field(None, ge=1, description="Vector length, to check `dimensions`; unset: not checked.")
+    max_batch_size: int = Field(2048, ge=1, description="Most inputs per upstream call.")
+    timeout_s: float = Field(30.0, gt=0, description="Deadline of one upstream call; past it: 504.")
+    shadow: ShadowConfig | None = Field(None, description="Optional shadow traffic to a local model.")
+
+    @field_validator("name")
+    @classmethod
+    def _not_local(cls, v):
+        if v == "local":
+            raise ValueError('"local" names the local Triton backend; give the upstream another name')
+        return v
+
+    @property
+    def backend_name(self) -> str:
+        return self.name or urlsplit(self.base_url).hostname or "upstream"
+
+    def api_key(self) -> str:
+        """The key from the variable or file; an upstream with neither sends no key (a local gateway)."""
+        if self.api_key_env:
+            key = os.environ.get(self.api_key_env, "")
+            if not key:
+                raise ValueError(f"upstream {self.backend_name}: environment variable {self.api_key_env} is empty")
+            return key
+        if self.api_key_file:
+            return self.api_key_file.read_text(encoding="utf-8").strip()
+        return ""
 
 
 class Settings(BaseSettings):
@@ -129,6 +176,16 @@ class Settings(BaseSettings):
     )
     tiktoken_load_timeout_s: float = Field(
         10.0, description="How long startup waits for cl100k_base when no local file is set."
+    )
+
+    # --- Upstream APIs ---
+    upstreams: dict[str, UpstreamConfig] = Field(
+        default_factory=dict,
+        description="Models forwarded to an upstream OpenAI-compatible API, by the name clients use (JSON; "
+        "see docs/gateway.md#upstream-models). Such a name wins over a local model or alias of the same name.",
+    )
+    shadow_max_in_flight: int = Field(
+        4, ge=1, description="Shadow copies (see `upstreams`) running at once; more are dropped and counted."
     )
 
     @field_validator("models", mode="before")

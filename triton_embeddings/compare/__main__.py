@@ -1,0 +1,5 @@
+import sys
+
+from triton_embeddings.compare.cli import main
+
+sys.exit(main())

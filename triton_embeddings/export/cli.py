@@ -32,8 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fp32; fp16 (gpu target); int8 (cpu and embedded targets)")
     p.add_argument("--max-batch-size", type=int, default=64, help="most texts per Triton request")
     p.add_argument("--max-seq-length", type=int, help="override the model's max_seq_length")
-    p.add_argument("--max-queue-delay-us", type=int, default=2000, help="dynamic batcher wait (microseconds)")
+    p.add_argument("--max-queue-delay-us", type=int, default=0,
+                   help="the encoder's dynamic-batcher wait in microseconds (0: none; under load the requests "
+                        "that queued while it computed form its next batch)")
     p.add_argument("--instances", type=int, default=1, help="instances per step")
+    p.add_argument("--encoder-instances", type=int, default=0,
+                   help="encoder instances (0: 2 on the embedded target, else --instances)")
     p.add_argument("--tensorrt", action=argparse.BooleanOptionalAction, default=False,
                    help="gpu target: TensorRT execution provider (fp16 engines unless --precision fp32)")
     p.add_argument("--trt-cache-dir", default="/trt_cache",
@@ -52,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             max_batch_size=args.max_batch_size,
             max_queue_delay_us=args.max_queue_delay_us,
             instances=args.instances,
+            encoder_instances=args.encoder_instances,
             tensorrt=args.tensorrt,
             tensorrt_fp16=args.precision != "fp32",
             trt_cache_dir=args.trt_cache_dir,

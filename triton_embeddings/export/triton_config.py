@@ -30,10 +30,15 @@ class ServingOptions:
     name: str
     target: str = "embedded"  # gpu | cpu | embedded
     max_batch_size: int = 64
-    max_queue_delay_us: int = 2000
+    # The encoder's dynamic-batcher wait. 0: no wait when idle (single requests pay no delay); under load
+    # the requests that queued while the encoder computed form its next batch anyway.
+    max_queue_delay_us: int = 0
     max_queue_size: int = 1024  # requests waiting per step before Triton rejects new ones
     queue_timeout_us: int = 30_000_000  # a request waiting longer is rejected, not left to hang
     instances: int = 1
+    # Encoder instances; 0: 2 on the embedded target (two batches side by side, ONNX Runtime's threads
+    # shared out between them), else `instances`.
+    encoder_instances: int = 0
     tensorrt: bool = False  # gpu only: TensorRT execution provider
     tensorrt_fp16: bool = True
     trt_cache_dir: str = "/trt_cache"  # engine and timing caches; mount a volume here to keep them
@@ -46,6 +51,12 @@ class ServingOptions:
             raise ValueError("TensorRT needs the gpu target")
         if self.max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
+
+    @property
+    def encoder_count(self) -> int:
+        if self.encoder_instances:
+            return self.encoder_instances
+        return 2 if self.target == "embedded" else self.instances
 
     @property
     def tokenizer(self) -> str:
@@ -77,18 +88,19 @@ def _parameters(config, values: dict[str, str]) -> None:
         config.parameters[key].string_value = str(value)
 
 
-def _dynamic_batching(config, opts: ServingOptions) -> None:
+def _dynamic_batching(config, opts: ServingOptions, delay_us: int = 0) -> None:
+    """Cheap steps (tokenizer, pooler) never wait: they batch whatever queued while they ran."""
     batching = config.dynamic_batching
-    batching.max_queue_delay_microseconds = opts.max_queue_delay_us
+    batching.max_queue_delay_microseconds = delay_us
     policy = batching.default_queue_policy
     policy.max_queue_size = opts.max_queue_size
     policy.default_timeout_microseconds = opts.queue_timeout_us
     policy.timeout_action = mc.ModelQueuePolicy.REJECT
 
 
-def _instances(config, opts: ServingOptions, gpu: bool) -> None:
+def _instances(config, opts: ServingOptions, gpu: bool, count: int | None = None) -> None:
     kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
-    config.instance_group.append(mc.ModelInstanceGroup(count=opts.instances, kind=kind))
+    config.instance_group.append(mc.ModelInstanceGroup(count=count or opts.instances, kind=kind))
 
 
 def _python_backend(config) -> None:
@@ -160,8 +172,8 @@ def encoder_config(opts: ServingOptions, spec, token_types: bool, hidden: int) -
     _onnx_runtime(config, opts)
     if opts.target == "embedded":
         _parameters(config, {"regroup_by_length": "true"})
-    _dynamic_batching(config, opts)
-    _instances(config, opts, gpu=opts.target == "gpu")
+    _dynamic_batching(config, opts, opts.max_queue_delay_us)
+    _instances(config, opts, gpu=opts.target == "gpu", count=opts.encoder_count)
     _warmup(config, [(n, mc.TYPE_INT64, [16]) for n in names])
     if opts.tensorrt:
         _tensorrt(config, opts, names, spec.max_seq_length)
@@ -186,7 +198,9 @@ def _onnx_runtime(config, opts: ServingOptions) -> None:
     else:
         config.platform = "onnxruntime_onnx"
         if opts.target == "cpu":
-            _parameters(config, {"intra_op_thread_count": opts.intra_op_threads})
+            # The backend's run option: the CPU arena gives back what a batch shape no longer needs.
+            _parameters(config, {"intra_op_thread_count": opts.intra_op_threads,
+                                 "memory.enable_memory_arena_shrinkage": "cpu:0"})
 
 
 def ensemble_config(opts: ServingOptions, spec, token_types: bool) -> mc.ModelConfig:

@@ -5,7 +5,9 @@ are declared `allow_ragged_batch`, so Triton hands it every queued request whate
 - `regroup_by_length: true` (the encoder): all rows are re-sorted by their real length (from the
   attention mask) and run in groups of similar length, each padded only to its own longest row;
 - otherwise (the pooler): requests of equal shape are concatenated and run together.
-Other knobs in `parameters`: `onnx_file`, `intra_op_threads`.
+Other knobs in `parameters`: `onnx_file`, `intra_op_threads` (0: the cores shared out between the
+instances of `instance_group`, so two single-threaded instances run two batches side by side on 2 cores).
+Runs shrink ONNX Runtime's CPU arena afterwards, so memory stays bounded under ever new batch shapes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import triton_python_backend_utils as pb_utils
 
 from triton_embeddings.triton_models.backend_utils import TokenCounters
 from triton_embeddings.triton_models.backend_utils import parameter as _parameter
-from triton_embeddings.triton_models.onnx_session import make_session
+from triton_embeddings.triton_models.onnx_session import auto_threads, make_session, shrinking_run_options
 from triton_embeddings.triton_models.regroup import gather_rows, plan_groups
 
 MASK = "attention_mask"
@@ -28,11 +30,15 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         folder = Path(args["model_repository"]) / args["model_version"]
+        instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
+        threads = int(_parameter(config, "intra_op_threads", "0")) or auto_threads(instances)
         self.session = make_session(
             str(folder / _parameter(config, "onnx_file", "model.onnx")),
-            threads=int(_parameter(config, "intra_op_threads", "0")),
+            threads=threads,
             providers=["CPUExecutionProvider"],
+            ragged=True,
         )
+        self.run_options = shrinking_run_options()
         self.inputs = [i["name"] for i in config["input"]]
         self.outputs = [o["name"] for o in config["output"]]
         self.regroup = _parameter(config, "regroup_by_length", "false") == "true"
@@ -66,7 +72,7 @@ class TritonPythonModel:
         results: list = [None] * len(arrays)
         for members in groups.values():
             feed = {n: np.concatenate([arrays[i][k] for i in members]) for k, n in enumerate(self.inputs)}
-            outs = self.session.run(self.outputs, feed)
+            outs = self.session.run(self.outputs, feed, self.run_options)
             offset = 0
             for i in members:
                 rows = arrays[i][0].shape[0]
@@ -80,14 +86,16 @@ class TritonPythonModel:
         rows = [(i, r) for i, tensors in enumerate(arrays) for r in range(tensors[0].shape[0])]
         lengths = [int(arrays[i][mask_at][r].sum()) for i, r in rows]
         results: list[list] = [[None] * len(self.outputs) for _ in arrays]
+        real = padded_total = 0
         for group in plan_groups(lengths, max_rows=self.max_rows):
             length = max(1, max(lengths[g] for g in group))
             feed = {
                 name: gather_rows([arrays[rows[g][0]][k][rows[g][1]] for g in group], length)
                 for k, name in enumerate(self.inputs)
             }
-            self.tokens.add(sum(lengths[g] for g in group), len(group) * length)
-            outs = self.session.run(self.outputs, feed)
+            real += sum(lengths[g] for g in group)
+            padded_total += len(group) * length
+            outs = self.session.run(self.outputs, feed, self.run_options)
             for pos, g in enumerate(group):
                 i, r = rows[g]
                 n_rows, padded = arrays[i][mask_at].shape
@@ -96,4 +104,5 @@ class TritonPythonModel:
                         results[i][o] = np.zeros((n_rows, padded, *out.shape[2:]), dtype=out.dtype)
                     n = min(length, padded)
                     results[i][o][r, :n] = out[pos, :n]
+        self.tokens.add(real, padded_total)  # one metric update per execution: each is a round trip to Triton
         return results

@@ -2,17 +2,42 @@
 
 from __future__ import annotations
 
+import os
+
 import onnxruntime as ort
 
+# Run option: hand the CPU arena's unused chunks back after each run. Served batches come in ever new
+# shapes (ragged lengths); without it the arena keeps its high-water mark of every shape seen.
+ARENA_SHRINKAGE = "memory.enable_memory_arena_shrinkage"
 
-def make_session(path: str, threads: int = 0, providers: list[str] | None = None) -> ort.InferenceSession:
-    """An inference session; `threads=0` lets ONNX Runtime use every core."""
+
+def auto_threads(instances: int = 1) -> int:
+    """Intra-op threads per instance when the config says 0: the cores shared out between the instances."""
+    return max(1, (os.cpu_count() or 1) // max(1, instances))
+
+
+def make_session(
+    path: str, threads: int = 0, providers: list[str] | None = None, ragged: bool = False
+) -> ort.InferenceSession:
+    """An inference session; `threads=0` lets ONNX Runtime use every core.
+
+    `ragged=True` (served steps, whose input shapes change from batch to batch) turns off the memory
+    pattern, which only pays for repeated shapes and otherwise keeps a plan per shape.
+    """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.enable_mem_pattern = not ragged
     # No busy-waiting between runs: inside Triton the tokenizer, pooler and gRPC share these cores.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     available = ort.get_available_providers()
     chosen = [p for p in (providers or ["CUDAExecutionProvider", "CPUExecutionProvider"]) if p in available]
     return ort.InferenceSession(path, sess_options=options, providers=chosen or ["CPUExecutionProvider"])
+
+
+def shrinking_run_options() -> ort.RunOptions:
+    """Run options that shrink the CPU arena after the run (bounded RSS under mixed lengths)."""
+    options = ort.RunOptions()
+    options.add_run_config_entry(ARENA_SHRINKAGE, "cpu:0")
+    return options

@@ -45,6 +45,11 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def rss_of(groups: dict[str, list[int]]) -> dict[str, float]:
+    """Resident memory of each process group, MB."""
+    return {name: sum(rss_mb(p) for p in pids) for name, pids in groups.items()}
+
+
 def cpu_seconds(groups: dict[str, list[int]]) -> dict[str, float]:
     return {name: sum(cpu_of(p) for p in pids) for name, pids in groups.items()}
 

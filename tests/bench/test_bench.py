@@ -34,8 +34,9 @@ def test_quick_bench_prints_a_full_table_without_errors(model_repository, tmp_pa
         cwd=ROOT, capture_output=True, text=True, timeout=900, env=dict(os.environ, HF_HUB_OFFLINE="1"),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = [line.split() for line in proc.stdout.splitlines() if line[:4] in LOADS]
-    table = {(r[0], r[1]): r for r in rows if len(r) > 2 and r[1] in {"raw", "triton", "gateway", "reference"}}
+    throughput = proc.stdout.split("Triton per-model metrics")[0]
+    rows = [line.split() for line in throughput.splitlines() if line.split()[:1] and line.split()[0] in LOADS]
+    table = {(r[0], r[1]): r for r in rows}
     for load in LOADS:
         for path in ("raw", "triton", "gateway", "reference"):
             assert (load, path) in table, f"no {load} {path} row in:\n{proc.stdout}"

@@ -185,16 +185,18 @@ def pooler_config(opts: ServingOptions, hidden: int) -> mc.ModelConfig:
     config.input.extend(_inputs((TOKEN_EMBEDDINGS, mc.TYPE_FP32, [-1, hidden]),
                                 (ATTENTION_MASK, mc.TYPE_INT64, [-1]), ragged=opts.target == "embedded"))
     config.output.extend(_outputs((EMBEDDING, mc.TYPE_FP32, [hidden])))
-    _onnx_runtime(config, opts)
+    # Embedded: one thread; pooling is a few element-wise passes, not worth waking a second core.
+    _onnx_runtime(config, opts, threads=1 if opts.target == "embedded" else None)
     _dynamic_batching(config, opts)
     _instances(config, opts, gpu=opts.target == "gpu")
     return config
 
 
-def _onnx_runtime(config, opts: ServingOptions) -> None:
+def _onnx_runtime(config, opts: ServingOptions, threads: int | None = None) -> None:
     if opts.target == "embedded":
         _python_backend(config)
-        _parameters(config, {"onnx_file": "model.onnx", "intra_op_threads": opts.intra_op_threads})
+        threads = opts.intra_op_threads if threads is None else threads
+        _parameters(config, {"onnx_file": "model.onnx", "intra_op_threads": threads})
     else:
         config.platform = "onnxruntime_onnx"
         if opts.target == "cpu":

@@ -20,7 +20,12 @@ import triton_python_backend_utils as pb_utils
 
 from triton_embeddings.triton_models.backend_utils import TokenCounters
 from triton_embeddings.triton_models.backend_utils import parameter as _parameter
-from triton_embeddings.triton_models.onnx_session import auto_threads, make_session, shrinking_run_options
+from triton_embeddings.triton_models.onnx_session import (
+    auto_threads,
+    make_session,
+    return_large_blocks_to_the_os,
+    shrinking_run_options,
+)
 from triton_embeddings.triton_models.regroup import gather_rows, plan_groups
 
 MASK = "attention_mask"
@@ -30,6 +35,7 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         folder = Path(args["model_repository"]) / args["model_version"]
+        return_large_blocks_to_the_os()  # this process holds only this step: bounded RSS under ragged shapes
         instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
         threads = int(_parameter(config, "intra_op_threads", "0")) or auto_threads(instances)
         self.session = make_session(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 
 import onnxruntime as ort
@@ -9,6 +10,23 @@ import onnxruntime as ort
 # Run option: hand the CPU arena's unused chunks back after each run. Served batches come in ever new
 # shapes (ragged lengths); without it the arena keeps its high-water mark of every shape seen.
 ARENA_SHRINKAGE = "memory.enable_memory_arena_shrinkage"
+
+
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+
+def return_large_blocks_to_the_os(threshold: int = 256 * 1024) -> bool:
+    """glibc only: allocate blocks of `threshold` bytes or more with mmap, so freeing them unmaps them.
+
+    By default glibc raises that threshold each time a large block is freed, after which the next token
+    embeddings tensors (and ONNX Runtime's arena chunks) stay on the heap once freed: a served step's RSS then
+    keeps the high-water mark of every batch shape it saw. A fixed threshold turns that off.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
 
 
 def auto_threads(instances: int = 1) -> int:

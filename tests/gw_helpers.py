@@ -5,20 +5,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import signal
 import subprocess
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import numpy as np
 
-from triton_embeddings.gateway.triton import EmbedResult, ModelInfo
+from triton_embeddings.defaults import DEFAULT_MODEL
+from triton_embeddings.gateway.backend import EmbedResult, ModelInfo
+from triton_embeddings.local.processes import free_port, stop_process, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = "all-MiniLM-L6-v2"
+__all__ = ["DEFAULT_MODEL", "ROOT", "FakeBackend", "GatewayProcess", "fake_vector", "free_port", "running_gateway",
+           "wait_http"]
 
 
 def fake_vector(text: str, dim: int) -> np.ndarray:
@@ -29,7 +30,8 @@ def fake_vector(text: str, dim: int) -> np.ndarray:
 
 
 class FakeBackend:
-    """Stands in for TritonBackend: records calls; tokens = words + 2, truncated above max_seq_length."""
+    """A `Backend` for unit tests of gateway logic: records calls; tokens = words + 2, truncated above
+    max_seq_length. Every behaviour tested with it also has a test against the real Triton."""
 
     def __init__(self, dim: int = 8, max_batch_size: int = 4, max_seq_length: int = 16):
         self.models: dict[str, ModelInfo] | None = {
@@ -41,20 +43,21 @@ class FakeBackend:
         self.is_ready = True
         self.in_flight = 0
         self.max_in_flight_seen = 0
+        self.unknown_seen = 0
 
-    async def start(self):
+    async def start(self) -> None:
         return None
 
-    async def close(self):
+    async def close(self) -> None:
         return None
 
-    def unknown_model_seen(self):
-        self.unknown_seen = getattr(self, "unknown_seen", 0) + 1
+    def unknown_model_seen(self) -> None:
+        self.unknown_seen += 1
 
-    async def ready(self, names):
+    async def ready(self, names: list[str]) -> tuple[bool, str]:
         return (True, "ready") if self.is_ready else (False, "Triton is not live")
 
-    async def embed(self, model, texts, request_id=""):
+    async def embed(self, model: str, texts: list[str], request_id: str = "") -> EmbedResult:
         info = self.models[model]
         assert len(texts) <= info.max_batch_size, "the gateway sent more than max_batch_size"
         self.calls.append(list(texts))
@@ -73,26 +76,6 @@ class FakeBackend:
             np.minimum(words, info.max_seq_length),
             words > info.max_seq_length,
         )
-
-
-def free_port() -> int:
-    from triton_embeddings.local.launcher import free_port as fp
-
-    return fp()
-
-
-def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer 200 within {timeout:.0f}s")
 
 
 class GatewayProcess:
@@ -132,15 +115,9 @@ class GatewayProcess:
     def stop(self) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = stop_process(self.proc, 20)
         self._log.close()
-        code, self.proc = self.proc.returncode, None
+        self.proc = None
         return code
 
     def log_text(self) -> str:
@@ -154,3 +131,13 @@ def running_gateway(tmp_path: Path, wait: str = "/ready", **settings):
         yield gw
     finally:
         gw.stop()
+
+
+def triton_error_counts(exposition: str) -> dict[str, float]:
+    """`gateway_triton_errors_total` by `kind`, from a `/metrics` exposition."""
+    out = {}
+    for line in exposition.splitlines():
+        if line.startswith("gateway_triton_errors_total{"):
+            kind = line.split('kind="', 1)[1].split('"', 1)[0]
+            out[kind] = float(line.split()[-1])
+    return out

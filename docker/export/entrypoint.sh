@@ -9,6 +9,7 @@ if [ "$#" -gt 0 ]; then
     exec embeddings-export "$@"
 fi
 
+# Defaults: the default model of triton_embeddings/defaults.py (a shell script cannot import it).
 model="${EXPORT_MODEL:-sentence-transformers/all-MiniLM-L6-v2}"
 name="${EXPORT_NAME:-all-MiniLM-L6-v2}"
 repository="${EXPORT_REPOSITORY:-/models}"

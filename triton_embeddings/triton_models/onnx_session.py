@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import ctypes
 import os
+from pathlib import Path
 
 import onnxruntime as ort
 
-# Run option: hand the CPU arena's unused chunks back after each run. Served batches come in ever new
-# shapes (ragged lengths); without it the arena keeps its high-water mark of every shape seen.
-ARENA_SHRINKAGE = "memory.enable_memory_arena_shrinkage"
-
+from triton_embeddings.contract import ORT_ARENA_SHRINKAGE, OnnxStepParams
 
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
@@ -55,7 +53,20 @@ def make_session(
 
 
 def shrinking_run_options() -> ort.RunOptions:
-    """Run options that shrink the CPU arena after the run (bounded RSS under mixed lengths)."""
+    """Run options that shrink the CPU arena after each run: served batches come in ever new (ragged)
+    shapes, and without it the arena keeps the high-water mark of every shape seen."""
     options = ort.RunOptions()
-    options.add_run_config_entry(ARENA_SHRINKAGE, "cpu:0")
+    options.add_run_config_entry(ORT_ARENA_SHRINKAGE, "cpu:0")
     return options
+
+
+def session_from_config(config: dict, folder: str | Path) -> tuple[ort.InferenceSession, OnnxStepParams]:
+    """The CPU session a served ONNX step's config (Triton's JSON form) describes, and its parameters.
+
+    `intra_op_threads: 0` shares the cores out between the step's instances (`instance_group` count).
+    """
+    params = OnnxStepParams.from_config(config)
+    instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
+    threads = params.intra_op_threads or auto_threads(instances)
+    session = make_session(str(Path(folder) / params.onnx_file), threads, ["CPUExecutionProvider"], ragged=True)
+    return session, params

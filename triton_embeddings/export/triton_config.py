@@ -135,8 +135,8 @@ def pooler_config(opts: ExportOptions, hidden: int) -> mc.ModelConfig:
     config.input.extend(_inputs((c.TOKEN_EMBEDDINGS, mc.TYPE_FP32, [-1, hidden]),
                                 (c.ATTENTION_MASK, mc.TYPE_INT64, [-1]), ragged=opts.target.ragged))
     config.output.extend(_outputs((c.EMBEDDING, mc.TYPE_FP32, [hidden])))
-    # Python-backend pooler: one thread; pooling is a few element-wise passes, not worth waking a second core.
-    _onnx_runtime(config, opts, regroup=False, threads=1)
+    # Python-backend pooler, threads unset: one; pooling is a few element-wise passes, not worth a second core.
+    _onnx_runtime(config, opts, regroup=False, threads=opts.intra_op_threads or 1)
     _dynamic_batching(config, opts)
     _instances(config, opts, opts.target.instance_kind)
     return config

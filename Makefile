@@ -12,7 +12,7 @@ EXTRAS ?= export,serve,gateway,dev
 
 NODE_CLIENT := tests/gateway/node
 
-.PHONY: install serve triton export test lint bench clean
+.PHONY: install serve triton export test lint bench soak clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ lint: $(VENV)/.installed
 # (bench/bench.py; BENCH_ARGS="--quick" for a seconds-long smoke, "--peer URL" to add another server).
 bench: $(REPO)/$(NAME)_encoder/1/model.onnx
 	HF_HUB_OFFLINE=1 $(PY) bench/bench.py --repository $(REPO) $(BENCH_ARGS)
+
+# A 10-minute mixed soak through the gateway (wrk); not part of CI. `make soak MINUTES=1` for a short one.
+MINUTES ?= 10
+soak: $(VENV)/.installed
+	HF_HUB_OFFLINE=1 $(PY) bench/soak.py --minutes $(MINUTES)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

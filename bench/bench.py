@@ -423,8 +423,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, help="seconds per server run (default 10; --quick 2)")
     p.add_argument("--threads", type=int, default=0, help="raw ONNX Runtime threads (0: every core, as Triton)")
     p.add_argument("--json", type=Path, help="also write every run's figures here")
-    p.add_argument("--soak", type=float, default=0,
-                   help="instead of the table: M32 through the gateway for this many seconds, RSS every minute")
     args = p.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.seconds = args.seconds or (2.0 if args.quick else 10.0)
@@ -476,8 +474,6 @@ def main(argv=None) -> int:
         repos += args.compare_repository
         stack = start_stack(repos, work, default_source(), not args.no_reference)
         try:
-            if args.soak:
-                return soak(stack, files, args.soak)
             rss0 = procstat.rss_of(stack.pids())
             rounds, latency = measure(args, plan, stack, raw, files)
             rss1 = procstat.rss_of(stack.pids())
@@ -507,22 +503,6 @@ def measure(args, plan: Plan, stack: Stack, raw: dict, files) -> tuple[list[dict
 def rss_line(before: dict[str, float], after: dict[str, float], first: str, then: str) -> str:
     parts = [f"{k} {before[k]:.0f} -> {after.get(k, 0):.0f}" for k in before if before[k]]
     return f"RSS MB ({first} -> {then}): " + ", ".join(parts)
-
-
-def soak(stack: Stack, files, seconds: float) -> int:
-    """M32 through the gateway for `seconds`, in one-minute runs; RSS of every process after each."""
-    load = next(ld for ld in LOADS if ld.name == "M32")
-    groups = stack.pids()
-    start = procstat.rss_of(groups)
-    print(rss_line(start, start, "start", "start"), flush=True)
-    errors, k = 0, 0
-    while k * 60 < seconds:
-        run = wrk(stack.gateway_url, "openai", MODEL, load, min(60, seconds - k * 60), f"soak{k}", files, groups, None)
-        errors += run.errors
-        k += 1
-        print(f"{k} min: {run.texts_per_s:.1f} texts/s, errors {run.errors}; "
-              + rss_line(start, procstat.rss_of(groups), "start", "now"), flush=True)
-    return 1 if errors else 0
 
 
 def _as_json(rounds: list[dict], latency: list[dict]) -> dict:

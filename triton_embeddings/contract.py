@@ -126,6 +126,10 @@ class EnsembleParams(ParameterSet):
     normalize: bool = param("normalize", True)
     source_model: str = param("source_model", "")
     prompts: dict = param("prompts", {})
+    # What the vectors depend on beyond the above: a re-export under the same name (int8 after fp32, another
+    # quantization plan) changes them, so caches key on them too (the gateway's fingerprint). "": unknown.
+    precision: str = param("precision", "")
+    encoder_sha256: str = param("encoder_sha256", "")
 
 
 @dataclass(frozen=True)

@@ -53,9 +53,10 @@ test: preflight $(VENV)/.installed $(NODE_CLIENT)/node_modules/.package-lock.jso
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
-bench: $(VENV)/.installed
-	HF_HUB_OFFLINE=1 $(PY) bench/bench_triton.py
-	HF_HUB_OFFLINE=1 $(PY) bench/bench_gateway.py
+# The one benchmark: raw ONNX Runtime, Triton, the gateway and the seed-style reference, side by side
+# (bench/bench.py; BENCH_ARGS="--quick" for a seconds-long smoke, "--peer URL" to add another server).
+bench: $(REPO)/$(NAME)_encoder/1/model.onnx
+	HF_HUB_OFFLINE=1 $(PY) bench/bench.py --repository $(REPO) $(BENCH_ARGS)
 
 # A 10-minute mixed soak through the gateway (wrk); not part of CI. `make soak MINUTES=1` for a short one.
 MINUTES ?= 10

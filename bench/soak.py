@@ -21,9 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_gateway import MODEL, ROOT, repository  # the gateway benchmark's helpers
-
-from triton_embeddings.defaults import default_source
+from bench import MODEL, ROOT, ensure_repository  # bench/bench.py: sys.path and the export helper
 from triton_embeddings.local.launcher import TritonServer
 from triton_embeddings.local.processes import free_port, stop_process, wait_http
 from triton_embeddings.local.supervisor import live_stubs
@@ -112,7 +110,7 @@ def main() -> int:
         print("soak: wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    repo = repository(args.repository, default_source())
+    repo = ensure_repository(args.repository, Path(tempfile.mkdtemp(prefix="soak-repo-")), MODEL, "fp32")
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         return soak(args, repo, Path(tmp))
 

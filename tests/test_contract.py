@@ -104,9 +104,11 @@ def test_gateway_reader_agrees_with_the_writer(repo):
     assert model_info_from_config(read(repo, "m_tokenizer"), created=0) is None
 
 
-def test_cpu_target_writes_the_onnxruntime_backend_knob(tmp_path, tokenizer_json):
+def test_cpu_target_writes_the_onnxruntime_backend_knobs(tmp_path, tokenizer_json):
     repo = write_repository(tmp_path, tokenizer_json, target="cpu")
-    assert c.parameters_of(read(repo, "m_encoder")) == {c.ORT_BACKEND_INTRA_OP_THREADS: "2"}
+    expected = {c.ORT_BACKEND_INTRA_OP_THREADS: "2", c.ORT_ARENA_SHRINKAGE: "cpu:0"}
+    for step in ("m_encoder", "m_pooler"):
+        assert c.parameters_of(read(repo, step)) == expected
 
 
 def test_a_missing_required_key_is_an_error_not_a_default(repo):

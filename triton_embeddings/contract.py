@@ -40,6 +40,9 @@ TOKEN_EMBEDDINGS = "TOKEN_EMBEDDINGS"
 
 # Triton's onnxruntime backend knob (cpu target), not ours.
 ORT_BACKEND_INTRA_OP_THREADS = "intra_op_thread_count"
+# ONNX Runtime's run option that shrinks an arena after each run; also a parameter of Triton's
+# onnxruntime backend (cpu target), and set by the embedded steps on every run.
+ORT_ARENA_SHRINKAGE = "memory.enable_memory_arena_shrinkage"
 
 
 # ---- Typed parameter sets ------------------------------------------------------------------------------

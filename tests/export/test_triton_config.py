@@ -71,3 +71,20 @@ def test_committed_repository_has_not_drifted(model_repository):
     regenerated = {p.relative_to(model_repository).as_posix() for p in model_repository.rglob("*")
                    if p.is_file() and p.suffix in (".pbtxt", ".py")}
     assert tracked == regenerated
+
+
+def test_embedded_encoder_runs_two_instances_and_no_step_waits_by_default():
+    cfg = configs(ExportOptions(name="minilm"), SPEC, True, 384)
+    encoder, pooler, tokenizer = cfg["minilm_encoder"], cfg["minilm_pooler"], cfg["minilm_tokenizer"]
+    assert encoder.instance_group[0].count == 2 and pooler.instance_group[0].count == 1
+    for step in (encoder, pooler, tokenizer):
+        assert step.dynamic_batching.max_queue_delay_microseconds == 0
+    assert pooler.parameters["intra_op_threads"].string_value == "1"
+    assert encoder.parameters["intra_op_threads"].string_value == "0"  # shared out between the instances
+    tuned = configs(ExportOptions(name="minilm", encoder_instances=3, max_queue_delay_us=500, instances=2),
+                    SPEC, True, 384)
+    assert tuned["minilm_encoder"].instance_group[0].count == 3
+    assert tuned["minilm_encoder"].dynamic_batching.max_queue_delay_microseconds == 500
+    assert tuned["minilm_tokenizer"].dynamic_batching.max_queue_delay_microseconds == 0
+    gpu = configs(ExportOptions(name="minilm", target="gpu"), SPEC, True, 384)
+    assert gpu["minilm_encoder"].instance_group[0].count == 1

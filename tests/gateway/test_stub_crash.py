@@ -18,8 +18,10 @@ STEPS = ("tokenizer", "encoder", "pooler")
 
 
 def _kill_stub(triton_pid: int, step: str) -> None:
-    (stub,) = [s for s in live_stubs(triton_pid).values() if s.model == f"{DEFAULT_MODEL}_{step}"]
-    os.kill(stub.pid, signal.SIGKILL)
+    stubs = [s for s in live_stubs(triton_pid).values() if s.model == f"{DEFAULT_MODEL}_{step}"]
+    assert stubs, f"no stub of {step}"
+    for stub in stubs:  # every instance (the embedded encoder runs two)
+        os.kill(stub.pid, signal.SIGKILL)
 
 
 def _body(text: str) -> dict:

@@ -115,8 +115,11 @@ def _infer(grpc_url: str, text: str) -> str:
 
 
 def _kill_stub(triton_pid: int, step: str) -> None:
-    (stub,) = [s for s in live_stubs(triton_pid).values() if s.model == f"{DEFAULT_MODEL}_{step}"]
-    os.kill(stub.pid, signal.SIGKILL)
+    """Kill every instance of the step (the embedded encoder runs two)."""
+    stubs = [s for s in live_stubs(triton_pid).values() if s.model == f"{DEFAULT_MODEL}_{step}"]
+    assert stubs, f"no stub of {step}"
+    for stub in stubs:
+        os.kill(stub.pid, signal.SIGKILL)
 
 
 def _until_ok(grpc_url: str, timeout: float = 30.0) -> tuple[float, list[str]]:

@@ -36,6 +36,12 @@ class Target:
         return "KIND_GPU" if self.gpu else "KIND_CPU"
 
     @property
+    def default_encoder_instances(self) -> int:
+        """Python-backend encoders: 2 instances, the cores shared out between them (two batches side by
+        side); the ORT backend runs in Triton's own process: `--instances`."""
+        return 2 if self.python_onnx_steps else 0
+
+    @property
     def ort_backend_threads(self) -> bool:
         """Triton's onnxruntime backend on CPU takes a thread count."""
         return not self.gpu and not self.python_onnx_steps
@@ -76,11 +82,15 @@ class ExportOptions:
                             choices=PRECISIONS)
     max_batch_size: int = option(64, "most texts per Triton request")
     max_seq_length: int | None = option(None, "override the model's max_seq_length", type=int)
-    max_queue_delay_us: int = option(2000, "dynamic batcher wait (microseconds)")
+    max_queue_delay_us: int = option(0, "the encoder's dynamic-batcher wait in microseconds (0: none; under "
+                                     "load the requests that queued while it computed form its next batch; "
+                                     "the tokenizer and pooler never wait)")
     max_queue_size: int = option(1024, "requests waiting per step before Triton rejects new ones")
     queue_timeout_us: int = option(30_000_000, "a request waiting longer is rejected, not left to hang")
     instances: int = option(1, "instances per step")
-    intra_op_threads: int = option(0, "embedded/cpu: ONNX Runtime threads per instance (0 = all cores)")
+    encoder_instances: int = option(0, "encoder instances (0: --instances, at least 2 on the embedded target)")
+    intra_op_threads: int = option(0, "embedded/cpu: ONNX Runtime threads per instance (0: embedded shares the "
+                                      "cores out between the encoder's instances, pooler 1; cpu: all cores)")
     tensorrt: bool = option(False, "gpu target: TensorRT execution provider (fp16 engines with --precision fp16)")
     trt_cache_dir: str = option("/tmp/trt_cache", "gpu target with --tensorrt: where Triton keeps TensorRT "
                                 "engines, per model (the Triton image's volume, as compose and Kubernetes mount it)")
@@ -104,6 +114,10 @@ class ExportOptions:
                 raise OptionsError(f"{key} must be at least 1")
         if self.max_seq_length is not None and self.max_seq_length < 1:
             raise OptionsError("max_seq_length must be at least 1")
+
+    @property
+    def encoder_count(self) -> int:
+        return self.encoder_instances or max(self.instances, self.target.default_encoder_instances)
 
     @property
     def tensorrt_fp16(self) -> bool:

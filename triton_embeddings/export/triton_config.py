@@ -44,17 +44,18 @@ def _parameters(config, params: c.ParameterSet | dict[str, str]) -> None:
         config.parameters[key].string_value = str(value)
 
 
-def _dynamic_batching(config, opts: ExportOptions) -> None:
+def _dynamic_batching(config, opts: ExportOptions, delay_us: int = 0) -> None:
+    """Cheap steps (tokenizer, pooler) never wait: they batch whatever queued while they ran."""
     batching = config.dynamic_batching
-    batching.max_queue_delay_microseconds = opts.max_queue_delay_us
+    batching.max_queue_delay_microseconds = delay_us
     policy = batching.default_queue_policy
     policy.max_queue_size = opts.max_queue_size
     policy.default_timeout_microseconds = opts.queue_timeout_us
     policy.timeout_action = mc.ModelQueuePolicy.REJECT
 
 
-def _instances(config, opts: ExportOptions, kind: str) -> None:
-    group = mc.ModelInstanceGroup(count=opts.instances, kind=mc.ModelInstanceGroup.Kind.Value(kind))
+def _instances(config, opts: ExportOptions, kind: str, count: int | None = None) -> None:
+    group = mc.ModelInstanceGroup(count=count or opts.instances, kind=mc.ModelInstanceGroup.Kind.Value(kind))
     config.instance_group.append(group)
 
 
@@ -122,8 +123,8 @@ def encoder_config(opts: ExportOptions, max_len: int, token_types: bool, hidden:
     config.input.extend(_inputs(*[(n, mc.TYPE_INT64, [-1]) for n in names], ragged=opts.target.ragged))
     config.output.extend(_outputs((c.ENCODER_OUTPUT, mc.TYPE_FP32, [-1, hidden])))
     _onnx_runtime(config, opts, regroup=True)
-    _dynamic_batching(config, opts)
-    _instances(config, opts, opts.target.instance_kind)
+    _dynamic_batching(config, opts, opts.max_queue_delay_us)
+    _instances(config, opts, opts.target.instance_kind, opts.encoder_count)
     _warmup(config, [(n, mc.TYPE_INT64, [16]) for n in names])
     if opts.tensorrt:
         _tensorrt(config, opts, names, max_len)
@@ -135,20 +136,24 @@ def pooler_config(opts: ExportOptions, hidden: int) -> mc.ModelConfig:
     config.input.extend(_inputs((c.TOKEN_EMBEDDINGS, mc.TYPE_FP32, [-1, hidden]),
                                 (c.ATTENTION_MASK, mc.TYPE_INT64, [-1]), ragged=opts.target.ragged))
     config.output.extend(_outputs((c.EMBEDDING, mc.TYPE_FP32, [hidden])))
-    _onnx_runtime(config, opts, regroup=False)
+    # Python-backend pooler, threads unset: one; pooling is a few element-wise passes, not worth a second core.
+    _onnx_runtime(config, opts, regroup=False, threads=opts.intra_op_threads or 1)
     _dynamic_batching(config, opts)
     _instances(config, opts, opts.target.instance_kind)
     return config
 
 
-def _onnx_runtime(config, opts: ExportOptions, regroup: bool) -> None:
+def _onnx_runtime(config, opts: ExportOptions, regroup: bool, threads: int | None = None) -> None:
     if opts.target.python_onnx_steps:
         _python_backend(config)
-        _parameters(config, c.OnnxStepParams(intra_op_threads=opts.intra_op_threads, regroup_by_length=regroup))
+        threads = opts.intra_op_threads if threads is None else threads
+        _parameters(config, c.OnnxStepParams(intra_op_threads=threads, regroup_by_length=regroup))
         return
     config.platform = "onnxruntime_onnx"
     if opts.target.ort_backend_threads:
-        _parameters(config, {c.ORT_BACKEND_INTRA_OP_THREADS: str(opts.intra_op_threads)})
+        # The backend's run option: the CPU arena gives back what a batch shape no longer needs.
+        _parameters(config, {c.ORT_BACKEND_INTRA_OP_THREADS: str(opts.intra_op_threads),
+                             c.ORT_ARENA_SHRINKAGE: "cpu:0"})
 
 
 def _step(steps, model: str, inputs: dict[str, str], outputs: dict[str, str]) -> None:

@@ -274,6 +274,9 @@ def create_app(
         summary="OpenAI-compatible embeddings API over Triton Inference Server.",
         version="0.1.0",
         lifespan=_lifespan(settings, backend, cache, decoder),
+        # FastAPI's built-in OpenTelemetry is off: it looked up the global providers on every request (a
+        # sixth of the gateway's CPU under load); the gateway's own metrics are Prometheus (/metrics).
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.settings = settings
     app.state.draining = False  # set on SIGTERM by server.GatewayServer: /ready answers 503

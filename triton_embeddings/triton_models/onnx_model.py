@@ -5,7 +5,9 @@ are declared `allow_ragged_batch`, so Triton hands it every queued request whate
 - `regroup_by_length: true` (the encoder): all rows are re-sorted by their real length (from the
   attention mask) and run in groups of similar length, each padded only to its own longest row;
 - otherwise (the pooler): requests of equal shape are concatenated and run together.
-Its knobs are `config.pbtxt` `parameters`, read as `contract.OnnxStepParams` (`session_from_config`).
+Its knobs are `config.pbtxt` `parameters`, read as `contract.OnnxStepParams` (`session_from_config`;
+`intra_op_threads: 0` shares the cores out between the instances). Runs shrink ONNX Runtime's CPU arena
+afterwards and large blocks go back to the OS, so memory stays bounded under ever new batch shapes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ import triton_python_backend_utils as pb_utils
 
 from triton_embeddings.contract import ONNX_ATTENTION_MASK
 from triton_embeddings.triton_models.backend_utils import TokenCounters
-from triton_embeddings.triton_models.onnx_session import session_from_config
+from triton_embeddings.triton_models.onnx_session import (
+    return_large_blocks_to_the_os,
+    session_from_config,
+    shrinking_run_options,
+)
 from triton_embeddings.triton_models.regroup import gather_rows, plan_groups
 
 
@@ -26,7 +32,9 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         folder = Path(args["model_repository"]) / args["model_version"]
+        return_large_blocks_to_the_os()  # this process holds only this step: bounded RSS under ragged shapes
         self.session, params = session_from_config(config, folder)
+        self.run_options = shrinking_run_options()
         self.inputs = [i["name"] for i in config["input"]]
         self.outputs = [o["name"] for o in config["output"]]
         self.regroup = params.regroup_by_length
@@ -60,7 +68,7 @@ class TritonPythonModel:
         results: list = [None] * len(arrays)
         for members in groups.values():
             feed = {n: np.concatenate([arrays[i][k] for i in members]) for k, n in enumerate(self.inputs)}
-            outs = self.session.run(self.outputs, feed)
+            outs = self.session.run(self.outputs, feed, self.run_options)
             offset = 0
             for i in members:
                 rows = arrays[i][0].shape[0]
@@ -74,14 +82,16 @@ class TritonPythonModel:
         rows = [(i, r) for i, tensors in enumerate(arrays) for r in range(tensors[0].shape[0])]
         lengths = [int(arrays[i][mask_at][r].sum()) for i, r in rows]
         results: list[list] = [[None] * len(self.outputs) for _ in arrays]
+        real = padded_total = 0
         for group in plan_groups(lengths, max_rows=self.max_rows):
             length = max(1, max(lengths[g] for g in group))
             feed = {
                 name: gather_rows([arrays[rows[g][0]][k][rows[g][1]] for g in group], length)
                 for k, name in enumerate(self.inputs)
             }
-            self.tokens.add(sum(lengths[g] for g in group), len(group) * length)
-            outs = self.session.run(self.outputs, feed)
+            real += sum(lengths[g] for g in group)
+            padded_total += len(group) * length
+            outs = self.session.run(self.outputs, feed, self.run_options)
             for pos, g in enumerate(group):
                 i, r = rows[g]
                 n_rows, padded = arrays[i][mask_at].shape
@@ -90,4 +100,5 @@ class TritonPythonModel:
                         results[i][o] = np.zeros((n_rows, padded, *out.shape[2:]), dtype=out.dtype)
                     n = min(length, padded)
                     results[i][o][r, :n] = out[pos, :n]
+        self.tokens.add(real, padded_total)  # one metric update per execution: each is a round trip to Triton
         return results

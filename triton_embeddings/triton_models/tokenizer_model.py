@@ -54,13 +54,14 @@ class TritonPythonModel:
         encodings = iter(self.tokenizer.encode(flat))
 
         ready = []
+        real = padded = 0
         for request, texts in zip(requests, per_request):
             sender = request.get_response_sender()
             if isinstance(texts, Exception):
                 ready.append((0, sender, pb_utils.InferenceResponse(error=pb_utils.TritonError(str(texts)))))
                 continue
             enc = self.tokenizer.pad([next(encodings) for _ in texts])
-            self.tokens.add(enc.real_tokens, enc.padded_tokens)
+            real, padded = real + enc.real_tokens, padded + enc.padded_tokens
             outputs = [
                 pb_utils.Tensor(c.INPUT_IDS, enc.input_ids),
                 pb_utils.Tensor(c.ATTENTION_MASK, enc.attention_mask),
@@ -71,6 +72,7 @@ class TritonPythonModel:
                 outputs.append(pb_utils.Tensor(c.TOKEN_TYPE_IDS, enc.token_type_ids))
             ready.append((enc.input_ids.shape[1], sender, pb_utils.InferenceResponse(outputs)))
 
+        self.tokens.add(real, padded)  # one metric update per execution: each is a round trip to Triton
         # Send responses grouped by padded length: the encoder's dynamic batcher merges consecutive
         # requests of equal shape and cuts a batch at the first different one, so arrival order
         # decides how well it batches.

@@ -1,0 +1,516 @@
+"""`make bench`: the serving path against the raw ONNX Runtime ceiling, side by side in one run.
+
+    HF_HUB_OFFLINE=1 python bench/bench.py [--quick] [--repository DIR] [--peer URL] [--json FILE]
+
+Loads (every text distinct, the gateway's cache off):
+  S32  32 clients x 1 short text    B32  4 clients x 32 short texts
+  L32  32 clients x 1 long text     M32  32 clients x 1 text, 4 short : 1 long
+  (short: 10-15 words; long: ~256 tokens, the model's max length.)
+
+Paths, measured in alternating rounds (raw, triton, gateway, reference, peer, raw, ...), so a noisy
+neighbour hits every path of a round alike:
+  raw        in-process ONNX Runtime on the same model.onnx and pooler (triton_embeddings.export.pipeline),
+             all texts sorted by length, batches of 32, ONNX Runtime on every core: the ceiling
+  triton     the ensemble over Triton's HTTP/JSON endpoint (binary output), driven by wrk
+  gateway    the OpenAI-compatible gateway (POST /v1/embeddings, base64), driven by wrk
+  reference  the seed design (bench/reference_server.py: FastAPI + sentence-transformers), driven by wrk
+  peer       --peer URL: any other OpenAI-compatible server, driven by wrk
+Servers are driven by `wrk` (Debian package) with bench/embeddings.lua, one client thread. Throughput
+is clients x texts per request / mean latency (Little's law for a closed loop; unlike completions per
+window it does not lose the batch in flight when the window ends); a run in which the clients completed
+fewer than 4 requests each falls back to completions per second. Between runs the bench waits until the
+servers are idle again, so work left in flight never slows the next path. CPU is per process: cores used
+(CPU seconds / wall seconds) from /proc/<pid>/stat. Triton's per-model metrics say how the encoder
+batched. Then: p50 latency of one client sending one short text, against raw one-text latency; and the
+int8 export served through the same Triton and gateway, against fp32 on S32 and L32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT / "bench"))  # procstat, also when imported as bench.bench
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import procstat  # noqa: E402
+
+from triton_embeddings import contract  # noqa: E402
+from triton_embeddings.defaults import DEFAULT_HUB_ID, DEFAULT_MODEL, default_source  # noqa: E402
+from triton_embeddings.local.processes import free_port, stop_process, wait_http  # noqa: E402
+
+MODEL = DEFAULT_MODEL
+LUA = ROOT / "bench" / "embeddings.lua"
+TRITON_PATHS = ("triton", "gateway", "gateway-int8")
+VOCAB = (
+    "the server model batch token request latency throughput vector search index query document cluster "
+    "gpu memory queue embedding semantic similarity language network cloud private data cost scale "
+    "inference engine dynamic length padding sentence paragraph context window retrieval answer question "
+    "customer support ticket invoice contract policy report summary weather travel music history science"
+).split()
+
+
+@dataclass(frozen=True)
+class Load:
+    name: str
+    clients: int
+    per_request: int
+    long_every: int  # 0 short only, 1 long only, 5: every 5th text long
+    label: str
+
+
+LOADS = [
+    Load("S32", 32, 1, 0, "32 clients x 1 short text"),
+    Load("B32", 4, 32, 0, "4 clients x 32 short texts"),
+    Load("L32", 32, 1, 1, "32 clients x 1 long text"),
+    Load("M32", 32, 1, 5, "32 clients x 1 text, 4 short : 1 long"),
+]
+
+
+def make_texts(n_short: int = 512, n_long: int = 128, seed: int = 0) -> tuple[list[str], list[str]]:
+    rng = random.Random(seed)
+    short = [" ".join(rng.choices(VOCAB, k=rng.randint(10, 15))) for _ in range(n_short)]
+    long = [" ".join(rng.choices(VOCAB, k=rng.randint(240, 250))) for _ in range(n_long)]
+    return short, long
+
+
+def load_texts(load: Load, short: list[str], long: list[str], n: int, prefix: str) -> list[str]:
+    """The texts the Lua script would send for `load`, in the same shape (for the raw path)."""
+    out = []
+    for k in range(1, n + 1):
+        pool = long if load.long_every and k % load.long_every == 0 else short
+        out.append(f"{prefix}-1-{k} {pool[k % len(pool)]}")
+    return out
+
+
+# ---- servers ------------------------------------------------------------------------------------------
+@dataclass
+class Stack:
+    """Triton (fp32 and, optionally, int8 ensembles), the gateway, the reference server; their processes."""
+
+    triton: object
+    gateway_url: str
+    reference_url: str | None
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    def pids(self) -> dict[str, list[int]]:
+        """Process groups whose CPU the table reports."""
+        groups = procstat.triton_groups(self.triton.process.pid)
+        groups["gateway"] = [self.procs[0].pid]
+        if self.reference_url:
+            groups["reference"] = [self.procs[1].pid]
+        return groups
+
+
+def spawn(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
+    with open(log, "ab") as out:
+        return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def start_stack(repos: list[Path], work: Path, source: str, reference: bool) -> Stack:
+    from triton_embeddings.local.launcher import TritonServer
+
+    extra = [f"--model-repository={r.resolve()}" for r in repos[1:]]
+    triton = TritonServer.on_free_ports(repos[0], log_file=work / "triton.log", extra_args=extra).start()
+    gw_port, ref_port = free_port(), free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), EMBEDDINGS_TRITON_GRPC_URL=triton.grpc_url,
+               EMBEDDINGS_TRITON_METRICS_URL="", EMBEDDINGS_PORT=str(gw_port), EMBEDDINGS_CACHE="none",
+               EMBEDDINGS_ACCESS_LOG="false", EMBEDDINGS_LOG_LEVEL="warning")
+    procs = [spawn([sys.executable, "-m", "triton_embeddings.gateway"], env, work / "gateway.log")]
+    ref_url = None
+    if reference:
+        renv = dict(os.environ, PYTHONPATH=str(ROOT), REFERENCE_MODEL=source)
+        cmd = [sys.executable, "-m", "uvicorn", "bench.reference_server:app", "--port", str(ref_port),
+               "--log-level", "warning", "--no-access-log"]
+        procs.append(spawn(cmd, renv, work / "reference.log"))
+        ref_url = f"http://127.0.0.1:{ref_port}"
+    stack = Stack(triton, f"http://127.0.0.1:{gw_port}", ref_url, procs)
+    try:
+        wait_http(stack.gateway_url + "/ready", 180, procs[0])
+        if ref_url:
+            wait_http(ref_url + "/docs", 180, procs[1])
+    except BaseException:
+        stop_stack(stack)
+        raise
+    return stack
+
+
+def stop_stack(stack: Stack) -> None:
+    for p in stack.procs:
+        stop_process(p)
+    stack.triton.stop()
+
+
+# ---- measurements -------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    texts_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    cores: dict[str, float]  # process group -> cores used
+    triton: dict[str, float] = field(default_factory=dict)  # per-model metric deltas
+    wall_s: float = 0.0
+    model: str = ""
+
+
+def wrk(url: str, api: str, model: str, load: Load, seconds: float, prefix: str, files: tuple[Path, Path],
+        groups: dict[str, list[int]], metrics_url: str | None) -> Run:
+    """One wrk run; CPU of every process group and Triton's metrics, before and after."""
+    env = dict(os.environ, BENCH_SHORT=str(files[0]), BENCH_LONG=str(files[1]), BENCH_API=api, BENCH_MODEL=model,
+               BENCH_PER_REQUEST=str(load.per_request), BENCH_LONG_EVERY=str(load.long_every), BENCH_PREFIX=prefix)
+    cmd = [shutil.which("wrk") or "wrk", "-t1", f"-c{load.clients}", f"-d{seconds:g}s", "--timeout", "120s",
+           "-s", str(LUA), url]
+    before, m0, t0 = procstat.cpu_seconds(groups), procstat.triton_metrics(metrics_url), time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = proc.stdout.read().decode(errors="replace")
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    after, m1 = procstat.cpu_seconds(groups), procstat.triton_metrics(metrics_url)
+    lines = [line for line in out.splitlines() if line.startswith("BENCH_RESULT ")]
+    if status != 0 or not lines:
+        raise RuntimeError(f"wrk failed on {url}:\n{out[-2000:]}")
+    res = json.loads(lines[-1].split(" ", 1)[1])
+    cores = {k: (after[k] - before[k]) / wall for k in after}
+    cores["wrk"] = (usage.ru_utime + usage.ru_stime) / wall
+    rate = texts_per_second(load, res)
+    procstat.wait_idle(groups)  # requests still in flight when wrk stopped must not slow the next run
+    return Run(rate, res["p50_us"] / 1000, res["p99_us"] / 1000, res["errors"], cores, procstat.delta(m0, m1), wall,
+               model)
+
+
+def texts_per_second(load: Load, res: dict) -> float:
+    """Little's law (clients x texts per request / mean latency) once every client completed a few requests;
+    before that the mean covers only the fast early ones, so completions per second instead."""
+    if res["requests"] >= 4 * load.clients:
+        return load.clients * load.per_request / (res["mean_us"] / 1e6)
+    return res["requests"] * load.per_request / (res["duration_us"] / 1e6) if res["requests"] else float("nan")
+
+
+def raw_run(pipeline, texts: list[str]) -> Run:
+    """The ceiling: every text at once, sorted by length, batches of 32, in this process."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    pipeline.embed(texts, batch_size=32, sort_by_length=True)
+    wall = time.perf_counter() - t0
+    return Run(len(texts) / wall, 0.0, 0.0, 0, {"bench": (time.process_time() - c0) / wall})
+
+
+def raw_latency_ms(pipeline, texts: list[str]) -> float:
+    samples = []
+    for t in texts:
+        t0 = time.perf_counter()
+        pipeline.embed_batch([t])
+        samples.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(samples)
+
+
+# ---- rounds -------------------------------------------------------------------------------------------
+@dataclass
+class Plan:
+    loads: list[Load]
+    paths: list[str]
+    seconds: float
+    rounds: int
+    raw_texts: dict[str, int]  # load name -> texts the raw path embeds per round
+    int8_loads: tuple[str, ...] = ("S32", "L32")
+
+
+def path_target(stack: Stack, path: str, model: str, peer: tuple[str, str] | None) -> tuple[str, str, str]:
+    """(url, api, model) of a served path."""
+    if path == "triton":
+        return stack.triton.http_url, "triton", model
+    if path == "reference":
+        return stack.reference_url, "openai", model
+    if path == "peer":
+        return peer[0], "openai", peer[1]
+    if path.startswith("gw:"):  # a --compare-repository model, through the same gateway
+        return stack.gateway_url, "openai", path[3:]
+    return stack.gateway_url, "openai", model + ("-int8" if path == "gateway-int8" else "")
+
+
+def one_round(r: int, plan: Plan, stack: Stack, raw: dict, files, peer, log) -> dict:
+    """Every load on every path once; returns {(load, path): Run}."""
+    out: dict = {}
+    groups = stack.pids()
+    short, long = (Path(f).read_text().splitlines() for f in files)
+    for load in plan.loads:
+        paths = list(plan.paths)
+        if "int8" in raw and load.name in plan.int8_loads:
+            paths += ["raw-int8", "gateway-int8"]
+        for path in paths:
+            prefix = f"r{r}{load.name}{path}"
+            if path.startswith("raw"):
+                texts = load_texts(load, short, long, plan.raw_texts[load.name], prefix)
+                res = raw_run(raw["int8" if path == "raw-int8" else "fp32"], texts)
+            else:
+                url, api, model = path_target(stack, path, MODEL, peer)
+                metrics = stack.triton.metrics_url if path in TRITON_PATHS or path.startswith("gw:") else None
+                res = wrk(url, api, model, load, plan.seconds, prefix, files, groups, metrics)
+            out[(load.name, path)] = res
+            log(f"round {r + 1} {load.name:<4} {path:<13} {res.texts_per_s:8.1f} texts/s  errors {res.errors}")
+    return out
+
+
+def latency_round(r: int, plan: Plan, stack: Stack, raw: dict, files) -> dict:
+    """p50 of one client sending one short text at a time, and raw one-text latency."""
+    load = Load("P1", 1, 1, 0, "1 client x 1 short text")
+    short = Path(files[0]).read_text().splitlines()
+    out = {"raw": raw_latency_ms(raw["fp32"], [f"lat{r}-{k} {short[k]}" for k in range(100)])}
+    for path in ["triton", "gateway"] + [p for p in plan.paths if p.startswith("gw:")]:
+        url, api, model = path_target(stack, path, MODEL, None)
+        out[path] = wrk(url, api, model, load, plan.seconds, f"lat{r}{path}", files, {}, None).p50_ms
+    return out
+
+
+# ---- report -------------------------------------------------------------------------------------------
+def _med(values) -> float:
+    values = list(values)
+    return statistics.median(values) if values else float("nan")
+
+
+def _cores(runs: list[Run]) -> str:
+    keys = sorted({k for r in runs for k in r.cores}, key=lambda k: (k == "wrk", k))
+    parts = [(k, _med(r.cores.get(k, 0.0) for r in runs)) for k in keys]
+    return " ".join(f"{k} {v:.2f}" for k, v in parts if v >= 0.005)
+
+
+def throughput_table(rounds: list[dict], plan: Plan) -> list[str]:
+    lines = [f"{'load':<5}{'path':<14}{'texts/s':>9}{'x raw':>7}{'p50 ms':>9}{'p99 ms':>9}{'errors':>7}  "
+             "CPU, cores used per process"]
+    for load in plan.loads:
+        paths = list(dict.fromkeys(k[1] for r in rounds for k in r if k[0] == load.name))
+        for path in paths:
+            runs = [r[(load.name, path)] for r in rounds]
+            base = "raw-int8" if path == "raw-int8" else "raw"
+            ratio = _med(r[(load.name, path)].texts_per_s / r[(load.name, base)].texts_per_s for r in rounds)
+            ratio_s = "" if path == base else f"{ratio:.2f}"
+            p50, p99 = _med(r.p50_ms for r in runs), _med(r.p99_ms for r in runs)
+            lat = "" if path.startswith("raw") else f"{p50:9.1f}{p99:9.1f}"
+            lines.append(f"{load.name:<5}{path:<14}{_med(r.texts_per_s for r in runs):9.1f}{ratio_s:>7}"
+                         f"{lat or ' ' * 18}{sum(r.errors for r in runs):7d}  {_cores(runs)}")
+    return lines
+
+
+def _per(d: dict, model: str, num: str, den: str, scale: float = 1.0) -> float:
+    n, m = d.get(f"{model}:{num}", 0.0), d.get(f"{model}:{den}", 0.0)
+    return n / m * scale if m else float("nan")
+
+
+def triton_table(rounds: list[dict], plan: Plan) -> list[str]:
+    """How Triton batched: texts per request and per execution, compute and queue time, per step."""
+    lines = [f"{'load':<5}{'path':<14}{'step':<10}{'texts/req':>10}{'texts/exec':>11}{'ms/exec':>9}"
+             f"{'ms/text':>9}{'queue ms/req':>13}{'CPU ms/text':>12}"]
+    for (load, path), runs in _triton_runs(rounds, plan).items():
+        model = runs[0].model
+        for step in ("ensemble", "tokenizer", "encoder", "pooler"):
+            lines.append(f"{load:<5}{path:<14}{step:<10}" + _step_row(runs, model, step))
+    return lines
+
+
+def _step_row(runs: list[Run], model: str, step: str) -> str:
+    name = model if step == "ensemble" else f"{model}_{step}"
+
+    def m(num: str, den: str, scale: float = 1.0) -> float:
+        return _med(_per(r.triton, name, num, den, scale) for r in runs)
+
+    def cpu_ms_per_text(r: Run) -> float:
+        texts = r.triton.get(f"{model}:nv_inference_count", 0.0)
+        return r.cores.get(step, 0.0) * r.wall_s / texts * 1000 if texts else float("nan")
+
+    compute = "nv_inference_compute_infer_duration_us"
+    row = (f"{m('nv_inference_count', 'nv_inference_request_success'):10.1f}"
+           f"{m('nv_inference_count', 'nv_inference_exec_count'):11.1f}"
+           f"{m(compute, 'nv_inference_exec_count', 1e-3):9.1f}{m(compute, 'nv_inference_count', 1e-3):9.2f}"
+           f"{m('nv_inference_queue_duration_us', 'nv_inference_request_success', 1e-3):13.2f}")
+    return row if step == "ensemble" else row + f"{_med(cpu_ms_per_text(r) for r in runs):12.2f}"
+
+
+def _triton_runs(rounds: list[dict], plan: Plan) -> dict:
+    out: dict = {}
+    for load in plan.loads:
+        for (name, path) in rounds[0]:
+            if name == load.name and (path in TRITON_PATHS or path.startswith("gw:")):
+                out[(load.name, path)] = [r[(load.name, path)] for r in rounds]
+    return out
+
+
+def summary_lines(rounds: list[dict], latency: list[dict], plan: Plan) -> list[str]:
+    lines = []
+    if latency:
+        raw, gw, tr = (_med(x[k] for x in latency) for k in ("raw", "gateway", "triton"))
+        lines.append(f"p50, 1 client x 1 short text: raw {raw:.1f} ms, triton {tr:.1f} ms, gateway {gw:.1f} ms: "
+                     f"gateway = raw {gw - raw:+.1f} ms (goal <= +2 ms)")
+        lines += [f"p50, 1 client x 1 short text, {k}: {_med(x[k] for x in latency):.1f} ms"
+                  for k in latency[0] if k.startswith("gw:")]
+    for load in plan.loads:
+        if (load.name, "gateway") in rounds[0]:
+            ratio = _med(r[(load.name, "gateway")].texts_per_s / r[(load.name, "raw")].texts_per_s for r in rounds)
+            lines.append(f"gateway / raw, {load.name}: {ratio:.2f} (goal >= 0.85)")
+    for name in plan.int8_loads:
+        if (name, "gateway-int8") in rounds[0]:
+            served = _med(r[(name, "gateway-int8")].texts_per_s / r[(name, "gateway")].texts_per_s for r in rounds)
+            raw = _med(r[(name, "raw-int8")].texts_per_s / r[(name, "raw")].texts_per_s for r in rounds)
+            lines.append(f"int8 / fp32, {name}: through the gateway {served:.2f} (goal >= 1.6), raw {raw:.2f}")
+    return lines
+
+
+def report(rounds: list[dict], latency: list[dict], plan: Plan, header: list[str]) -> str:
+    out = header + ["", f"medians of {len(rounds)} alternating round(s), {plan.seconds:g} s per server run", ""]
+    out += throughput_table(rounds, plan) + ["", "Triton per-model metrics (deltas over each run):"]
+    out += triton_table(rounds, plan) + [""] + summary_lines(rounds, latency, plan)
+    return "\n".join(out)
+
+
+# ---- main ---------------------------------------------------------------------------------------------
+def ensure_repository(given: Path | None, work: Path, name: str, precision: str) -> Path:
+    if given is not None:
+        return given
+    from triton_embeddings.export.exporter import export_model
+    from triton_embeddings.export.options import ExportOptions
+
+    repo = work / precision
+    print(f"exporting {name} ({precision}) into {repo} ...", file=sys.stderr, flush=True)
+    opts = ExportOptions(name=name, precision=precision, source_label=DEFAULT_HUB_ID)
+    export_model(default_source(), repo, opts, log=lambda _: None)
+    return repo
+
+
+def ensemble_name(repo: Path) -> str:
+    return next(p.name for p in sorted(repo.iterdir())
+                if (p / "config.pbtxt").exists() and 'platform: "ensemble"' in (p / "config.pbtxt").read_text())
+
+
+def raw_pipeline(repo: Path, name: str = MODEL, threads: int = 0):
+    """The repository's own tokenizer step (prompt, pad id, lower-casing), encoder and pooler, in-process."""
+    from triton_embeddings.export import triton_config as tc
+    from triton_embeddings.export.pipeline import OnnxPipeline
+    from triton_embeddings.triton_models.tokenize import TextTokenizer
+
+    tokenizer_step, encoder, pooler = (repo / step for step in contract.step_names(name))
+    params = contract.TokenizerParams.from_config(tc.load(tokenizer_step / "config.pbtxt"))
+    tokenizer = TextTokenizer.from_params(params, tokenizer_step / "1")
+    onnx_file = contract.OnnxStepParams().onnx_file
+    return OnnxPipeline(tokenizer, str(encoder / "1" / onnx_file), str(pooler / "1" / onnx_file), threads=threads)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="one short round: proves the bench works (CI)")
+    p.add_argument("--repository", type=Path, help=f"repository holding {MODEL} (default: export to a temp dir)")
+    p.add_argument("--int8-repository", type=Path, help=f"repository holding {MODEL}-int8 (default: export one)")
+    p.add_argument("--no-int8", action="store_true", help="skip the int8 line")
+    p.add_argument("--no-reference", action="store_true", help="skip the seed-style reference server")
+    p.add_argument("--peer", help="another OpenAI-compatible server (base URL) to add to the table")
+    p.add_argument("--peer-model", default=MODEL, help="model name to send to --peer")
+    p.add_argument("--compare-repository", type=Path, action="append", default=[],
+                   help="another exported model (any name), served by the same Triton and gateway: path gw:<name>")
+    p.add_argument("--loads", default="S32,B32,L32,M32", help="comma-separated loads")
+    p.add_argument("--rounds", type=int, help="alternating rounds (default 3; --quick 1)")
+    p.add_argument("--seconds", type=float, help="seconds per server run (default 10; --quick 2)")
+    p.add_argument("--threads", type=int, default=0, help="raw ONNX Runtime threads (0: every core, as Triton)")
+    p.add_argument("--json", type=Path, help="also write every run's figures here")
+    args = p.parse_args(argv)
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.seconds = args.seconds or (2.0 if args.quick else 10.0)
+    return args
+
+
+def make_plan(args) -> Plan:
+    loads = [ld for ld in LOADS if ld.name in args.loads.split(",")]
+    paths = ["raw", "triton", "gateway"] + ([] if args.no_reference else ["reference"])
+    paths += ["peer"] if args.peer else []
+    paths += [f"gw:{ensemble_name(r)}" for r in args.compare_repository]
+    raw_texts = {"S32": 128, "B32": 128, "L32": 16, "M32": 40} if args.quick else \
+        {"S32": 1024, "B32": 1024, "L32": 128, "M32": 320}
+    return Plan(loads, paths, args.seconds, args.rounds, raw_texts)
+
+
+def machine() -> str:
+    import onnxruntime
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), "unknown CPU")
+    load = os.getloadavg()
+    return (f"machine: {os.cpu_count()} cores ({cpu}), load average {load[0]:.2f} at start; "
+            f"onnxruntime {onnxruntime.__version__}; client: wrk, 1 thread")
+
+
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt  # so that the servers are stopped on SIGTERM too
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    if shutil.which("wrk") is None:
+        print("bench: wrk is not installed (Debian/Ubuntu: apt-get install wrk)", file=sys.stderr)
+        return 2
+    plan = make_plan(args)
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        work = Path(tmp)
+        files = (work / "short.txt", work / "long.txt")
+        short, long = make_texts()
+        files[0].write_text("\n".join(short) + "\n")
+        files[1].write_text("\n".join(long) + "\n")
+        repos = [ensure_repository(args.repository, work, MODEL, "fp32")]
+        raw = {"fp32": raw_pipeline(repos[0], MODEL, args.threads)}
+        if not args.no_int8:
+            repos.append(ensure_repository(args.int8_repository, work, MODEL + "-int8", "int8"))
+            raw["int8"] = raw_pipeline(repos[1], MODEL + "-int8", args.threads)
+        repos += args.compare_repository
+        stack = start_stack(repos, work, default_source(), not args.no_reference)
+        try:
+            rss0 = procstat.rss_of(stack.pids())
+            rounds, latency = measure(args, plan, stack, raw, files)
+            rss1 = procstat.rss_of(stack.pids())
+        finally:
+            stop_stack(stack)
+    text = report(rounds, latency, plan, [machine()]) + "\n" + rss_line(rss0, rss1, "models loaded", "end of the run")
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(_as_json(rounds, latency), indent=1))
+    return 1 if any(run.errors for r in rounds for run in r.values()) else 0
+
+
+def measure(args, plan: Plan, stack: Stack, raw: dict, files) -> tuple[list[dict], list[dict]]:
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    peer = (args.peer.rstrip("/").removesuffix("/v1/embeddings"), args.peer_model) if args.peer else None
+    warm = Plan(plan.loads, plan.paths, 1.0, 1, {k: 32 for k in plan.raw_texts})
+    one_round(-1, warm, stack, raw, files, peer, lambda _: None)  # warm every path and shape
+    rounds, latency = [], []
+    for r in range(plan.rounds):
+        rounds.append(one_round(r, plan, stack, raw, files, peer, log))
+        latency.append(latency_round(r, plan, stack, raw, files))
+    return rounds, latency
+
+
+def rss_line(before: dict[str, float], after: dict[str, float], first: str, then: str) -> str:
+    parts = [f"{k} {before[k]:.0f} -> {after.get(k, 0):.0f}" for k in before if before[k]]
+    return f"RSS MB ({first} -> {then}): " + ", ".join(parts)
+
+
+def _as_json(rounds: list[dict], latency: list[dict]) -> dict:
+    return {
+        "rounds": [{f"{k[0]}/{k[1]}": vars(v) for k, v in r.items()} for r in rounds],
+        "latency_p50_ms": latency,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

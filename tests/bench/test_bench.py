@@ -1,0 +1,44 @@
+"""`bench/bench.py --quick` (what CI runs of the benchmark): every path answers, no errors, a full table.
+
+No timing is asserted: the figures of a quick run on a shared machine mean nothing; the bench's job here
+is to prove it still drives raw ONNX Runtime, Triton, the gateway, the reference server and int8.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.tools import require
+
+ROOT = Path(__file__).resolve().parents[2]
+LOADS = ("S32", "B32", "L32", "M32")
+
+
+@pytest.mark.slow
+def test_quick_bench_prints_a_full_table_without_errors(model_repository, tmp_path):
+    require("wrk")
+    out_json = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "bench/bench.py", "--quick", "--repository", str(model_repository), "--json", str(out_json)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    throughput = proc.stdout.split("Triton per-model metrics")[0]
+    rows = [line.split() for line in throughput.splitlines() if line.split()[:1] and line.split()[0] in LOADS]
+    table = {(r[0], r[1]): r for r in rows}
+    for load in LOADS:
+        for path in ("raw", "triton", "gateway", "reference"):
+            assert (load, path) in table, f"no {load} {path} row in:\n{proc.stdout}"
+    for load in ("S32", "L32"):
+        assert (load, "gateway-int8") in {(r[0], r[1]) for r in rows}
+    assert "gateway / raw, S32:" in proc.stdout and "p50, 1 client x 1 short text" in proc.stdout
+    assert "int8 / fp32, S32: through the gateway" in proc.stdout
+    runs = __import__("json").loads(out_json.read_text())["rounds"][0]
+    assert runs and all(run["errors"] == 0 for run in runs.values())
+    served = [run for key, run in runs.items() if not key.split("/")[1].startswith("raw")]
+    assert all(run["texts_per_s"] > 0 for run in served), runs

@@ -1,4 +1,4 @@
-"""`embeddings-export`: a sentence-transformers model in, a verified Triton model repository out."""
+"""`embeddings-export`: a sentence-transformers model or a cross-encoder in, a verified Triton repository out."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import logging
 import sys
 from pathlib import Path
 
+from triton_embeddings.export.cross_encoder import is_cross_encoder
 from triton_embeddings.export.exporter import PRECISIONS, ExportError, export_model
 from triton_embeddings.export.model_spec import UnsupportedModelError
+from triton_embeddings.export.rerank_exporter import export_reranker
 from triton_embeddings.export.triton_config import TARGETS, ServingOptions
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -56,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
             tensorrt_fp16=args.precision != "fp32",
             trt_cache_dir=args.trt_cache_dir,
         )
-        result = export_model(
+        # A cross-encoder (reranker) gets a rerank ensemble; anything else is an embedding model.
+        export = export_reranker if is_cross_encoder(args.model) else export_model
+        result = export(
             args.model, args.repository, options, precision=args.precision,
             max_seq_length=args.max_seq_length, source_label=args.source_label,
         )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from triton_embeddings.gateway.backend import Backend, ModelInfo
+from triton_embeddings.gateway.backend import Backend, ModelInfo, RerankModelInfo
 from triton_embeddings.gateway.errors import APIError, ErrorKind
 from triton_embeddings.gateway.protocol import Model, ModelList, model_card
 from triton_embeddings.gateway.settings import DEFAULT_TARGET, Settings
 
 OWNER = "triton-embeddings"
+EMBEDDING, RERANK = ModelInfo.kind, RerankModelInfo.kind
+ROUTE_OF = {EMBEDDING: "POST /v1/embeddings", RERANK: "POST /v1/rerank"}
+Served = ModelInfo | RerankModelInfo
 
 
 class ModelRegistry:
@@ -17,20 +20,27 @@ class ModelRegistry:
         self.settings = settings
         self.backend = backend
 
-    def models(self) -> dict[str, ModelInfo]:
+    def models(self) -> dict[str, Served]:
         """The served models; never discovered yet (backend down since the start): 503."""
         models = self.backend.models
         if models is None:
             raise APIError(ErrorKind.UPSTREAM_UNAVAILABLE, "The inference server is not reachable right now.")
         return models
 
-    def default_model(self, models: dict[str, ModelInfo]) -> str | None:
-        """The configured default if served, else the first model by name."""
+    def default_model(self, models: dict[str, Served]) -> str | None:
+        """The configured default if served, else the first embedding model by name."""
         if self.settings.default_model:
             return self.settings.default_model if self.settings.default_model in models else None
-        return min(models) if models else None
+        return min((n for n, m in models.items() if m.kind == EMBEDDING), default=None)
 
-    def aliases(self, models: dict[str, ModelInfo]) -> dict[str, str]:
+    def default_reranker(self) -> RerankModelInfo:
+        """The first rerank model by name, for requests that name none (the TEI shape); none served: 404."""
+        name = min((n for n, m in self.models().items() if m.kind == RERANK), default=None)
+        if name is None:
+            raise APIError(ErrorKind.MODEL_NOT_FOUND, "No rerank model is served. See GET /v1/models.", param="model")
+        return self.models()[name]
+
+    def aliases(self, models: dict[str, Served]) -> dict[str, str]:
         """Alias -> served model, for the aliases whose target is served (served names win over aliases)."""
         default = self.default_model(models)
         out = {}
@@ -40,8 +50,8 @@ class ModelRegistry:
                 out[alias] = target
         return out
 
-    def resolve(self, name: str) -> ModelInfo:
-        """A served model or alias; unknown: 404 `model_not_found`."""
+    def resolve(self, name: str, kind: str | None = None) -> Served:
+        """A served model or alias of `kind` (any when None); unknown: 404; of another kind: 400 on `model`."""
         models = self.models()
         target = name if name in models else self.aliases(models).get(name)
         if target is None:
@@ -51,23 +61,32 @@ class ModelRegistry:
                 f"The model `{name}` does not exist. See GET /v1/models for the served models.",
                 param="model",
             )
-        return models[target]
+        info = models[target]
+        if kind is not None and info.kind != kind:
+            raise APIError(
+                ErrorKind.INVALID_REQUEST,
+                f"The model `{name}` is a{'n' if info.kind == EMBEDDING else ''} {info.kind} model; "
+                f"use {ROUTE_OF[info.kind]} for it.",
+                param="model",
+            )
+        return info
 
     def list(self) -> ModelList:
-        """Every served model, then its aliases."""
+        """Every served model, then its aliases; each with its kind (embedding or rerank)."""
         models = self.models()
-        data = [model_card(m.name, m.created, OWNER) for m in sorted(models.values(), key=lambda m: m.name)]
+        data = [model_card(m.name, m.created, OWNER, m.kind) for m in sorted(models.values(), key=lambda m: m.name)]
         for alias, target in sorted(self.aliases(models).items()):
-            data.append(model_card(alias, models[target].created, OWNER))
+            data.append(model_card(alias, models[target].created, OWNER, models[target].kind))
         return {"object": "list", "data": data}
 
     def get(self, name: str) -> Model:
         """One model or alias, under the name asked for."""
-        return model_card(name, self.resolve(name).created, OWNER)
+        info = self.resolve(name)
+        return model_card(name, info.created, OWNER, info.kind)
 
     async def ready(self) -> tuple[bool, str]:
         """Backend live and every configured (or, if none configured, every discovered) model ready."""
         names = list(self.settings.models or (self.backend.models or {}))
         if not names:
-            return False, "no embedding model is served"
+            return False, "no model is served"
         return await self.backend.ready(names)

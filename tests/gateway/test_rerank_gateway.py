@@ -98,3 +98,17 @@ def test_many_documents_are_split_and_bad_input_does_not_stop_the_service(gatewa
                       headers=headers).status_code == 200
     assert httpx.post(gateway.url + "/v1/rerank", json={"model": RERANK_MODEL, "query": QUERY, "documents": DOCS}
                       ).status_code == 401
+
+
+def test_readme_embed_then_rerank_example_runs(gateway, capsys):
+    """The README's Python example, pointed at this deployment, runs and prints the reranked hits."""
+    from tests.gw_helpers import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Reranking"):]
+    code = section[section.index("```python") + len("```python"): section.index("```", section.index("```python") + 9)]
+    code = (code.replace('BASE = "http://127.0.0.1:8080"', f'BASE = "{gateway.url}"')
+            .replace('KEY = "unused"', f'KEY = "{KEY}"').replace('"ms-marco-MiniLM-L6-v2"', f'"{RERANK_MODEL}"'))
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 2 and all(float(line.split()[0]) > 0 for line in printed)

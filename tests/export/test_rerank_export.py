@@ -102,3 +102,36 @@ def test_score_step_applies_the_activation_and_keeps_the_logit(tmp_path, activat
     score, logit = ort.InferenceSession(str(path)).run([c.SCORE, c.LOGIT], {c.SCORE_STEP_INPUT: logits})
     np.testing.assert_allclose(score[:, 0], expected, atol=1e-6)
     np.testing.assert_array_equal(logit, logits)
+
+
+@pytest.mark.parametrize("args", [["--precision", "fp16"], ["--target", "gpu", "--precision", "int8"]])
+def test_precision_must_suit_the_target(tmp_path, cross_encoder_source, capsys, args):
+    assert cli.main([cross_encoder_source, "--repository", str(tmp_path / "r"), *args]) == 2
+    assert "fp16 is for the gpu target" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_gpu_fp16_and_cpu_targets(tmp_path, cross_encoder_source, capsys):
+    """gpu: Triton's ONNX Runtime backend on KIND_GPU (fp16 weights, TensorRT profile); cpu: the same on CPU."""
+    import onnx
+
+    gpu = tmp_path / "gpu"
+    args = [cross_encoder_source, "--name", "g", "--repository", str(gpu), "--target", "gpu", "--precision", "fp16",
+            "--tensorrt", "--max-batch-size", "128"]
+    assert cli.main(args) == 0
+    assert "bar for fp16" in capsys.readouterr().err
+    configs = _configs(gpu, "g")
+    for step in ("g_encoder", "g_score"):
+        assert configs[step].platform == "onnxruntime_onnx" and configs[step].max_batch_size == 128
+        assert configs[step].instance_group[0].kind == tc.mc.ModelInstanceGroup.KIND_GPU
+        assert not (gpu / step / "1" / "model.py").exists()
+    accel = configs["g_encoder"].optimization.execution_accelerators.gpu_execution_accelerator[0]
+    assert accel.name == "tensorrt" and "input_ids:128x128" in accel.parameters["trt_profile_max_shapes"]
+    assert not configs["g_encoder"].input[0].allow_ragged_batch
+    weights = {t.data_type for t in onnx.load(str(gpu / "g_encoder" / "1" / "model.onnx")).graph.initializer}
+    assert onnx.TensorProto.FLOAT16 in weights
+    cpu = tmp_path / "cpu"
+    assert cli.main([cross_encoder_source, "--name", "c", "--repository", str(cpu), "--target", "cpu"]) == 0
+    encoder = _configs(cpu, "c")["c_encoder"]
+    assert encoder.instance_group[0].kind == tc.mc.ModelInstanceGroup.KIND_CPU
+    assert encoder.parameters[c.ORT_BACKEND_INTRA_OP_THREADS].string_value == "0"

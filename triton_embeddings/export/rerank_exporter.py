@@ -101,8 +101,13 @@ def export_reranker(source: str, repository: Path, options, precision: str = "fp
                     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
                     write: Callable | None = None) -> RerankExportResult:
     """Export the cross-encoder `source`, verify it against CrossEncoder.predict, then write it."""
-    from triton_embeddings.export.exporter import ExportError
+    from triton_embeddings.export.exporter import PRECISIONS, ExportError
 
+    target = str(options.target)
+    if precision not in PRECISIONS:
+        raise ExportError(f"precision must be one of {PRECISIONS}")
+    if (precision == "fp16") != (target == "gpu") and precision != "fp32":
+        raise ExportError("fp16 is for the gpu target, int8 for the cpu and embedded targets")
     t = time.perf_counter()
     log(f"==> Loading cross-encoder {source}")
     model = load_cross_encoder(source, max_seq_length)

@@ -386,7 +386,7 @@ def test_promtool_test_rules_can_fail(tmp_path):
 
 REQUIRED_PANELS = ["Requests/s", "Latency p50 / p95", "Tokens/s", "Average batch size (encoder)",
                    "Queue and compute time per request", "GPU utilization", "GPU memory", "Cache hit rate",
-                   "Errors by status"]
+                   "Errors by status", "Rerank documents/s"]
 
 
 def test_grafana_dashboard_panels_and_provisioning():

@@ -112,3 +112,21 @@ def test_readme_embed_then_rerank_example_runs(gateway, capsys):
     exec(compile(code, "README.md", "exec"), {})
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == 2 and all(float(line.split()[0]) > 0 for line in printed)
+
+
+def test_cache_keys_on_query_and_document(gateway):
+    headers = {"Authorization": f"Bearer {KEY}"}
+
+    def hits() -> float:
+        text = httpx.get(gateway.url + "/metrics", headers=headers).text
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("gateway_cache_hits_total"))
+
+    docs = ["a first cached document", "a second cached document"]
+    body = {"model": RERANK_MODEL, "query": "cache probe", "documents": docs}
+    first = httpx.post(gateway.url + "/v1/rerank", json=body, headers=headers).json()
+    before = hits()
+    again = httpx.post(gateway.url + "/v1/rerank", json=body, headers=headers).json()
+    assert hits() == before + 2 and again["results"] == first["results"]
+    other = httpx.post(gateway.url + "/v1/rerank", json={**body, "query": "another probe"}, headers=headers).json()
+    assert hits() == before + 2  # the same documents under another query are scored again
+    assert other["results"] != first["results"]

@@ -178,3 +178,15 @@ def test_upstream_down_is_a_503_and_no_reranker_is_a_404(make_client, backend):
     plain = make_client(backend=FakeBackend())
     missing = plain.post("/rerank", json={"query": QUERY, "texts": DOCS})
     assert missing.status_code == 404 and missing.json()["error"]["param"] == "model"
+
+
+def test_openapi_documents_both_shapes_and_every_reference_resolves(client):
+    import json
+    import re
+
+    spec = client.get("/openapi.json").json()
+    assert {"/v1/rerank", "/rerank"} <= set(spec["paths"])
+    body = spec["paths"]["/rerank"]["post"]["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
+    assert body[0]["$ref"].endswith("/RerankRequest") and "texts" in body[1]["properties"]
+    for ref in re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', json.dumps(spec)):
+        assert ref in spec["components"]["schemas"], ref

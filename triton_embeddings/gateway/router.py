@@ -110,7 +110,7 @@ async def create_rerank(body: RerankRequest, request: Request) -> Response:
     "/rerank", response_model=RerankResponse | list[TEIRerankItem], responses=ERRORS,
     dependencies=[Depends(check_api_key)],
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
-        {"$ref": "#/components/schemas/RerankRequest"}, {"$ref": "#/components/schemas/TEIRerankRequest"}]}}}}},
+        {"$ref": "#/components/schemas/RerankRequest"}, TEIRerankRequest.model_json_schema()]}}}}},
 )
 async def rerank_any_shape(request: Request, body: dict = Body(...)) -> Response:  # noqa: B008
     """TEI's shape when the body has `texts`, else the Cohere/Jina shape."""

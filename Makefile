@@ -54,6 +54,7 @@ lint: $(VENV)/.installed
 bench: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) bench/bench_triton.py
 	HF_HUB_OFFLINE=1 $(PY) bench/bench_gateway.py
+	HF_HUB_OFFLINE=1 $(PY) bench/bench_rerank.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

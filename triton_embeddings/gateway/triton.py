@@ -226,20 +226,9 @@ class TritonBackend:
 
     async def embed(self, model: str, texts: list[str], request_id: str = "") -> EmbedResult:
         """Run the ensemble on one batch (at most the model's max_batch_size texts)."""
-        client = self._require_client()
         n = len(texts)
-        inp = InferInput(contract.TEXT, [n, 1], "BYTES")
-        inp.set_data_from_numpy(np.array([t.encode("utf-8") for t in texts], dtype=np.object_).reshape(n, 1))
         outputs = [InferRequestedOutput(name) for name in contract.ENSEMBLE_OUTPUTS]
-        try:
-            res = await client.infer(
-                model, [inp], outputs=outputs, request_id=request_id, client_timeout=self.timeout_s
-            )
-        except InferenceServerException as e:
-            err = _classify(e, f"inference on {model}")
-            if isinstance(err, TritonUnavailable):
-                self.request_refresh()
-            raise err from None
+        res = await self._infer(model, [_bytes_column(contract.TEXT, texts)], outputs, request_id)
         emb, counts, truncated = (res.as_numpy(name) for name in contract.ENSEMBLE_OUTPUTS)
         if emb is None or counts is None or truncated is None or emb.shape[0] != n:
             raise TritonError(f"inference on {model}: unexpected outputs")

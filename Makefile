@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 REPO ?= model_repository
+# The default model; Python code reads it from triton_embeddings/defaults.py (make cannot import it).
 NAME ?= all-MiniLM-L6-v2
 HUB_ID := sentence-transformers/all-MiniLM-L6-v2
 # The packaged copy of the default model when it is installed (offline hosts), else the hub id.

@@ -50,11 +50,11 @@ def workload(requests: int, docs: int, seed: int = 0) -> list[tuple[str, list[st
 
 
 def export(source: str) -> Path:
+    from triton_embeddings.export.options import ExportOptions
     from triton_embeddings.export.rerank_exporter import export_reranker
-    from triton_embeddings.export.triton_config import ServingOptions
 
     repo = Path(tempfile.mkdtemp(prefix="bench-rerank-repo-"))
-    export_reranker(source, repo, ServingOptions(name=MODEL), log=lambda _: None)
+    export_reranker(source, repo, ExportOptions(name=MODEL), log=lambda _: None)
     return repo
 
 

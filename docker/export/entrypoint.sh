@@ -32,6 +32,7 @@ export_one() {
         ${EXPORT_ARGS:-}
 }
 
+# Defaults: the default model of triton_embeddings/defaults.py (a shell script cannot import it).
 export_one "${EXPORT_MODEL:-sentence-transformers/all-MiniLM-L6-v2}" "${EXPORT_NAME:-all-MiniLM-L6-v2}"
 if [ -n "${EXPORT_RERANKER:-}" ]; then
     export_one "$EXPORT_RERANKER" "${EXPORT_RERANKER_NAME:-$(basename "$EXPORT_RERANKER")}"

@@ -14,9 +14,9 @@ from triton_embeddings.export import cli, rerank_verify
 from triton_embeddings.export import triton_config as tc
 from triton_embeddings.export.cross_encoder import build_score_step, is_cross_encoder
 from triton_embeddings.export.exporter import ExportError
+from triton_embeddings.export.options import ExportOptions
 from triton_embeddings.export.rerank_exporter import export_reranker
 from triton_embeddings.export.rerank_pipeline import RerankPipeline
-from triton_embeddings.export.triton_config import ServingOptions
 from triton_embeddings.triton_models.pair_tokenize import PairTokenizer
 
 QUIET = {"log": lambda _: None}
@@ -89,7 +89,7 @@ def test_below_the_bar_exits_non_zero_and_writes_nothing(tmp_path, cross_encoder
     assert "not faithful" in capsys.readouterr().err
     assert not repo.exists() or not any(repo.iterdir())
     with pytest.raises(ExportError, match="nothing was written"):
-        export_reranker(cross_encoder_source, repo, ServingOptions(name="x"), **QUIET)
+        export_reranker(cross_encoder_source, repo, ExportOptions(name="x"), **QUIET)
 
 
 @pytest.mark.parametrize(("activation", "expected"), [
@@ -104,10 +104,11 @@ def test_score_step_applies_the_activation_and_keeps_the_logit(tmp_path, activat
     np.testing.assert_array_equal(logit, logits)
 
 
-@pytest.mark.parametrize("args", [["--precision", "fp16"], ["--target", "gpu", "--precision", "int8"]])
-def test_precision_must_suit_the_target(tmp_path, cross_encoder_source, capsys, args):
+@pytest.mark.parametrize(("args", "message"), [(["--precision", "fp16"], "fp16 is for the gpu target"),
+                                             (["--target", "gpu", "--precision", "int8"], "int8")])
+def test_precision_must_suit_the_target(tmp_path, cross_encoder_source, capsys, args, message):
     assert cli.main([cross_encoder_source, "--repository", str(tmp_path / "r"), *args]) == 2
-    assert "fp16 is for the gpu target" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 

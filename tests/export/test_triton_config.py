@@ -10,6 +10,7 @@ import pytest
 from tests.conftest import DEFAULT_MODEL
 from triton_embeddings.export import triton_config as tc
 from triton_embeddings.export.model_spec import ModelSpec
+from triton_embeddings.export.options import ExportOptions
 from triton_embeddings.export.repository import configs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -17,8 +18,8 @@ GOLDEN = Path(__file__).parent / "golden"
 SPEC = ModelSpec(source="sentence-transformers/all-MiniLM-L6-v2", max_seq_length=256, pooling_mode="mean",
                  normalize=True, dimension=384, prompts={"query": "query: "}, default_prompt_name=None)
 CASES = {
-    "gpu-tensorrt": tc.ServingOptions(name="minilm", target="gpu", tensorrt=True, max_batch_size=128),
-    "cpu": tc.ServingOptions(name="minilm", target="cpu", intra_op_threads=4),
+    "gpu-tensorrt": ExportOptions(name="minilm", target="gpu", precision="fp16", tensorrt=True, max_batch_size=128),
+    "cpu": ExportOptions(name="minilm", target="cpu", intra_op_threads=4),
 }
 
 

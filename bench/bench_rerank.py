@@ -31,9 +31,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_gateway import start, stop, wait_http  # noqa: E402
+from bench_gateway import start  # noqa: E402
 
-from triton_embeddings.local.launcher import TritonServer, free_port  # noqa: E402
+from triton_embeddings.local.launcher import TritonServer  # noqa: E402
+from triton_embeddings.local.processes import free_port, stop_process, wait_http  # noqa: E402
 
 MODEL = "bench-reranker"
 WORDS = ("password reset login account email server batch token model query document river station city "
@@ -62,25 +63,17 @@ def in_process(repo: Path, load) -> float:
     """Pairs/s of the exported pipeline run in-process, all pairs sorted by length, batches of 32."""
     from triton_embeddings import contract as c
     from triton_embeddings.export.rerank_pipeline import RerankPipeline
+    from triton_embeddings.export.triton_config import load as load_config
     from triton_embeddings.triton_models.pair_tokenize import PairTokenizer
 
     tok_dir, enc_dir, score_dir = (repo / n / "1" for n in c.rerank_step_names(MODEL))
-    params = c.PairTokenizerParams.from_parameters(_parameters(repo / c.rerank_step_names(MODEL)[0]))
-    pipe = RerankPipeline(PairTokenizer(str(tok_dir / params.tokenizer_file), params.max_seq_length,
-                                        params.truncation, params.pad_id),
-                          str(enc_dir / "model.onnx"), str(score_dir / "model.onnx"))
+    tokenizer = PairTokenizer.from_config(load_config(tok_dir.parent / "config.pbtxt"), tok_dir)
+    pipe = RerankPipeline(tokenizer, str(enc_dir / "model.onnx"), str(score_dir / "model.onnx"))
     pairs = [(q, d) for q, docs in load for d in docs]
     pipe.predict(pairs[:64])  # warm-up
     t0 = time.perf_counter()
     pipe.predict(pairs, batch_size=32)
     return len(pairs) / (time.perf_counter() - t0)
-
-
-def _parameters(folder: Path) -> dict[str, str]:
-    from triton_embeddings.export.triton_config import parse
-
-    config = parse((folder / "config.pbtxt").read_text())
-    return {k: v.string_value for k, v in config.parameters.items()}
 
 
 async def over_http(url: str, load, concurrency: int) -> tuple[float, int]:
@@ -132,12 +125,12 @@ def main() -> None:
                    "--log-level", "warning"], dict(env, REFERENCE_RERANKER=source)),
         ]
         try:
-            wait_http(f"http://127.0.0.1:{gw_port}/ready")
-            wait_http(f"http://127.0.0.1:{ref_port}/docs")
+            wait_http(f"http://127.0.0.1:{gw_port}/ready", timeout=120, proc=procs[0])
+            wait_http(f"http://127.0.0.1:{ref_port}/docs", timeout=120, proc=procs[1])
             results = run_rounds(args, repo, load, gw_port, ref_port)
         finally:
             for proc in procs:
-                stop(proc)
+                stop_process(proc)
     report(args, results)
 
 

@@ -47,8 +47,7 @@ def test_written_parameters_read_back_equal(repo):
     assert c.is_rerank_ensemble(ensemble) and not c.is_embedding_ensemble(ensemble)
     params = c.PairTokenizerParams.from_config(read(repo, "r_tokenizer"))
     assert params == c.PairTokenizerParams(max_seq_length=100, truncation="only_second", pad_id=3)
-    tokenizer = PairTokenizer(str(repo / "r_tokenizer" / "1" / params.tokenizer_file), params.max_seq_length,
-                              params.truncation, params.pad_id)
+    tokenizer = PairTokenizer.from_config(read(repo, "r_tokenizer"), repo / "r_tokenizer" / "1")
     assert tokenizer.truncation == "only_second" and tokenizer.pairs(["q"], ["d"]).input_ids[0, -1] == 3
 
 

@@ -9,8 +9,11 @@ itself, so encoding pairs here gives the same ids. `only_second` (cut only the d
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tokenizers import Tokenizer
 
+from triton_embeddings.contract import PairTokenizerParams
 from triton_embeddings.triton_models.tokenize import Encoded, TextTokenizer
 
 TRUNCATION_STRATEGIES = ("longest_first", "only_second")
@@ -23,10 +26,20 @@ class PairTokenizer(TextTokenizer):
                  pad_id: int | None = None, lowercase: bool = False):
         if truncation not in TRUNCATION_STRATEGIES:
             raise ValueError(f"truncation must be one of {TRUNCATION_STRATEGIES}, not {truncation!r}")
-        super().__init__(tokenizer_file, max_length, pad_id=pad_id)
+        super().__init__(tokenizer_file, max_length, pad_id=pad_id, lowercase=lowercase)
         self.truncation = truncation
-        self.lowercase = lowercase
         self.tokenizer.enable_truncation(max_length=self.max_length, strategy=truncation)
+
+    @classmethod
+    def from_params(cls, params: PairTokenizerParams, folder: str | Path) -> PairTokenizer:
+        """The tokenizer a pair tokenizer step's parameters describe; `folder` holds its `tokenizer_file`."""
+        return cls(str(Path(folder) / params.tokenizer_file), params.max_seq_length, truncation=params.truncation,
+                   pad_id=params.pad_id, lowercase=params.lowercase)
+
+    @classmethod
+    def from_config(cls, config: dict, folder: str | Path) -> PairTokenizer:
+        """The tokenizer a pair tokenizer step's config (Triton's JSON form) describes."""
+        return cls.from_params(PairTokenizerParams.from_config(config), folder)
 
     def encode_pairs(self, queries: list[str], documents: list[str]) -> list:
         """Tokenize pairs (in parallel, in Rust); returns `tokenizers.Encoding`s cut to max_length."""

@@ -43,9 +43,7 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         folder = Path(args["model_repository"]) / args["model_version"]
-        params = c.PairTokenizerParams.from_config(config)
-        self.tokenizer = PairTokenizer(str(folder / params.tokenizer_file), params.max_seq_length,
-                                       truncation=params.truncation, pad_id=params.pad_id, lowercase=params.lowercase)
+        self.tokenizer = PairTokenizer.from_config(config, folder)
         self.with_token_types = any(o["name"] == c.TOKEN_TYPE_IDS for o in config["output"])
         self.tokens = TokenCounters(
             "embeddings_tokenizer_tokens_total",

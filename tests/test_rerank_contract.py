@@ -12,6 +12,7 @@ from triton_embeddings import contract as c
 from triton_embeddings.export import triton_config as tc
 from triton_embeddings.export.cross_encoder import RerankSpec, build_score_step
 from triton_embeddings.export.options import ExportOptions
+from triton_embeddings.export.repository import file_sha256
 from triton_embeddings.export.rerank_exporter import RerankArtifacts
 from triton_embeddings.export.rerank_repository import write_rerank_model
 from triton_embeddings.gateway.backend import RerankModelInfo
@@ -42,8 +43,9 @@ def read(repo, model: str) -> dict:
 def test_written_parameters_read_back_equal(repo):
     ensemble = read(repo, "r")
     want = c.RerankParams(kind="rerank", max_seq_length=100, activation="tanh", truncation="only_second",
-                          source_model="org/some-reranker")
-    assert c.RerankParams.from_config(ensemble) == want
+                          source_model="org/some-reranker", precision="fp32",
+                          classifier_sha256=file_sha256(repo / "r_encoder" / "1" / "model.onnx"))
+    assert c.RerankParams.from_config(ensemble) == want and len(want.classifier_sha256) == 64
     assert c.is_rerank_ensemble(ensemble) and not c.is_embedding_ensemble(ensemble)
     params = c.PairTokenizerParams.from_config(read(repo, "r_tokenizer"))
     assert params == c.PairTokenizerParams(max_seq_length=100, truncation="only_second", pad_id=3)

@@ -123,6 +123,10 @@ class EnsembleParams(ParameterSet):
     normalize: bool = param("normalize", True)
     source_model: str = param("source_model", "")
     prompts: dict = param("prompts", {})
+    # What the vectors depend on beyond the above: a re-export under the same name (int8 after fp32, another
+    # quantization plan) changes them, so caches key on them too (the gateway's fingerprint). "": unknown.
+    precision: str = param("precision", "")
+    encoder_sha256: str = param("encoder_sha256", "")
 
 
 @dataclass(frozen=True)
@@ -185,6 +189,9 @@ class RerankParams(ParameterSet):
     activation: str = param("activation", "sigmoid")
     truncation: str = param("truncation", "longest_first")
     source_model: str = param("source_model", "")
+    # As for embeddings: a re-export under the same name changes the scores, so caches key on these too.
+    precision: str = param("precision", "")
+    classifier_sha256: str = param("classifier_sha256", "")
 
 
 @dataclass(frozen=True)

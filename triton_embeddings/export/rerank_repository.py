@@ -10,7 +10,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from triton_embeddings import contract as c
 from triton_embeddings.export import triton_config as tc
 from triton_embeddings.export.options import ExportOptions
-from triton_embeddings.export.repository import _copy, _write_config, _write_model_py
+from triton_embeddings.export.repository import _copy, _write_config, _write_model_py, file_sha256
 
 
 def _carried(token_types: bool) -> list[str]:
@@ -58,12 +58,13 @@ def score_config(opts: ExportOptions) -> mc.ModelConfig:
     return config
 
 
-def rerank_params(spec) -> c.RerankParams:
+def rerank_params(spec, precision: str = "", classifier_sha256: str = "") -> c.RerankParams:
     return c.RerankParams(kind=c.RERANK_KIND, max_seq_length=spec.max_seq_length, activation=spec.activation,
-                          truncation=spec.truncation, source_model=spec.source)
+                          truncation=spec.truncation, source_model=spec.source, precision=precision,
+                          classifier_sha256=classifier_sha256)
 
 
-def rerank_ensemble_config(opts: ExportOptions, spec, token_types: bool) -> mc.ModelConfig:
+def rerank_ensemble_config(opts: ExportOptions, spec, token_types: bool, sha256: str = "") -> mc.ModelConfig:
     tokenizer, encoder, score = c.rerank_step_names(opts.name)
     config = mc.ModelConfig(name=opts.name, platform="ensemble", max_batch_size=opts.max_batch_size)
     config.input.extend(tc._inputs((c.QUERY, mc.TYPE_STRING, [1]), (c.DOCUMENT, mc.TYPE_STRING, [1])))
@@ -77,13 +78,13 @@ def rerank_ensemble_config(opts: ExportOptions, spec, token_types: bool) -> mc.M
     tc._step(steps, encoder, {c.ENCODER_INPUTS[n]: n.lower() for n in carried},
              {c.CLASSIFIER_OUTPUT: c.SCORE_STEP_INPUT.lower()})
     tc._step(steps, score, {c.SCORE_STEP_INPUT: c.SCORE_STEP_INPUT.lower()}, {c.SCORE: c.SCORE, c.LOGIT: c.LOGIT})
-    tc._parameters(config, rerank_params(spec))
+    tc._parameters(config, rerank_params(spec, opts.precision, sha256))
     return config
 
 
-def rerank_configs(opts: ExportOptions, spec, token_types: bool) -> dict[str, mc.ModelConfig]:
+def rerank_configs(opts: ExportOptions, spec, token_types: bool, sha256: str = "") -> dict[str, mc.ModelConfig]:
     """The four `ModelConfig`s of one rerank model, by Triton model name."""
-    configs = [rerank_ensemble_config(opts, spec, token_types), pair_tokenizer_config(opts, spec, token_types),
+    configs = [rerank_ensemble_config(opts, spec, token_types, sha256), pair_tokenizer_config(opts, spec, token_types),
                classifier_config(opts, spec, token_types), score_config(opts)]
     return {config.name: config for config in configs}
 
@@ -94,8 +95,8 @@ def write_rerank_model(repository: Path, opts: ExportOptions, spec, art) -> list
     names = (opts.name, *c.rerank_step_names(opts.name))
     for name in names:
         shutil.rmtree(repository / name, ignore_errors=True)
-    written = [_write_config(repository / name, config)
-               for name, config in rerank_configs(opts, spec, art.token_types).items()]
+    configs = rerank_configs(opts, spec, art.token_types, file_sha256(art.classifier_onnx))
+    written = [_write_config(repository / name, config) for name, config in configs.items()]
     (repository / opts.name / "1").mkdir(parents=True, exist_ok=True)
     (repository / opts.name / "1" / ".gitkeep").touch()
     tokenizer, encoder, score = names[1:]

@@ -16,6 +16,7 @@ from triton_embeddings.gateway.errors import APIError, ErrorKind
 from triton_embeddings.gateway.metrics import GatewayMetrics
 from triton_embeddings.gateway.protocol import EmbeddingRequest, EmbeddingResponse, embedding_response
 from triton_embeddings.gateway.settings import Settings
+from triton_embeddings.gateway.singleflight import SharedCallCancelled, SingleFlight
 from triton_embeddings.gateway.token_ids import TokenDecoder
 
 log = logging.getLogger("gateway.service")
@@ -45,6 +46,7 @@ class EmbeddingService:
             lambda model, seconds: metrics.triton_latency.labels(model).observe(seconds),
         )
         self._in_flight = 0
+        self._flights: SingleFlight[tuple[str, str, str], CacheEntry] = SingleFlight()
 
     # ---- embeddings ---------------------------------------------------------------------------------
 
@@ -147,11 +149,25 @@ class EmbeddingService:
             self.metrics.cache_misses.inc(len(unique) - len(found))
         missing = [t for t in unique if t not in found]
         if missing:
-            computed = await self._infer(info, missing, request_id)
-            found.update(computed)
-            if self.cache.enabled:
-                await self.cache.set_many({keys[t]: e for t, e in computed.items()})
+            found.update(await self._compute(info, missing, request_id))
         return [found[t] for t in texts]
+
+    async def _compute(self, info: ModelInfo, texts: list[str], request_id: str) -> dict[str, CacheEntry]:
+        """Missing texts from Triton, once per (model, text) however many requests miss it at the same time;
+        the request that computes a text also caches it."""
+
+        async def compute(keys: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], CacheEntry]:
+            computed = await self._infer(info, [k[2] for k in keys], request_id)
+            if self.cache.enabled:
+                await self.cache.set_many({cache_key(info.name, info.fingerprint, t): e for t, e in computed.items()})
+            return {(info.name, info.fingerprint, t): e for t, e in computed.items()}
+
+        try:
+            shared = await self._flights.run([(info.name, info.fingerprint, t) for t in texts], compute)
+        except SharedCallCancelled:
+            message = "The inference server did not answer; retry shortly."
+            raise APIError(ErrorKind.UPSTREAM_UNAVAILABLE, message) from None
+        return {k[2]: e for k, e in shared.items()}
 
     async def _infer(self, info: ModelInfo, texts: list[str], request_id: str) -> dict[str, CacheEntry]:
         """Embed through the batcher (length-sorted, chunked, concurrent); failures become 503/504/500."""
@@ -163,8 +179,8 @@ async def upstream(call: Awaitable[T], metrics: GatewayMetrics, settings: Settin
     """Await a batcher call; Triton failures become 503/504 (or the generic 500), counted by kind."""
     try:
         return await call
-    except TritonUnavailable as e:
-        metrics.triton_errors.labels("unavailable").inc()
+    except TritonUnavailable as e:  # a crashed worker (stub_unhealthy) too: it is being reloaded
+        metrics.triton_errors.labels(e.kind).inc()
         log.warning("Triton unavailable: %s", e)
         raise APIError(
             ErrorKind.UPSTREAM_UNAVAILABLE,

@@ -30,14 +30,21 @@ from triton_embeddings.gateway.backend import (
     TritonError,
     TritonTimeout,
     TritonUnavailable,
+    TritonWorkerDown,
 )
 
 log = logging.getLogger("gateway.triton")
 
+# A served model that vanished from Triton (reloading after a crash) answers 503, not 404, this long.
+LOST_MODEL_GRACE_S = 300.0
+PROBE_TEXT = "readiness probe"
 
-def _fingerprint(config: dict) -> str:
-    raw = contract.parameters_of(config)
-    return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
+
+def _fingerprint(config: dict, params: contract.ParameterSet) -> str:
+    """The cache key's config part: every ensemble parameter, the model file's precision and hash included
+    (an int8 re-export under the same name must never be answered with cached fp32 results)."""
+    described = {**contract.parameters_of(config), **params.to_parameters()}
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def model_info_from_config(config: dict, created: int) -> ModelInfo | RerankModelInfo | None:
@@ -51,7 +58,7 @@ def model_info_from_config(config: dict, created: int) -> ModelInfo | RerankMode
     except contract.ContractError as e:
         log.warning("model %s not served: %s", config.get("name"), e)
         return None
-    fingerprint = _fingerprint(config)
+    fingerprint = _fingerprint(config, params)
     return ModelInfo(
         name=config["name"],
         dimension=params.embedding_dimension,
@@ -73,7 +80,7 @@ def _rerank_info(config: dict, created: int) -> RerankModelInfo:
         max_batch_size=max(1, int(config.get("max_batch_size") or 1)),
         activation=params.activation,
         source_model=params.source_model,
-        fingerprint=_fingerprint(config),
+        fingerprint=_fingerprint(config, params),
         created=created,
     )
 
@@ -111,6 +118,9 @@ def _classify(exc: InferenceServerException, what: str) -> TritonError:
     if "NOT_FOUND" in status or "unknown model" in message or "no available versions" in message:
         # Seen while Triton shuts down and unloads its models, or after a model was removed.
         return TritonUnavailable(f"{what}: model not available: {message}")
+    if "Stub process" in message and "is not healthy" in message:
+        # A Python-backend stub died; Triton 2.51 never restarts it (local/supervisor.py reloads the model).
+        return TritonWorkerDown(f"{what}: {message}")
     return TritonError(f"{what}: {status} {message}")
 
 
@@ -138,6 +148,9 @@ class TritonBackend:
         self._wake = asyncio.Event()
         self._created: dict[str, int] = {}
         self._last_discovery = 0.0
+        self.broken: dict[str, str] = {}  # model -> why it cannot serve, until a call on it succeeds
+        self._lost_since: dict[str, float] = {}
+        self._present: set[str] = set()
 
     async def start(self) -> None:
         """Create the client and discover the models; a Triton that is down is retried in the background."""
@@ -180,20 +193,21 @@ class TritonBackend:
             self._wake.clear()
             try:
                 await self.discover()
+                await self._probe_broken()
             except TritonError as e:
                 log.debug("model refresh failed: %s", e)
             except Exception:  # keep the loop alive whatever happens
                 log.exception("model refresh failed")
 
     async def discover(self) -> dict[str, ModelInfo | RerankModelInfo]:
-        """Read the repository index and each ready model's config; keep the embedding and rerank ensembles."""
+        """Read the loaded models (statistics API) and their configs; keep the embedding and rerank ensembles."""
         client = self._require_client()
         try:
-            index = await client.get_model_repository_index(as_json=True, client_timeout=self.ready_timeout_s)
+            # Statistics list the loaded models; the repository index may be restricted (local/supervisor.py).
+            stats = await client.get_inference_statistics("", as_json=True, client_timeout=self.ready_timeout_s)
             found: dict[str, ModelInfo | RerankModelInfo] = {}
-            for entry in index.get("models", []):
-                name = entry.get("name", "")
-                if entry.get("state") != "READY" or (self.only_models and name not in self.only_models):
+            for name in sorted({entry.get("name", "") for entry in stats.get("model_stats", [])}):
+                if self.only_models and name not in self.only_models:
                     continue
                 cfg = await client.get_model_config(name, as_json=True, client_timeout=self.ready_timeout_s)
                 created = self._created.setdefault(name, int(time.time()))
@@ -203,16 +217,46 @@ class TritonBackend:
         except InferenceServerException as e:
             self.healthy = False
             raise _classify(e, "model discovery") from None
-        if found != self.models:
-            log.info("serving models: %s", ", ".join(sorted(found)) or "(none)")
-        self.models = found
+        lost = self._lost_models(found)
+        if set(found) != self._present:
+            gone = f"; not loaded right now: {', '.join(sorted(lost))}" if lost else ""
+            log.info("serving models: %s%s", ", ".join(sorted(found)) or "(none)", gone)
+            self._present = set(found)
+        self.models = {**lost, **found}
         self._last_discovery = time.monotonic()
-        # Nothing (or not every configured model) loaded yet, e.g. Triton still loading: look again in 1 s.
-        self.healthy = bool(found) and all(m in found for m in (self.only_models or ()))
-        return found
+        # Nothing (or not every model) loaded yet, e.g. Triton still (re)loading: look again in 1 s.
+        self.healthy = bool(found) and not lost and not self.broken and all(m in found for m in self.only_models or ())
+        return self.models
+
+    def _lost_models(self, found: dict[str, ModelInfo | RerankModelInfo]) -> dict[str, ModelInfo | RerankModelInfo]:
+        """Models served before and missing now, kept for LOST_MODEL_GRACE_S (then they are unknown: 404)."""
+        now = time.monotonic()
+        lost = {}
+        for name, info in (self.models or {}).items():
+            if name not in found and now - self._lost_since.setdefault(name, now) < LOST_MODEL_GRACE_S:
+                lost[name] = info
+        self._lost_since = {n: t for n, t in self._lost_since.items() if n in lost}
+        return lost
+
+    async def _probe_broken(self) -> None:
+        """One short text through each model marked broken; a success clears the mark."""
+        for name in list(self.broken):
+            info = (self.models or {}).get(name)
+            try:
+                if info is not None and info.kind == "rerank":
+                    await self._rerank(name, [PROBE_TEXT], [PROBE_TEXT], "")
+                else:
+                    await self._embed(name, [PROBE_TEXT], "")
+            except TritonError:
+                continue
+            log.info("model %s serves again", name)
+            self.broken.pop(name, None)
 
     async def ready(self, names: list[str]) -> tuple[bool, str]:
         """Triton live and every named model ready; returns (ok, reason)."""
+        for name in names:
+            if name in self.broken:
+                return False, f"model {name} cannot serve: {self.broken[name]}"
         client = self._require_client()
         try:
             if not await client.is_server_live(client_timeout=self.ready_timeout_s):
@@ -226,9 +270,26 @@ class TritonBackend:
 
     async def embed(self, model: str, texts: list[str], request_id: str = "") -> EmbedResult:
         """Run the ensemble on one batch (at most the model's max_batch_size texts)."""
+        return await self._guarded(model, self._embed(model, texts, request_id))
+
+    async def _guarded(self, model: str, call):
+        """Await one inference; a crashed worker marks the model broken (until a probe passes)."""
+        try:
+            result = await call
+        except TritonWorkerDown:
+            self.broken[model] = "a Triton worker (Python-backend stub) crashed"
+            self.request_refresh()
+            raise
+        except TritonUnavailable:
+            self.request_refresh()
+            raise
+        self.broken.pop(model, None)
+        return result
+
+    async def _embed(self, model: str, texts: list[str], request_id: str) -> EmbedResult:
         n = len(texts)
         outputs = [InferRequestedOutput(name) for name in contract.ENSEMBLE_OUTPUTS]
-        res = await self._infer(model, [_bytes_column(contract.TEXT, texts)], outputs, request_id)
+        res = await self._call(model, [_bytes_column(contract.TEXT, texts)], outputs, request_id)
         emb, counts, truncated = (res.as_numpy(name) for name in contract.ENSEMBLE_OUTPUTS)
         if emb is None or counts is None or truncated is None or emb.shape[0] != n:
             raise TritonError(f"inference on {model}: unexpected outputs")
@@ -240,10 +301,13 @@ class TritonBackend:
 
     async def rerank(self, model: str, queries: list[str], documents: list[str], request_id: str = "") -> RerankResult:
         """Run the rerank ensemble on one batch of pairs (at most the model's max_batch_size)."""
+        return await self._guarded(model, self._rerank(model, queries, documents, request_id))
+
+    async def _rerank(self, model: str, queries: list[str], documents: list[str], request_id: str) -> RerankResult:
         n = len(documents)
         inputs = [_bytes_column(contract.QUERY, queries), _bytes_column(contract.DOCUMENT, documents)]
         outputs = [InferRequestedOutput(name) for name in contract.RERANK_OUTPUTS]
-        res = await self._infer(model, inputs, outputs, request_id)
+        res = await self._call(model, inputs, outputs, request_id)
         scores, logits, counts, truncated = (res.as_numpy(name) for name in contract.RERANK_OUTPUTS)
         if any(a is None or a.shape[0] != n for a in (scores, logits, counts, truncated)):
             raise TritonError(f"inference on {model}: unexpected outputs")
@@ -254,16 +318,13 @@ class TritonBackend:
             truncated=truncated.reshape(n).astype(bool),
         )
 
-    async def _infer(self, model: str, inputs: list, outputs: list, request_id: str):
+    async def _call(self, model: str, inputs: list, outputs: list, request_id: str):
         client = self._require_client()
         try:
             return await client.infer(model, inputs, outputs=outputs, request_id=request_id,
                                       client_timeout=self.timeout_s)
         except InferenceServerException as e:
-            err = _classify(e, f"inference on {model}")
-            if isinstance(err, TritonUnavailable):
-                self.request_refresh()
-            raise err from None
+            raise _classify(e, f"inference on {model}") from None
 
     def _require_client(self) -> InferenceServerClient:
         if self._client is None:

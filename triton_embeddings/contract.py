@@ -161,3 +161,59 @@ def is_embedding_ensemble(config: dict) -> bool:
         and EnsembleParams.keys()[0] in parameters_of(config)
         and TEXT in {i.get("name") for i in config.get("input", [])}
     )
+
+
+# ---- Rerank ensembles (cross-encoders) -----------------------------------------------------------------
+# A rerank ensemble scores (query, document) pairs: <name>_tokenizer (pairs) -> <name>_encoder (ONNX
+# classifier, logits) -> <name>_score (the activation). Its own tensors and parameter sets live here.
+RERANK_KIND, EMBEDDING_KIND = "rerank", "embedding"
+SCORE_SUFFIX = "_score"
+QUERY = "QUERY"  # input, BYTES [N, 1]: the query, repeated for every pair
+DOCUMENT = "DOCUMENT"  # input, BYTES [N, 1]
+SCORE = "SCORE"  # output, FP32 [N, 1]: the activated relevance score (CrossEncoder.predict's value)
+LOGIT = "LOGIT"  # output, FP32 [N, 1]: the raw logit
+RERANK_OUTPUTS = (SCORE, LOGIT, TOKEN_COUNT, TRUNCATED)
+CLASSIFIER_OUTPUT = "logits"  # the ONNX classifier's output name
+SCORE_STEP_INPUT = "LOGITS"  # the score step's input
+
+
+def rerank_step_names(model: str) -> tuple[str, str, str]:
+    """The pair tokenizer, classifier and score models behind the rerank ensemble `model`."""
+    return model + TOKENIZER_SUFFIX, model + ENCODER_SUFFIX, model + SCORE_SUFFIX
+
+
+@dataclass(frozen=True)
+class RerankParams(ParameterSet):
+    """What a rerank ensemble's `parameters` tell clients; `kind` marks it apart from embedding ensembles."""
+
+    what: ClassVar[str] = "rerank ensemble"
+    kind: str = param("kind")  # always RERANK_KIND
+    max_seq_length: int = param("max_seq_length")
+    activation: str = param("activation", "sigmoid")
+    truncation: str = param("truncation", "longest_first")
+    source_model: str = param("source_model", "")
+    # As for embeddings: a re-export under the same name changes the scores, so caches key on these too.
+    precision: str = param("precision", "")
+    classifier_sha256: str = param("classifier_sha256", "")
+
+
+@dataclass(frozen=True)
+class PairTokenizerParams(ParameterSet):
+    """Knobs of the rerank ensemble's pair tokenizer step."""
+
+    what: ClassVar[str] = "pair tokenizer"
+    max_seq_length: int = param("max_seq_length")
+    tokenizer_file: str = param("tokenizer_file", "tokenizer.json")
+    truncation: str = param("truncation", "longest_first")
+    lowercase: bool = param("lowercase", False)
+    pad_id: int = param("pad_id", 0)
+
+
+def is_rerank_ensemble(config: dict) -> bool:
+    """True for a rerank ensemble written by the exporter."""
+    inputs = {i.get("name") for i in config.get("input", [])}
+    return (
+        config.get("platform") == "ensemble"
+        and parameters_of(config).get("kind") == RERANK_KIND
+        and {QUERY, DOCUMENT} <= inputs
+    )

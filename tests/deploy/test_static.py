@@ -248,6 +248,15 @@ def test_export_entrypoint_skips_a_repository_that_holds_the_model(tmp_path):
     assert "ACCEPTED" in forced.stdout
 
 
+def test_export_entrypoint_adds_a_reranker_to_the_same_repository(tmp_path):
+    repo = tmp_path / "repo"
+    result = _entrypoint(tmp_path, {"EXPORT_RERANKER": "cross-encoder/ms-marco-MiniLM-L6-v2"}, repo)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("PARSED")]
+    assert lines == [f"PARSED sentence-transformers/all-MiniLM-L6-v2 all-MiniLM-L6-v2 {repo} gpu fp32 False",
+                     f"PARSED cross-encoder/ms-marco-MiniLM-L6-v2 ms-marco-MiniLM-L6-v2 {repo} gpu fp32 False"]
+
+
 # --- docker-compose -----------------------------------------------------------------------------------
 
 OVERRIDES = ["docker-compose.cpu.yml", "docker-compose.grpc.yml"]
@@ -521,7 +530,7 @@ def test_promtool_cost_rules_tests_can_fail(tmp_path):
 
 REQUIRED_PANELS = ["Requests/s", "Latency p50 / p95", "Tokens/s", "Average batch size (encoder)",
                    "Queue and compute time per request", "GPU utilization", "GPU memory", "Cache hit rate",
-                   "Errors by status"]
+                   "Errors by status", "Rerank documents/s"]
 
 
 def test_grafana_dashboard_panels_and_provisioning():

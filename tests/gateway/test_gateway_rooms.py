@@ -98,7 +98,7 @@ def test_resolve_runs_once_per_embeddings_request(make_client):
     registry = c.app.state.registry
     calls = []
     resolve = registry.resolve
-    registry.resolve = lambda name: calls.append(name) or resolve(name)
+    registry.resolve = lambda name, kind=None: calls.append(name) or resolve(name, kind)
     assert c.post("/v1/embeddings", json={"model": "text-embedding-3-small", "input": ["a", "b"]}).status_code == 200
     assert calls == ["text-embedding-3-small"]
 

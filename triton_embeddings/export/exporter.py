@@ -15,7 +15,8 @@ import onnx
 from triton_embeddings import contract
 from triton_embeddings.export import onnx_export, verify
 from triton_embeddings.export import triton_config as tc
-from triton_embeddings.export.model_spec import ModelSpec, read_spec
+from triton_embeddings.export.cross_encoder import is_cross_encoder
+from triton_embeddings.export.model_spec import ModelSpec, UnsupportedModelError, read_spec
 from triton_embeddings.export.options import ExportOptions
 from triton_embeddings.export.pipeline import OnnxPipeline
 from triton_embeddings.export.pooler import build_pooler
@@ -71,6 +72,8 @@ def _load(source: str, options: ExportOptions, log: Log):
     from sentence_transformers import SentenceTransformer
 
     t = _step(log, f"Loading {source}")
+    if is_cross_encoder(source):  # SentenceTransformer would load it and mean-pool its hidden states
+        raise UnsupportedModelError(f"{source} is a cross-encoder: export it as a reranker (export_reranker)")
     model = SentenceTransformer(source, device="cpu", trust_remote_code=False)
     spec = read_spec(model, options.source_label or source, options.max_seq_length)
     if options.max_seq_length:

@@ -1,6 +1,7 @@
 """Per-model dispatch to Triton: length-sorted chunks of at most max_batch_size, a bounded number in flight.
 
-A request's texts are queued sorted by length and cut into chunks the ensemble accepts. At most
+Texts (embedding models) and (query, document) pairs (rerank models) go the same way. A request's items
+are queued sorted by length and cut into chunks the ensemble accepts. At most
 `max_calls` Triton calls per model run at once; texts that arrive meanwhile (from any request) wait and
 leave together in the next call. An idle gateway sends at once (no added latency); a busy one sends fewer,
 fuller batches, which is cheaper for Triton than many single-text calls.
@@ -14,8 +15,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from triton_embeddings.gateway.backend import Backend, ModelInfo
+import numpy as np
+
+from triton_embeddings.gateway.backend import Backend, ModelInfo, RerankModelInfo
 from triton_embeddings.gateway.cache import CacheEntry
+
+Pair = tuple[str, str]
 
 log = logging.getLogger("gateway.batcher")
 
@@ -25,10 +30,11 @@ class DeadlineExceeded(Exception):
 
 
 class _Item:
-    __slots__ = ("text", "future", "request_id")
+    __slots__ = ("payload", "length", "future", "request_id")
 
-    def __init__(self, text: str, future: asyncio.Future, request_id: str):
-        self.text = text
+    def __init__(self, payload: str | Pair, future: asyncio.Future, request_id: str):
+        self.payload = payload
+        self.length = len(payload) if isinstance(payload, str) else len(payload[0]) + len(payload[1])
         self.future = future
         self.request_id = request_id
 
@@ -53,12 +59,18 @@ class Batcher:
 
     async def embed(self, info: ModelInfo, texts: list[str], request_id: str = "") -> list[CacheEntry]:
         """Embed `texts` (any number) and return one entry per text, in order."""
+        return await self._submit(info, texts, request_id)
+
+    async def rerank(self, info: RerankModelInfo, pairs: list[Pair], request_id: str = "") -> list[CacheEntry]:
+        """Score (query, document) `pairs` (any number); one entry per pair, in order, its vector [score, logit]."""
+        return await self._submit(info, pairs, request_id)
+
+    async def _submit(self, info, payloads: list, request_id: str) -> list[CacheEntry]:
         loop = asyncio.get_running_loop()
         queue = self._queues.setdefault(info.name, deque())
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        futures: list[asyncio.Future] = [loop.create_future() for _ in texts]
-        for i in order:
-            queue.append(_Item(texts[i], futures[i], request_id))
+        items = [_Item(p, loop.create_future(), request_id) for p in payloads]
+        futures = [it.future for it in items]
+        queue.extend(sorted(items, key=lambda it: it.length))
         self._pump(info)
         # Wait for all (so no failure goes unretrieved); the first failure is this request's answer.
         try:
@@ -70,7 +82,7 @@ class Batcher:
                 raise r
         return results
 
-    def _pump(self, info: ModelInfo) -> None:
+    def _pump(self, info: ModelInfo | RerankModelInfo) -> None:
         queue = self._queues[info.name]
         while queue and self._calls.get(info.name, 0) < self.max_calls:
             batch: list[_Item] = []
@@ -85,21 +97,32 @@ class Batcher:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, info: ModelInfo, batch: list[_Item]) -> None:
-        batch.sort(key=lambda it: len(it.text))
+    async def _call(self, info, payloads: list, request_id: str) -> list[CacheEntry]:
+        """One backend call; one entry per payload."""
+        if info.kind == "rerank":
+            res = await self.backend.rerank(info.name, [q for q, _ in payloads], [d for _, d in payloads], request_id)
+            vectors = list(zip(res.scores, res.logits))
+        else:
+            res = await self.backend.embed(info.name, payloads, request_id)
+            vectors = list(res.embeddings)
+        return [
+            CacheEntry(np.asarray(v, dtype=np.float32).copy(), int(n), bool(t))
+            for v, n, t in zip(vectors, res.token_counts, res.truncated, strict=True)
+        ]
+
+    async def _run(self, info: ModelInfo | RerankModelInfo, batch: list[_Item]) -> None:
+        batch.sort(key=lambda it: it.length)
         t0 = time.perf_counter()
         try:
-            res = await self.backend.embed(info.name, [it.text for it in batch], batch[0].request_id)
+            entries = await self._call(info, [it.payload for it in batch], batch[0].request_id)
         except Exception as e:
             for it in batch:
                 if not it.future.done():
                     it.future.set_exception(e)
         else:
-            for i, it in enumerate(batch):
+            for it, entry in zip(batch, entries):
                 if not it.future.done():
-                    it.future.set_result(
-                        CacheEntry(res.embeddings[i].copy(), int(res.token_counts[i]), bool(res.truncated[i]))
-                    )
+                    it.future.set_result(entry)
         finally:
             self.observe_call(info.name, time.perf_counter() - t0)
             self._calls[info.name] -= 1

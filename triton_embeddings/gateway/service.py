@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import numpy as np
 
-from triton_embeddings.gateway.backend import LOCAL, Backend, ModelInfo, TritonError, TritonTimeout, TritonUnavailable
+from triton_embeddings.gateway.backend import (
+    LOCAL,
+    Backend,
+    ModelInfo,
+    RerankModelInfo,
+    TritonError,
+    TritonTimeout,
+    TritonUnavailable,
+)
 from triton_embeddings.gateway.batcher import Batcher, DeadlineExceeded
 from triton_embeddings.gateway.cache import Cache, CacheEntry, cache_key
 from triton_embeddings.gateway.errors import APIError, ErrorKind
@@ -18,6 +28,7 @@ from triton_embeddings.gateway.singleflight import SharedCallCancelled, SingleFl
 from triton_embeddings.gateway.token_ids import TokenDecoder
 
 log = logging.getLogger("gateway.service")
+T = TypeVar("T")
 
 
 class EmbeddingService:
@@ -112,8 +123,8 @@ class EmbeddingService:
             self._in_flight -= 1
             self.metrics.in_flight.dec()
         tokens = self._check_lengths(info, entries)
-        self.metrics.inputs.labels(info.name).observe(len(texts))
-        self.metrics.tokens.labels(info.name, info.backend).inc(tokens)
+        self.metrics.inputs.labels(info.name, info.kind).observe(len(texts))
+        self.metrics.tokens.labels(info.name, info.kind, info.backend).inc(tokens)
         vectors = postprocess(np.stack([e.vector for e in entries]), req.dimensions)
         if req.encoding_format == "base64":
             return embedding_response(req.model, [base64.b64encode(v.tobytes()).decode() for v in vectors], tokens)
@@ -178,35 +189,43 @@ class EmbeddingService:
 
     async def _infer(self, info: ModelInfo, texts: list[str], request_id: str) -> dict[str, CacheEntry]:
         """Embed through the batcher (length-sorted, chunked, concurrent); failures become 503/504/500."""
-        try:
-            entries = await self.batcher.embed(info, texts, request_id)
-        except (TritonError, DeadlineExceeded, APIError) as e:
-            raise self._failure(info, e) from None
+        entries = await upstream(info, self.batcher.embed(info, texts, request_id), self.metrics, self.settings)
         if info.backend != LOCAL:
             self.metrics.upstream_tokens.labels(info.backend, info.name).inc(sum(e.tokens for e in entries))
         return dict(zip(texts, entries, strict=True))
 
-    def _failure(self, info: ModelInfo, e: Exception) -> Exception:
-        """The client's error for a backend failure, counted by kind (Triton's, or the upstream's)."""
-        kind = e.kind if isinstance(e, TritonError) else "deadline" if isinstance(e, DeadlineExceeded) else "rejected"
-        local = info.backend == LOCAL
-        if local:
-            self.metrics.triton_errors.labels(kind).inc()
-        else:
-            self.metrics.upstream_errors.labels(info.backend, kind).inc()
-        server = "The inference server" if local else "The upstream API for this model"
-        if kind not in ("rejected", "error"):  # a TritonError is logged by the 500 handler
-            log.warning("%s %s: %s", "Triton" if local else f"upstream {info.backend}", kind, e)
-        if isinstance(e, TritonUnavailable):  # a crashed worker (stub_unhealthy) too: it is being reloaded
-            return APIError(ErrorKind.UPSTREAM_UNAVAILABLE, f"{server} is not reachable right now; retry shortly.")
-        if isinstance(e, TritonTimeout):
-            return APIError(ErrorKind.UPSTREAM_TIMEOUT, f"{server} did not answer in time.")
-        if isinstance(e, DeadlineExceeded):
-            return APIError(
-                ErrorKind.REQUEST_TIMEOUT,
-                f"The request was not answered within {self.settings.request_timeout_s:g} s; retry shortly.",
-            )
-        return e  # a 400 from the upstream as it is; a TritonError: the generic 500 handler logs it
+
+async def upstream(info: ModelInfo | RerankModelInfo, call: Awaitable[T], metrics: GatewayMetrics,
+                   settings: Settings) -> T:
+    """Await a batcher call (embeddings or rerank); backend failures become the client's error."""
+    try:
+        return await call
+    except (TritonError, DeadlineExceeded, APIError) as e:
+        raise _failure(info, e, metrics, settings) from None
+
+
+def _failure(info: ModelInfo | RerankModelInfo, e: Exception, metrics: GatewayMetrics,
+             settings: Settings) -> Exception:
+    """The client's error for a backend failure, counted by kind (Triton's, or the upstream's)."""
+    kind = e.kind if isinstance(e, TritonError) else "deadline" if isinstance(e, DeadlineExceeded) else "rejected"
+    local = info.backend == LOCAL
+    if local:
+        metrics.triton_errors.labels(kind).inc()
+    else:
+        metrics.upstream_errors.labels(info.backend, kind).inc()
+    server = "The inference server" if local else "The upstream API for this model"
+    if kind not in ("rejected", "error"):  # a TritonError is logged by the 500 handler
+        log.warning("%s %s: %s", "Triton" if local else f"upstream {info.backend}", kind, e)
+    if isinstance(e, TritonUnavailable):  # a crashed worker (stub_unhealthy) too: it is being reloaded
+        return APIError(ErrorKind.UPSTREAM_UNAVAILABLE, f"{server} is not reachable right now; retry shortly.")
+    if isinstance(e, TritonTimeout):
+        return APIError(ErrorKind.UPSTREAM_TIMEOUT, f"{server} did not answer in time.")
+    if isinstance(e, DeadlineExceeded):
+        return APIError(
+            ErrorKind.REQUEST_TIMEOUT,
+            f"The request was not answered within {settings.request_timeout_s:g} s; retry shortly.",
+        )
+    return e  # a 400 from the upstream as it is; a TritonError: the generic 500 handler logs it
 
 
 def postprocess(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:

@@ -113,7 +113,7 @@ class Settings(BaseSettings):
 
     # --- Models ---
     models: list[str] | None = Field(
-        None, description="Triton ensembles to serve; unset: every embedding ensemble Triton has loaded."
+        None, description="Triton ensembles to serve; unset: every embedding and rerank ensemble Triton has loaded."
     )
     default_model: str | None = Field(
         None, description="Model that aliases point at; unset: the only served model, else the first by name."
@@ -128,6 +128,7 @@ class Settings(BaseSettings):
 
     # --- Limits ---
     max_inputs: int = Field(2048, ge=1, description="Most inputs in one request (OpenAI's limit is 2048).")
+    max_documents: int = Field(1000, ge=1, description="Most documents in one rerank request (Cohere's limit is 1000).")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Request body cap; above it: 413.")
     max_tokens_per_request: int = Field(
         300_000, ge=1, description="Most tokens (as the model's tokenizer counts them) in one request."

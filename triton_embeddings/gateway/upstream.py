@@ -17,7 +17,14 @@ from collections.abc import Callable
 import httpx
 import numpy as np
 
-from triton_embeddings.gateway.backend import EmbedResult, ModelInfo, TritonTimeout, TritonUnavailable
+from triton_embeddings.gateway.backend import (
+    EmbedResult,
+    ModelInfo,
+    RerankResult,
+    TritonError,
+    TritonTimeout,
+    TritonUnavailable,
+)
 from triton_embeddings.gateway.errors import APIError, ErrorKind
 from triton_embeddings.gateway.settings import UpstreamConfig
 
@@ -97,6 +104,9 @@ class UpstreamBackend:
             self.observe(self.name, time.perf_counter() - t0)
         tokens = int((body.get("usage") or {}).get("total_tokens") or 0)
         return EmbedResult(vectors, split_tokens(tokens, texts), np.zeros(len(texts), dtype=bool))
+
+    async def rerank(self, model: str, queries: list[str], documents: list[str], request_id: str = "") -> RerankResult:
+        raise TritonError(f"upstream {self.name} serves embedding models only")  # the registry never routes here
 
     def _checked(self, response: httpx.Response) -> dict:
         """The JSON body of a 200; any other status becomes the gateway's own error (no upstream text)."""

@@ -151,7 +151,7 @@ def dry(source, repository, options, **kw):
     print("ACCEPTED", source, options.name, repository, options.target.name, options.precision,
           options.tensorrt, engines)
     sys.exit(0)
-cli.export_model = dry
+cli.export_model = cli.export_reranker = dry
 sys.exit(cli.main(sys.argv[1:]))
 """
 
@@ -252,9 +252,9 @@ def test_export_entrypoint_adds_a_reranker_to_the_same_repository(tmp_path):
     repo = tmp_path / "repo"
     result = _entrypoint(tmp_path, {"EXPORT_RERANKER": "cross-encoder/ms-marco-MiniLM-L6-v2"}, repo)
     assert result.returncode == 0, result.stderr
-    lines = [line for line in result.stdout.splitlines() if line.startswith("PARSED")]
-    assert lines == [f"PARSED sentence-transformers/all-MiniLM-L6-v2 all-MiniLM-L6-v2 {repo} gpu fp32 False",
-                     f"PARSED cross-encoder/ms-marco-MiniLM-L6-v2 ms-marco-MiniLM-L6-v2 {repo} gpu fp32 False"]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("ACCEPTED")]
+    assert lines == [f"ACCEPTED sentence-transformers/all-MiniLM-L6-v2 all-MiniLM-L6-v2 {repo} gpu fp32 False -",
+                     f"ACCEPTED cross-encoder/ms-marco-MiniLM-L6-v2 ms-marco-MiniLM-L6-v2 {repo} gpu fp32 False -"]
 
 
 # --- docker-compose -----------------------------------------------------------------------------------

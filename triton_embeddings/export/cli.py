@@ -38,8 +38,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gpu target: TensorRT execution provider (fp16 engines unless --precision fp32)")
     p.add_argument("--trt-cache-dir", default="/trt_cache",
                    help="gpu target with --tensorrt: where Triton keeps TensorRT engines (mount a volume)")
+    p.add_argument("--prompt", action="append", default=[], metavar="NAME=TEXT",
+                   help="add or override a prompt (repeatable), e.g. --prompt 'query=query: ' for e5")
+    p.add_argument("--default-prompt", metavar="NAME",
+                   help="prompt applied when a request names none (default: the model's own, if any)")
+    p.add_argument("--calibration-file", type=Path,
+                   help="texts (one per line) that calibrate the int8/uint8 ranges (default: a packaged set)")
     p.add_argument("--source-label", help="what to record as the source in the ensemble config")
     return p
+
+
+def parse_prompts(items: list[str]) -> dict[str, str]:
+    """`NAME=TEXT` pairs; the text keeps its spaces (e5's `query: `)."""
+    out = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--prompt takes NAME=TEXT, got {item!r}")
+        out[name.strip()] = text
+    return out
+
+
+def read_calibration(path: Path | None) -> list[str] | None:
+    if path is None:
+        return None
+    texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(texts) < 2:
+        raise ValueError(f"{path}: the calibration file needs at least two non-empty lines")
+    return texts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         result = export_model(
             args.model, args.repository, options, precision=args.precision,
             max_seq_length=args.max_seq_length, source_label=args.source_label,
+            prompts=parse_prompts(args.prompt), default_prompt=args.default_prompt,
+            calibration_texts=read_calibration(args.calibration_file),
         )
     except (ExportError, UnsupportedModelError, ValueError) as exc:
         print(f"embeddings-export: error: {exc}", file=sys.stderr)

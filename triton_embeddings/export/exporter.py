@@ -12,7 +12,8 @@ from pathlib import Path
 import onnx
 
 from triton_embeddings.export import onnx_export, verify
-from triton_embeddings.export.model_spec import ModelSpec, read_spec
+from triton_embeddings import quantize
+from triton_embeddings.export.model_spec import ModelSpec, read_spec, with_prompts
 from triton_embeddings.export.pipeline import OnnxPipeline
 from triton_embeddings.export.pooler import build_pooler
 from triton_embeddings.export.repository import Artifacts, write_model
@@ -43,6 +44,8 @@ class ExportResult:
             f"  max length       : {self.spec.max_seq_length} tokens",
             f"  pooling          : {self.spec.pooling_mode}{' + normalize' if self.spec.normalize else ''}",
             f"  min cosine       : {self.verification.min_cosine:.6f} (bar {self.verification.threshold})",
+            f"  prompts          : {', '.join(self.spec.prompts) or '(none)'}"
+            f"{f' (default {self.spec.default_prompt_name})' if self.spec.default_prompt_name else ''}",
         ]
         if self.note:
             lines.append(f"  note             : {self.note}")
@@ -56,6 +59,23 @@ def _step(log: Callable[[str], None], text: str):
     return time.perf_counter()
 
 
+def default_calibration_texts() -> list[str]:
+    """The packaged calibration set (varied topics, lengths and languages), one text per line."""
+    path = Path(__file__).with_name("data") / "calibration.txt"
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def check_prompts(model, spec: ModelSpec, tokenizer_json: Path, encoder: Path, pooler: Path, bar: float) -> None:
+    """Every prompt of the model gives sentence-transformers' vectors (`encode(..., prompt_name=...)`)."""
+    texts = verify.verification_texts()["short"]
+    for name, prompt in spec.prompts.items():
+        tokenizer = TextTokenizer(str(tokenizer_json), spec.max_seq_length, prompt, spec.pad_id)
+        served = OnnxPipeline(tokenizer, str(encoder), str(pooler), lowercase=spec.lowercase).embed(texts)
+        low = float(verify.cosine(served, model.encode(texts, prompt_name=name)).min())
+        if low < bar:
+            raise ExportError(f"prompt {name!r} is not served faithfully (min cosine {low:.6f} < {bar})")
+
+
 def export_model(
     source: str,
     repository: Path,
@@ -64,6 +84,9 @@ def export_model(
     max_seq_length: int | None = None,
     source_label: str | None = None,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+    prompts: dict[str, str] | None = None,
+    default_prompt: str | None = None,
+    calibration_texts: list[str] | None = None,
 ) -> ExportResult:
     """Export `source` (local folder or hub id), verify it, then write it into `repository`."""
     if precision not in PRECISIONS:
@@ -76,7 +99,8 @@ def export_model(
 
     t = _step(log, f"Loading {source}")
     model = SentenceTransformer(source, device="cpu", trust_remote_code=False)
-    spec = read_spec(model, source_label or source, max_seq_length)
+    spec = with_prompts(read_spec(model, source_label or source, max_seq_length), prompts or {}, default_prompt)
+    model.prompts, model.default_prompt_name = dict(spec.prompts), spec.default_prompt_name
     if max_seq_length:
         model.max_seq_length = max_seq_length
     log(f"    {time.perf_counter() - t:.1f}s: dim {spec.dimension}, max length {spec.max_seq_length}, "
@@ -127,7 +151,14 @@ def export_model(
                 f"the {precision} export is not faithful (min cosine {result.min_cosine:.6f} < "
                 f"{result.threshold}); nothing was written"
             )
+        check_prompts(model, spec, tokenizer_json, chosen, pooler, result.threshold)
         log(f"    {time.perf_counter() - t:.1f}s")
+
+        t = _step(log, "Calibrating the int8/uint8 ranges")
+        calibration = calibration_texts or default_calibration_texts()
+        pipeline = OnnxPipeline(tokenizer, str(chosen), str(pooler), lowercase=spec.lowercase)
+        spec.quantization_ranges = quantize.calibrate(pipeline.embed(calibration))
+        log(f"    {time.perf_counter() - t:.1f}s: {len(calibration)} texts")
 
         t = _step(log, f"Writing the Triton models into {repository}")
         hidden = spec.dimension

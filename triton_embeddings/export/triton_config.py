@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from triton_embeddings import contract
+
 TARGETS = ("gpu", "cpu", "embedded")
 
 # Ensemble tensors: the public contract.
@@ -68,6 +70,12 @@ def _inputs(*specs, ragged: bool = False) -> list:
     return [mc.ModelInput(name=n, data_type=t, dims=d, allow_ragged_batch=ragged) for n, t, d in specs]
 
 
+def _request_options() -> list:
+    """The optional per-row inputs that choose the prompt and the truncation side (docs/contract.md)."""
+    return [mc.ModelInput(name=n, data_type=mc.TYPE_STRING, dims=[1], optional=True)
+            for n in (contract.PROMPT_NAME, contract.TRUNCATE)]
+
+
 def _outputs(*specs) -> list:
     return [_tensor(mc.ModelOutput, *s) for s in specs]
 
@@ -100,10 +108,12 @@ def tokenizer_config(opts: ServingOptions, spec, token_types: bool) -> mc.ModelC
     config = mc.ModelConfig(name=opts.tokenizer, max_batch_size=opts.max_batch_size)
     _python_backend(config)
     config.input.extend(_inputs((TEXT, mc.TYPE_STRING, [1])))
+    config.input.extend(_request_options())
     outs = [(INPUT_IDS, mc.TYPE_INT64, [-1]), (ATTENTION_MASK, mc.TYPE_INT64, [-1])]
     if token_types:
         outs.append((TOKEN_TYPE_IDS, mc.TYPE_INT64, [-1]))
-    outs += [(TOKEN_COUNT, mc.TYPE_INT32, [1]), (TRUNCATED, mc.TYPE_BOOL, [1])]
+    outs += [(TOKEN_COUNT, mc.TYPE_INT32, [1]), (TRUNCATED, mc.TYPE_BOOL, [1]),
+             (contract.WINDOW_SPANS, mc.TYPE_INT32, [-1, 3])]
     config.output.extend(_outputs(*outs))
     _dynamic_batching(config, opts)
     _instances(config, opts, gpu=False)
@@ -111,6 +121,8 @@ def tokenizer_config(opts: ServingOptions, spec, token_types: bool) -> mc.ModelC
         "tokenizer_file": "tokenizer.json",
         "max_seq_length": spec.max_seq_length,
         "prompt": spec.default_prompt,
+        "prompts": json.dumps(spec.prompts, sort_keys=True),
+        "default_prompt_name": spec.default_prompt_name or "",
         "lowercase": str(spec.lowercase).lower(),
         "pad_id": spec.pad_id,
     })
@@ -192,6 +204,7 @@ def _onnx_runtime(config, opts: ServingOptions) -> None:
 def ensemble_config(opts: ServingOptions, spec, token_types: bool) -> mc.ModelConfig:
     config = mc.ModelConfig(name=opts.name, platform="ensemble", max_batch_size=opts.max_batch_size)
     config.input.extend(_inputs((TEXT, mc.TYPE_STRING, [1])))
+    config.input.extend(_request_options())
     config.output.extend(_outputs(
         (EMBEDDING, mc.TYPE_FP32, [spec.dimension]),
         (TOKEN_COUNT, mc.TYPE_INT32, [1]),
@@ -200,6 +213,8 @@ def ensemble_config(opts: ServingOptions, spec, token_types: bool) -> mc.ModelCo
     steps = config.ensemble_scheduling.step
     tok = steps.add(model_name=opts.tokenizer, model_version=-1)
     tok.input_map[TEXT] = TEXT
+    for name in (contract.PROMPT_NAME, contract.TRUNCATE):
+        tok.input_map[name] = name
     carried = [INPUT_IDS, ATTENTION_MASK] + ([TOKEN_TYPE_IDS] if token_types else [])
     for name in carried:
         tok.output_map[name] = name.lower()
@@ -220,6 +235,8 @@ def ensemble_config(opts: ServingOptions, spec, token_types: bool) -> mc.ModelCo
         "normalize": str(spec.normalize).lower(),
         "source_model": spec.source,
         "prompts": json.dumps(spec.prompts, sort_keys=True),
+        "default_prompt_name": spec.default_prompt_name or "",
+        "quantization_ranges": json.dumps(getattr(spec, "quantization_ranges", None) or {}, sort_keys=True),
     })
     return config
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 from tokenizers import Tokenizer
 
+from triton_embeddings.triton_models import spans
+
 
 def bucket_length(length: int, max_length: int) -> int:
     """Round a padded length up to its bucket, so that texts of similar length share a shape.
@@ -61,12 +63,34 @@ class TextTokenizer:
             padding = Tokenizer.from_file(tokenizer_file).padding
             pad_id = padding["pad_id"] if padding else 0
         self.pad_id = int(pad_id)
+        self.untruncated = Tokenizer.from_file(tokenizer_file)
+        self.untruncated.no_padding()
+        self.untruncated.no_truncation()
 
-    def encode(self, texts: list[str]) -> list:
-        """Tokenize (in parallel, in Rust); returns `tokenizers.Encoding`s, truncated to max_length."""
-        if self.prompt:
-            texts = [self.prompt + t for t in texts]
-        return self.tokenizer.encode_batch(texts, add_special_tokens=True)
+    def encode(self, texts: list[str], prompts: list[str] | None = None, sides: list[str] | None = None) -> list:
+        """Tokenize (in parallel, in Rust), truncated to max_length.
+
+        `prompts`: per-text prompt (default: the model's default prompt); `sides`: per-text truncation
+        side, END (keep the start, the default) or START (keep the end; specials and prompt are kept).
+        """
+        if prompts is None:
+            prompts = [self.prompt] * len(texts)
+        full = [p + t for p, t in zip(prompts, texts)]
+        if not sides or all(s != "START" for s in sides):
+            return self.tokenizer.encode_batch(full, add_special_tokens=True)
+        out = self.tokenizer.encode_batch(full, add_special_tokens=True)
+        starts = [i for i, s in enumerate(sides) if s == "START" and out[i].overflowing]
+        whole = self.untruncated.encode_batch([full[i] for i in starts], add_special_tokens=True)
+        for i, enc in zip(starts, whole):
+            out[i] = spans.keep_end(enc, len(prompts[i]), self.max_length)
+        return out
+
+    def windows(self, texts: list[str], prompts: list[str] | None = None) -> list[list[tuple[int, int, int]]]:
+        """Per text, the overlapping windows (start char, end char, tokens) that fit max_length."""
+        if prompts is None:
+            prompts = [self.prompt] * len(texts)
+        whole = self.untruncated.encode_batch([p + t for p, t in zip(prompts, texts)], add_special_tokens=True)
+        return [spans.windows(enc, len(p), self.max_length) for enc, p in zip(whole, prompts)]
 
     def pad(self, encodings: list, length: int | None = None) -> Encoded:
         """Pad encodings to `length` (default: the bucket of the longest)."""

@@ -54,10 +54,11 @@ class FakeBackend:
     async def ready(self, names):
         return (True, "ready") if self.is_ready else (False, "Triton is not live")
 
-    async def embed(self, model, texts, request_id=""):
+    async def embed(self, model, texts, request_id="", options=None):
         info = self.models[model]
         assert len(texts) <= info.max_batch_size, "the gateway sent more than max_batch_size"
         self.calls.append(list(texts))
+        self.options = getattr(self, "options", []) + [options]
         self.in_flight += 1
         self.max_in_flight_seen = max(self.max_in_flight_seen, self.in_flight)
         try:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import onnx
 
-from triton_embeddings.export import onnx_export, verify
 from triton_embeddings import quantize
+from triton_embeddings.export import onnx_export, verify
 from triton_embeddings.export.model_spec import ModelSpec, read_spec, with_prompts
 from triton_embeddings.export.pipeline import OnnxPipeline
 from triton_embeddings.export.pooler import build_pooler

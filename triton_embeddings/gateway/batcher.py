@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from triton_embeddings import contract
 from triton_embeddings.gateway.cache import CacheEntry
 from triton_embeddings.gateway.triton import ModelInfo, TritonBackend, TritonTimeout
 
@@ -21,12 +22,24 @@ log = logging.getLogger("gateway.batcher")
 
 
 class _Item:
-    __slots__ = ("text", "future", "request_id")
+    __slots__ = ("text", "future", "request_id", "prompt_name", "side")
 
-    def __init__(self, text: str, future: asyncio.Future, request_id: str):
+    def __init__(self, text: str, future: asyncio.Future, request_id: str, prompt_name: str = "", side: str = ""):
         self.text = text
         self.future = future
         self.request_id = request_id
+        self.prompt_name = prompt_name  # per-row PROMPT_NAME ("" = default)
+        self.side = side  # per-row TRUNCATE ("" = END)
+
+
+def _row_options(batch: list[_Item]) -> dict[str, list[str]] | None:
+    """The optional per-row inputs of a batch; None when every row uses the defaults (plain requests)."""
+    options = {}
+    if any(it.prompt_name for it in batch):
+        options[contract.PROMPT_NAME] = [it.prompt_name for it in batch]
+    if any(it.side for it in batch):
+        options[contract.TRUNCATE] = [it.side or "END" for it in batch]
+    return options or None
 
 
 class Batcher:
@@ -47,14 +60,16 @@ class Batcher:
         self._calls: dict[str, int] = {}
         self._tasks: set[asyncio.Task] = set()
 
-    async def embed(self, info: ModelInfo, texts: list[str], request_id: str = "") -> list[CacheEntry]:
-        """Embed `texts` (any number) and return one entry per text, in order."""
+    async def embed(
+        self, info: ModelInfo, texts: list[str], request_id: str = "", prompt_name: str = "", side: str = ""
+    ) -> list[CacheEntry]:
+        """Embed `texts` (any number) with one prompt name and truncation side; one entry per text, in order."""
         loop = asyncio.get_running_loop()
         queue = self._queues.setdefault(info.name, deque())
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         futures: list[asyncio.Future] = [loop.create_future() for _ in texts]
         for i in order:
-            queue.append(_Item(texts[i], futures[i], request_id))
+            queue.append(_Item(texts[i], futures[i], request_id, prompt_name, side))
         self._pump(info)
         # Wait for all (so no failure goes unretrieved); the first failure is this request's answer.
         try:
@@ -85,7 +100,11 @@ class Batcher:
         batch.sort(key=lambda it: len(it.text))
         t0 = time.perf_counter()
         try:
-            res = await self.backend.embed(info.name, [it.text for it in batch], batch[0].request_id)
+            texts, options = [it.text for it in batch], _row_options(batch)
+            if options:
+                res = await self.backend.embed(info.name, texts, batch[0].request_id, options)
+            else:
+                res = await self.backend.embed(info.name, texts, batch[0].request_id)
         except Exception as e:
             for it in batch:
                 if not it.future.done():

@@ -26,13 +26,26 @@ class EmbeddingRequest(BaseModel):
         None, description="Truncate each embedding to this many dimensions, then re-normalize."
     )
     user: StrictStr | None = Field(None, description="Accepted and ignored.")
+    # Extensions (the official clients send them through `extra_body`); docs/gateway.md names each peer's field.
+    input_type: StrictStr | None = Field(
+        None, description="query, passage (document, search_query, search_document) or a prompt name of the model."
+    )
+    truncate: Literal["END", "START", "NONE"] | None = Field(
+        None, description="END keeps the start, START keeps the end, NONE refuses inputs over the max length."
+    )
+    embedding_type: Literal["float", "int8", "uint8", "binary", "ubinary"] = Field(
+        "float", description="float32, calibrated int8/uint8, or sign bits packed 8 per byte (binary/ubinary)."
+    )
+    long_inputs: Literal["truncate", "chunk"] | None = Field(
+        None, description="chunk: embed inputs over the max length as overlapping windows, then average them."
+    )
 
 
 class Embedding(BaseModel):
     """One embedding; `embedding` is a float list or a base64 string."""
 
     object: Literal["embedding"] = "embedding"
-    embedding: list[float] | str
+    embedding: list[float] | list[int] | str
     index: int
 
 
@@ -59,6 +72,8 @@ class Model(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    prompts: dict[str, str] | None = None
+    default_prompt_name: str | None = None
 
 
 class ModelList(BaseModel):

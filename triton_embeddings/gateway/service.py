@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import logging
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
+from triton_embeddings.gateway import retrieval
 from triton_embeddings.gateway.batcher import Batcher
 from triton_embeddings.gateway.cache import Cache, CacheEntry, cache_key
 from triton_embeddings.gateway.errors import APIError, ErrorKind
@@ -95,8 +96,12 @@ class EmbeddingService:
         return out
 
     def get_model(self, name: str) -> dict[str, Any]:
+        """One model, with the prompts `input_type` can name (an extension of OpenAI's `Model`)."""
         info = self.resolve(name)
-        return {"id": name, "object": "model", "created": info.created, "owned_by": OWNER}
+        return {
+            "id": name, "object": "model", "created": info.created, "owned_by": OWNER,
+            "prompts": dict(info.prompts), "default_prompt_name": info.default_prompt_name or None,
+        }
 
     async def ready(self) -> tuple[bool, str]:
         """Triton live and every configured (or, if none configured, every discovered) model ready."""
@@ -155,6 +160,7 @@ class EmbeddingService:
         info = self.resolve(req.model)
         texts = self.texts_of(req)
         self._check_dimensions(req.dimensions, info)
+        opts = retrieval.options_of(req, info, self.settings)
         if self._in_flight >= self.settings.max_in_flight:
             raise APIError(ErrorKind.OVERLOADED, "The server is overloaded; retry shortly.")
         if self.settings.log_inputs and log.isEnabledFor(logging.DEBUG):
@@ -162,17 +168,20 @@ class EmbeddingService:
         self._in_flight += 1
         self.metrics.in_flight.inc()
         try:
-            entries = await self._entries(info, texts, request_id)
+            if opts.chunk:
+                entries = await self._chunked(info, texts, opts, request_id)
+            else:
+                entries = await self._entries(info, texts, opts, request_id)
         finally:
             self._in_flight -= 1
             self.metrics.in_flight.dec()
-        if not self.settings.truncate:
+        if opts.truncate == "NONE":
             for i, e in enumerate(entries):
                 if e.truncated:
                     raise APIError(
                         ErrorKind.CONTEXT_LENGTH,
                         f"This model's maximum context length is {info.max_seq_length} tokens; input {i} is "
-                        "longer. Please reduce the length of the input.",
+                        "longer. Please reduce the length of the input, or send truncate END or START.",
                         param="input",
                     )
         tokens = int(sum(e.tokens for e in entries))
@@ -184,11 +193,7 @@ class EmbeddingService:
             )
         self.metrics.inputs.labels(info.name).observe(len(texts))
         self.metrics.tokens.labels(info.name).inc(tokens)
-        vectors = postprocess(np.stack([e.vector for e in entries]), req.dimensions)
-        if req.encoding_format == "base64":
-            embeddings: list = [base64.b64encode(v.tobytes()).decode("ascii") for v in vectors]
-        else:
-            embeddings = list(vectors)  # float32 rows; orjson writes the shortest float32 repr
+        embeddings = retrieval.encode_vectors(np.stack([e.vector for e in entries]), req, info)
         return {
             "object": "list",
             "data": [{"object": "embedding", "embedding": e, "index": i} for i, e in enumerate(embeddings)],
@@ -196,29 +201,69 @@ class EmbeddingService:
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
 
-    async def _entries(self, info: ModelInfo, texts: list[str], request_id: str) -> list[CacheEntry]:
+    async def _chunked(
+        self, info: ModelInfo, texts: list[str], opts: retrieval.Options, request_id: str
+    ) -> list[CacheEntry]:
+        """Inputs over the max length as overlapping windows (cut by the tokenizer step), embedded like any
+        text, then combined by a token-weighted mean; usage counts every window's tokens."""
+        names = [opts.prompt_name] * len(texts) if opts.prompt_name else None
+        with self._triton_errors():
+            spans = await self.backend.windows(info.name, texts, names, request_id)
+        planned = sum(k for rows in spans for _, _, k in rows)
+        if planned > self.settings.max_tokens_per_request:
+            raise APIError(
+                ErrorKind.TOO_MANY_TOKENS,
+                f"Requested {planned} tokens (in windows), max {self.settings.max_tokens_per_request} tokens "
+                "per request.",
+                param="input",
+            )
+        pieces = [[t] if len(rows) <= 1 else [t[a:b] for a, b, _ in rows] for t, rows in zip(texts, spans)]
+        flat = await self._entries(info, [p for ps in pieces for p in ps], opts, request_id)
+        out, at = [], 0
+        for ps in pieces:
+            group, at = flat[at : at + len(ps)], at + len(ps)
+            if len(group) == 1:
+                out.append(group[0])
+                continue
+            tokens = np.array([e.tokens for e in group])
+            vector = retrieval.combine_windows(np.stack([e.vector for e in group]), tokens, info.normalize)
+            out.append(CacheEntry(vector, int(tokens.sum()), False))
+        return out
+
+    async def _entries(
+        self, info: ModelInfo, texts: list[str], opts: retrieval.Options, request_id: str
+    ) -> list[CacheEntry]:
         """One entry per input: cached ones from the cache, the missing unique texts from Triton."""
         unique = list(dict.fromkeys(texts))
         found: dict[str, CacheEntry] = {}
         keys: dict[str, str] = {}
         if self.cache.enabled:
-            keys = {t: cache_key(info.name, info.fingerprint, t) for t in unique}
+            keys = {t: cache_key(info.name, info.fingerprint, retrieval.cache_text(opts, info, t)) for t in unique}
             cached = await self.cache.get_many([keys[t] for t in unique])
             found = {t: e for t, e in zip(unique, cached, strict=True) if e is not None}
             self.metrics.cache_hits.inc(len(found))
             self.metrics.cache_misses.inc(len(unique) - len(found))
         missing = [t for t in unique if t not in found]
         if missing:
-            computed = await self._infer(info, missing, request_id)
+            computed = await self._infer(info, missing, opts, request_id)
             found.update(computed)
             if self.cache.enabled:
                 await self.cache.set_many({keys[t]: e for t, e in computed.items()})
         return [found[t] for t in texts]
 
-    async def _infer(self, info: ModelInfo, texts: list[str], request_id: str) -> dict[str, CacheEntry]:
+    async def _infer(
+        self, info: ModelInfo, texts: list[str], opts: retrieval.Options, request_id: str
+    ) -> dict[str, CacheEntry]:
         """Embed through the batcher (length-sorted, chunked, concurrent); Triton failures become 503/504."""
+        with self._triton_errors():
+            entries = await self.batcher.embed(info, texts, request_id, opts.prompt_name, opts.side)
+        return dict(zip(texts, entries, strict=True))
+
+    @contextmanager
+    def _triton_errors(self):
+        """Triton unavailable: 503; timeout: 504; anything else: the generic 500 (logged with the request id)."""
         try:
-            entries = await self.batcher.embed(info, texts, request_id)
+            yield
         except TritonUnavailable as e:
             self.metrics.triton_errors.labels("unavailable").inc()
             log.warning("Triton unavailable: %s", e)
@@ -233,13 +278,4 @@ class EmbeddingService:
         except TritonError:
             self.metrics.triton_errors.labels("error").inc()
             raise  # the generic 500 handler logs it and answers with the request id
-        return dict(zip(texts, entries, strict=True))
 
-
-def postprocess(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
-    """Truncate to `dimensions` and re-normalize; little-endian float32 rows out."""
-    if dimensions is not None and dimensions < vectors.shape[1]:
-        vectors = vectors[:, :dimensions]
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        vectors = vectors / np.where(norms > 0, norms, 1.0)
-    return np.ascontiguousarray(vectors, dtype="<f4")

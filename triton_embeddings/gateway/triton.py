@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from tritonclient.grpc import (
@@ -18,6 +18,8 @@ from tritonclient.grpc import (
     KeepAliveOptions,
 )
 from tritonclient.grpc.aio import InferenceServerClient
+
+from triton_embeddings import contract
 
 log = logging.getLogger("gateway.triton")
 
@@ -53,6 +55,9 @@ class ModelInfo:
     source_model: str
     fingerprint: str
     created: int
+    prompts: dict = field(default_factory=dict, compare=False)
+    default_prompt_name: str = ""
+    quantization_ranges: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass
@@ -72,6 +77,11 @@ def model_info_from_config(config: dict, created: int) -> ModelInfo | None:
     if INPUT_TEXT not in {i.get("name") for i in config.get("input", [])}:
         return None
     fingerprint = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    try:
+        ens = contract.EnsembleParams.from_parameters(params)
+    except contract.ContractError as e:
+        log.warning("model %s: %s; skipped", config.get("name"), e)
+        return None
     return ModelInfo(
         name=config["name"],
         dimension=int(params["embedding_dimension"]),
@@ -82,7 +92,18 @@ def model_info_from_config(config: dict, created: int) -> ModelInfo | None:
         source_model=params.get("source_model", ""),
         fingerprint=fingerprint,
         created=created,
+        prompts=dict(ens.prompts),
+        default_prompt_name=ens.default_prompt_name,
+        quantization_ranges=dict(ens.quantization_ranges),
     )
+
+
+def _bytes_input(name: str, values: list[str]) -> InferInput:
+    """A BYTES [n, 1] input of UTF-8 strings."""
+    n = len(values)
+    tensor = InferInput(name, [n, 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([v.encode("utf-8") for v in values], dtype=np.object_).reshape(n, 1))
+    return tensor
 
 
 def _channel_args() -> list[tuple[str, int]]:
@@ -224,17 +245,21 @@ class TritonBackend:
             return False, str(_classify(e, "readiness"))
         return True, "ready"
 
-    async def embed(self, model: str, texts: list[str], request_id: str = "") -> EmbedResult:
-        """Run the ensemble on one batch (at most the model's max_batch_size texts)."""
+    async def embed(
+        self, model: str, texts: list[str], request_id: str = "", options: dict[str, list[str]] | None = None
+    ) -> EmbedResult:
+        """Run the ensemble on one batch (at most the model's max_batch_size texts).
+
+        `options`: optional per-row inputs by name (contract.PROMPT_NAME, contract.TRUNCATE).
+        """
         client = self._require_client()
         n = len(texts)
-        data = np.array([t.encode("utf-8") for t in texts], dtype=np.object_).reshape(n, 1)
-        inp = InferInput(INPUT_TEXT, [n, 1], "BYTES")
-        inp.set_data_from_numpy(data)
+        inputs = [_bytes_input(INPUT_TEXT, texts)]
+        inputs += [_bytes_input(name, values) for name, values in (options or {}).items()]
         outputs = [InferRequestedOutput(o) for o in (OUTPUT_EMBEDDING, OUTPUT_TOKEN_COUNT, OUTPUT_TRUNCATED)]
         try:
             res = await client.infer(
-                model, [inp], outputs=outputs, request_id=request_id, client_timeout=self.timeout_s
+                model, inputs, outputs=outputs, request_id=request_id, client_timeout=self.timeout_s
             )
         except InferenceServerException as e:
             err = _classify(e, f"inference on {model}")
@@ -251,6 +276,27 @@ class TritonBackend:
             token_counts=counts.reshape(n).astype(np.int64),
             truncated=truncated.reshape(n).astype(bool),
         )
+
+    async def windows(
+        self, model: str, texts: list[str], prompt_names: list[str] | None = None, request_id: str = ""
+    ) -> list[list[tuple[int, int, int]]]:
+        """Per text, the windows (start char, end char, tokens) that the tokenizer step cuts (WINDOW_SPANS)."""
+        client = self._require_client()
+        inputs = [_bytes_input(INPUT_TEXT, texts)]
+        if prompt_names:
+            inputs.append(_bytes_input(contract.PROMPT_NAME, prompt_names))
+        step = contract.step_names(model)[0]
+        try:
+            res = await client.infer(
+                step, inputs, outputs=[InferRequestedOutput(contract.WINDOW_SPANS)], request_id=request_id,
+                client_timeout=self.timeout_s,
+            )
+        except InferenceServerException as e:
+            raise _classify(e, f"windows on {step}") from None
+        spans = res.as_numpy(contract.WINDOW_SPANS)
+        if spans is None or spans.shape[0] != len(texts):
+            raise TritonError(f"windows on {step}: unexpected outputs")
+        return [[(int(a), int(b), int(k)) for a, b, k in rows if k >= 0] for rows in spans]
 
     def _require_client(self) -> InferenceServerClient:
         if self._client is None:

@@ -22,12 +22,12 @@ def build_tiny_e5(folder: Path, tokenizer_source: str, seed: int = 0) -> Path:
     hf = Path(folder) / "hf"
     config = BertConfig(
         vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=128,
+        intermediate_size=64, max_position_embeddings=128, initializer_range=0.5,
     )
     BertModel(config).save_pretrained(hf)
     AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(hf)
     transformer = models.Transformer(str(hf), max_seq_length=TINY_MAX_LENGTH)
-    pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="cls")
+    pooling = models.Pooling(transformer.get_embedding_dimension(), pooling_mode="cls")
     model = SentenceTransformer(
         modules=[transformer, pooling, models.Normalize()], prompts=dict(TINY_PROMPTS),
         default_prompt_name="passage", device="cpu",

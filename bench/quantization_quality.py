@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from google.protobuf import json_format
 from scipy.stats import spearmanr
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from triton_embeddings import contract, quantize  # noqa: E402
 from triton_embeddings.export.pipeline import OnnxPipeline  # noqa: E402
-from triton_embeddings.export.triton_config import parse  # noqa: E402
+from triton_embeddings.export.triton_config import load  # noqa: E402
 from triton_embeddings.triton_models.tokenize import TextTokenizer  # noqa: E402
 
 PAIRS = ROOT / "bench" / "data" / "sts_pairs.tsv"
@@ -35,18 +34,16 @@ def read_pairs(path: Path = PAIRS) -> tuple[np.ndarray, list[str], list[str]]:
 
 
 def _config(repository: Path, name: str) -> dict:
-    proto = parse((repository / name / "config.pbtxt").read_text())
-    return json_format.MessageToDict(proto, preserving_proto_field_name=True)
+    return load(repository / name / "config.pbtxt")
 
 
 def served_pipeline(repository: Path, model: str) -> tuple[OnnxPipeline, contract.EnsembleParams]:
     """The exported model's tokenizer, encoder and pooler run in-process, and its ensemble parameters."""
     tok_name, enc_name, pool_name = contract.step_names(model)
     params = contract.TokenizerParams.from_config(_config(repository, tok_name))
-    tokenizer = TextTokenizer(str(repository / tok_name / "1" / params.tokenizer_file), params.max_seq_length,
-                              params.prompt, params.pad_id)
+    tokenizer = TextTokenizer.from_params(params, repository / tok_name / "1")
     pipeline = OnnxPipeline(tokenizer, str(repository / enc_name / "1" / "model.onnx"),
-                            str(repository / pool_name / "1" / "model.onnx"), lowercase=params.lowercase)
+                            str(repository / pool_name / "1" / "model.onnx"))
     return pipeline, contract.EnsembleParams.from_config(_config(repository, model))
 
 

@@ -17,8 +17,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-DEFAULT_MODEL = "all-MiniLM-L6-v2"
-DEFAULT_SOURCE_LABEL = "sentence-transformers/all-MiniLM-L6-v2"
+from triton_embeddings.defaults import DEFAULT_HUB_ID as DEFAULT_SOURCE_LABEL  # noqa: E402
+from triton_embeddings.defaults import DEFAULT_MODEL  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -38,11 +38,11 @@ def st_model(default_model_source):
 @pytest.fixture(scope="session")
 def model_repository(tmp_path_factory, default_model_source) -> Path:
     from triton_embeddings.export.exporter import export_model
-    from triton_embeddings.export.triton_config import ServingOptions
+    from triton_embeddings.export.options import ExportOptions
 
     repo = tmp_path_factory.mktemp("model_repository")
-    export_model(default_model_source, repo, ServingOptions(name=DEFAULT_MODEL),
-                 source_label=DEFAULT_SOURCE_LABEL, log=lambda _: None)
+    export_model(default_model_source, repo, ExportOptions(name=DEFAULT_MODEL, source_label=DEFAULT_SOURCE_LABEL),
+                 log=lambda _: None)
     return repo
 
 

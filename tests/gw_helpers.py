@@ -5,20 +5,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import signal
 import subprocess
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import numpy as np
 
+from triton_embeddings.defaults import DEFAULT_MODEL
 from triton_embeddings.gateway.triton import EmbedResult, ModelInfo
+from triton_embeddings.local.processes import free_port, stop_process, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = "all-MiniLM-L6-v2"
+__all__ = ["DEFAULT_MODEL", "ROOT", "FakeBackend", "GatewayProcess", "fake_vector", "free_port", "running_gateway",
+           "wait_http"]
 
 
 def fake_vector(text: str, dim: int) -> np.ndarray:
@@ -76,26 +77,6 @@ class FakeBackend:
         )
 
 
-def free_port() -> int:
-    from triton_embeddings.local.launcher import free_port as fp
-
-    return fp()
-
-
-def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer 200 within {timeout:.0f}s")
-
-
 class GatewayProcess:
     """`python -m triton_embeddings.gateway` on a free loopback port, configured through EMBEDDINGS_* variables."""
 
@@ -133,15 +114,9 @@ class GatewayProcess:
     def stop(self) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = stop_process(self.proc, 20)
         self._log.close()
-        code, self.proc = self.proc.returncode, None
+        self.proc = None
         return code
 
     def log_text(self) -> str:

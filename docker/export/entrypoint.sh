@@ -37,5 +37,6 @@ if [ -n "${EXPORT_MODELS:-}" ]; then
         export_one "$model" "$(basename "$model")"
     done
 else
+    # Defaults: the default model of triton_embeddings/defaults.py (a shell script cannot import it).
     export_one "${EXPORT_MODEL:-sentence-transformers/all-MiniLM-L6-v2}" "${EXPORT_NAME:-all-MiniLM-L6-v2}"
 fi

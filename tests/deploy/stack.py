@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from deploy.render import TLS, render_nginx, render_prometheus
-from triton_embeddings.local.launcher import free_port
+from triton_embeddings.local.processes import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,13 +74,7 @@ def wait_until(check, timeout: float, what: str, proc: subprocess.Popen | None =
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_process(proc, timeout, sig)
 
 
 @dataclass

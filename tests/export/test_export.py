@@ -11,7 +11,7 @@ import tritonclient.grpc as grpcclient
 from triton_embeddings.export import cli, verify
 from triton_embeddings.export.exporter import ExportError, export_model
 from triton_embeddings.export.model_spec import UnsupportedModelError
-from triton_embeddings.export.triton_config import ServingOptions
+from triton_embeddings.export.options import ExportOptions
 from triton_embeddings.local.launcher import TritonServer
 
 try:
@@ -99,7 +99,7 @@ def test_unfaithful_export_writes_nothing(tmp_path, default_model_source, monkey
     monkeypatch.setitem(verify.THRESHOLDS, "int8", 0.99999)  # a bar no int8 plan can hold
     repo = tmp_path / "repo"
     with pytest.raises(ExportError, match="not faithful"):
-        export_model(default_model_source, repo, ServingOptions(name="q"), precision="int8", log=lambda _: None)
+        export_model(default_model_source, repo, ExportOptions(name="q", precision="int8"), log=lambda _: None)
     assert not repo.exists() or not any(repo.iterdir())
 
 
@@ -113,7 +113,7 @@ def test_cli_exits_non_zero_when_verification_fails(tmp_path, default_model_sour
 
 def test_unsupported_module_stack_is_refused(tmp_path, dense_model, capsys):
     with pytest.raises(UnsupportedModelError, match="Dense"):
-        export_model(dense_model, tmp_path / "r", ServingOptions(name="d"), log=lambda _: None)
+        export_model(dense_model, tmp_path / "r", ExportOptions(name="d"), log=lambda _: None)
     assert cli.main([dense_model, "--repository", str(tmp_path / "r")]) == 2
     assert "Dense" in capsys.readouterr().err
 

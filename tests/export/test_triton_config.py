@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import DEFAULT_MODEL
 from triton_embeddings.export import triton_config as tc
 from triton_embeddings.export.model_spec import ModelSpec
+from triton_embeddings.export.options import ExportOptions
 from triton_embeddings.export.repository import configs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -17,8 +20,8 @@ GOLDEN = Path(__file__).parent / "golden"
 SPEC = ModelSpec(source="sentence-transformers/all-MiniLM-L6-v2", max_seq_length=256, pooling_mode="mean",
                  normalize=True, dimension=384, prompts={"query": "query: "}, default_prompt_name=None)
 CASES = {
-    "gpu-tensorrt": tc.ServingOptions(name="minilm", target="gpu", tensorrt=True, max_batch_size=128),
-    "cpu": tc.ServingOptions(name="minilm", target="cpu", intra_op_threads=4),
+    "gpu-tensorrt": ExportOptions(name="minilm", target="gpu", precision="fp16", tensorrt=True, max_batch_size=128),
+    "cpu": ExportOptions(name="minilm", target="cpu", intra_op_threads=4),
 }
 
 
@@ -56,6 +59,13 @@ def test_every_committed_config_parses_into_model_config():
         assert config.name == path.parent.name
 
 
+def _measured_apart(text: str) -> tuple[str, dict]:
+    """A config without its calibrated int8 ranges (measured, so equal only to float precision), and them."""
+    config = tc.parse(text)
+    raw = config.parameters.pop("quantization_ranges", None)
+    return tc.render(config), json.loads(raw.string_value) if raw else {}
+
+
 def test_committed_repository_has_not_drifted(model_repository):
     """The session fixture re-exports the default model; configs and model.py must equal what git holds."""
     committed = ROOT / "model_repository"
@@ -63,8 +73,17 @@ def test_committed_repository_has_not_drifted(model_repository):
     for name in names:
         for rel in ("config.pbtxt", "1/model.py"):
             fresh = model_repository / name / rel
-            if fresh.exists():
+            if not fresh.exists():
+                continue
+            if rel == "1/model.py":
                 assert (committed / name / rel).read_text() == fresh.read_text(), f"{name}/{rel} drifted"
+                continue
+            old, old_ranges = _measured_apart((committed / name / rel).read_text())
+            new, new_ranges = _measured_apart(fresh.read_text())
+            assert old == new, f"{name}/{rel} drifted"
+            assert old_ranges.keys() == new_ranges.keys()
+            for key in old_ranges:
+                assert np.allclose(old_ranges[key], new_ranges[key], rtol=1e-3, atol=1e-5), f"{name}: {key} drifted"
     tracked = {p.relative_to(committed).as_posix() for p in committed.rglob("*")
                if p.is_file() and p.suffix in (".pbtxt", ".py")}
     regenerated = {p.relative_to(model_repository).as_posix() for p in model_repository.rglob("*")

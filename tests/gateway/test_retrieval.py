@@ -48,11 +48,11 @@ def tiny_st(tiny_source):
 def stack(tmp_path_factory, tiny_source, model_repository):
     """Triton over a repository with both models, and a gateway in front."""
     from triton_embeddings.export.exporter import export_model
-    from triton_embeddings.export.triton_config import ServingOptions
+    from triton_embeddings.export.options import ExportOptions
     from triton_embeddings.local.launcher import TritonServer
 
     repo = tmp_path_factory.mktemp("retrieval_repo")
-    export_model(tiny_source, repo, ServingOptions(name=TINY), log=lambda _: None)
+    export_model(tiny_source, repo, ExportOptions(name=TINY), log=lambda _: None)
     for name in (DEFAULT_MODEL, *contract.step_names(DEFAULT_MODEL)):
         shutil.copytree(model_repository / name, repo / name)
     logs = tmp_path_factory.mktemp("retrieval_logs")

@@ -50,18 +50,18 @@ def mpnet_st(mpnet_source):
 @pytest.fixture(scope="module")
 def line_up(tmp_path_factory, mpnet_source, model_repository):
     from triton_embeddings.export.exporter import export_model
+    from triton_embeddings.export.options import ExportOptions
 
     repo = tmp_path_factory.mktemp("seed_repo")
-    result = export_model(mpnet_source, repo, tc.ServingOptions(name=seed.MPNET),
-                          source_label=seed.HUB_IDS[seed.MPNET], log=lambda _: None)
+    options = ExportOptions(name=seed.MPNET, source_label=seed.HUB_IDS[seed.MPNET])
+    result = export_model(mpnet_source, repo, options, log=lambda _: None)
     for name in (DEFAULT_MODEL, *contract.step_names(DEFAULT_MODEL)):
         shutil.copytree(model_repository / name, repo / name)
     return repo, result
 
 
 def _config(repo, name):
-    return {"parameters": {k: {"string_value": v.string_value}
-                           for k, v in tc.parse((repo / name / "config.pbtxt").read_text()).parameters.items()}}
+    return tc.load(repo / name / "config.pbtxt")
 
 
 def test_mpnet_export_is_faithful_with_its_pad_id_and_pooling(line_up):

@@ -71,3 +71,13 @@ def test_cli_serves_and_stops_on_sigterm(model_repository):
     time.sleep(0.5)
     with socket.socket() as probe:  # the server is gone, its port free again
         probe.bind(("127.0.0.1", ports["grpc_port"]))
+
+
+def test_cli_defaults_are_the_servers():
+    from triton_embeddings.local.launcher import build_parser
+
+    args = build_parser().parse_args([])
+    server = TritonServer(args.model_repository)
+    assert args.startup_timeout == server.startup_timeout == 180
+    assert (args.http_port, args.grpc_port, args.metrics_port, args.host) == (
+        server.http_port, server.grpc_port, server.metrics_port, server.host)

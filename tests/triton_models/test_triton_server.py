@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import re
 import subprocess
@@ -169,6 +170,6 @@ def test_a_bad_request_does_not_fail_its_batch_neighbours(triton):
 def test_documented_grpc_example_runs(triton):
     out = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "triton_grpc_client.py"), "--url", triton.grpc_url, "hello world"],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True, text=True, timeout=60, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
     ).stdout
     assert re.search(r"\s4 tokens\s+dim 384", out), out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import tempfile
 import time
@@ -11,16 +12,17 @@ from pathlib import Path
 
 import onnx
 
-from triton_embeddings import quantize
+from triton_embeddings import contract, quantize
 from triton_embeddings.export import onnx_export, verify
+from triton_embeddings.export import triton_config as tc
 from triton_embeddings.export.model_spec import ModelSpec, read_spec, with_prompts
+from triton_embeddings.export.options import ExportOptions
 from triton_embeddings.export.pipeline import OnnxPipeline
 from triton_embeddings.export.pooler import build_pooler
 from triton_embeddings.export.repository import Artifacts, write_model
-from triton_embeddings.export.triton_config import ServingOptions
 from triton_embeddings.triton_models.tokenize import TextTokenizer
 
-PRECISIONS = ("fp32", "fp16", "int8")
+Log = Callable[[str], None]
 
 
 class ExportError(RuntimeError):
@@ -30,12 +32,15 @@ class ExportError(RuntimeError):
 @dataclass
 class ExportResult:
     spec: ModelSpec
-    options: ServingOptions
-    precision: str
+    options: ExportOptions
     verification: verify.Verification
     files: list[Path]
     repository: Path
     note: str = ""
+
+    @property
+    def precision(self) -> str:
+        return self.options.precision
 
     def summary(self) -> str:
         lines = [
@@ -54,115 +59,127 @@ class ExportResult:
         return "\n".join(lines)
 
 
-def _step(log: Callable[[str], None], text: str):
+def _step(log: Log, text: str):
     log(f"==> {text}")
     return time.perf_counter()
 
 
-def default_calibration_texts() -> list[str]:
-    """The packaged calibration set (varied topics, lengths and languages), one text per line."""
-    path = Path(__file__).with_name("data") / "calibration.txt"
-    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
-def check_prompts(model, spec: ModelSpec, tokenizer_json: Path, encoder: Path, pooler: Path, bar: float) -> None:
-    """Every prompt of the model gives sentence-transformers' vectors (`encode(..., prompt_name=...)`)."""
-    texts = verify.verification_texts()["short"]
-    for name, prompt in spec.prompts.items():
-        tokenizer = TextTokenizer(str(tokenizer_json), spec.max_seq_length, prompt, spec.pad_id)
-        served = OnnxPipeline(tokenizer, str(encoder), str(pooler), lowercase=spec.lowercase).embed(texts)
-        low = float(verify.cosine(served, model.encode(texts, prompt_name=name)).min())
-        if low < bar:
-            raise ExportError(f"prompt {name!r} is not served faithfully (min cosine {low:.6f} < {bar})")
-
-
-def export_model(
-    source: str,
-    repository: Path,
-    options: ServingOptions,
-    precision: str = "fp32",
-    max_seq_length: int | None = None,
-    source_label: str | None = None,
-    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
-    prompts: dict[str, str] | None = None,
-    default_prompt: str | None = None,
-    calibration_texts: list[str] | None = None,
-) -> ExportResult:
-    """Export `source` (local folder or hub id), verify it, then write it into `repository`."""
-    if precision not in PRECISIONS:
-        raise ExportError(f"precision must be one of {PRECISIONS}")
-    if precision == "fp16" and options.target != "gpu":
-        raise ExportError("fp16 is for the gpu target; use fp32 or int8 on CPU")
-    if precision == "int8" and options.target == "gpu":
-        raise ExportError("int8 dynamic quantization is a CPU optimisation; use fp16 on GPU")
+def _load(source: str, options: ExportOptions, log: Log):
     from sentence_transformers import SentenceTransformer
 
     t = _step(log, f"Loading {source}")
     model = SentenceTransformer(source, device="cpu", trust_remote_code=False)
-    spec = with_prompts(read_spec(model, source_label or source, max_seq_length), prompts or {}, default_prompt)
+    spec = read_spec(model, options.source_label or source, options.max_seq_length)
+    spec = with_prompts(spec, options.prompts, options.default_prompt)
     model.prompts, model.default_prompt_name = dict(spec.prompts), spec.default_prompt_name
-    if max_seq_length:
-        model.max_seq_length = max_seq_length
+    if options.max_seq_length:
+        model.max_seq_length = options.max_seq_length
     log(f"    {time.perf_counter() - t:.1f}s: dim {spec.dimension}, max length {spec.max_seq_length}, "
         f"pooling {spec.pooling_mode}, normalize {spec.normalize}")
+    return model, spec
 
+
+def _build(model, spec: ModelSpec, work: Path, log: Log) -> Artifacts:
+    """The fp32 encoder, the pooler and the tokenizer file, in `work`."""
+    t = _step(log, "Exporting the transformer to ONNX")
+    encoder = onnx_export.export_encoder(model, work / "fp32")
+    graph = onnx.load(str(encoder), load_external_data=False).graph
+    token_types = any(i.name == contract.ONNX_TOKEN_TYPE_IDS for i in graph.input)
+    log(f"    {time.perf_counter() - t:.1f}s")
+    pooler = work / "pooler.onnx"
+    onnx.save(build_pooler(spec.pooling_mode, spec.normalize, spec.dimension), str(pooler))
+    tokenizer_json = work / tc.tokenizer_params(spec).tokenizer_file
+    model[0].tokenizer.backend_tokenizer.save(str(tokenizer_json))
+    return Artifacts(encoder, pooler, tokenizer_json, token_types, spec.dimension)
+
+
+def _choose(art: Artifacts, precision: str, check: Callable[[Path], verify.Verification], work: Path, log: Log):
+    """The encoder of `precision` and its verification (int8: the fastest plan that passes)."""
+    if precision == "fp32":
+        return art.encoder_onnx, check(art.encoder_onnx), ""
+    if precision == "fp16":
+        chosen = onnx_export.to_fp16(art.encoder_onnx, work / "fp16.onnx")
+        return chosen, check(chosen), ""
+    found = onnx_export.search_int8(art.encoder_onnx, work / "int8.onnx", check, log)
+    if found is None:
+        raise ExportError(
+            f"the int8 export is not faithful: no quantization plan reaches min cosine "
+            f"{verify.THRESHOLDS['int8']}; nothing was written (use fp32)"
+        )
+    chosen, plan, result = found
+    return chosen, result, f"int8 plan: {plan.label}"
+
+
+def _verified_encoder(model, spec: ModelSpec, art: Artifacts, precision: str, work: Path, log: Log):
+    """Compare the served pipeline with sentence-transformers; raise ExportError when it is not faithful."""
+    tokenizer = TextTokenizer.from_params(tc.tokenizer_params(spec), work)
+    t = _step(log, "Computing reference embeddings with sentence-transformers")
+    texts = verify.verification_texts()
+    reference = verify.reference_embeddings(model, texts)
+    log(f"    {time.perf_counter() - t:.1f}s")
+
+    def check(candidate: Path) -> verify.Verification:
+        pipeline = OnnxPipeline(tokenizer, str(candidate), str(art.pooler_onnx))
+        return verify.verify(pipeline, reference, texts, precision)
+
+    t = _step(log, f"Verifying the {precision} pipeline against the original model")
+    chosen, result, note = _choose(art, precision, check, work, log)
+    log(result.table())
+    if not result.passed:
+        raise ExportError(
+            f"the {precision} export is not faithful (min cosine {result.min_cosine:.6f} < "
+            f"{result.threshold}); nothing was written"
+        )
+    log(f"    {time.perf_counter() - t:.1f}s")
+    return chosen, result, note
+
+
+def calibration_texts(path: str | None) -> list[str]:
+    """The texts of `--calibration-file`, else the packaged set (varied topics, lengths and languages)."""
+    file = Path(path) if path else Path(__file__).with_name("data") / "calibration.txt"
+    texts = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(texts) < 2:
+        raise ExportError(f"{file}: calibration needs at least two non-empty lines")
+    return texts
+
+
+def _check_prompts(model, spec: ModelSpec, art: Artifacts, encoder: Path, bar: float, log: Log) -> None:
+    """Every prompt of the model gives sentence-transformers' vectors (`encode(..., prompt_name=...)`)."""
+    texts = verify.verification_texts()["short"]
+    for name, prompt in spec.prompts.items():
+        params = dataclasses.replace(tc.tokenizer_params(spec), prompt=prompt)
+        tokenizer = TextTokenizer.from_params(params, art.tokenizer_json.parent)
+        served = OnnxPipeline(tokenizer, str(encoder), str(art.pooler_onnx)).embed(texts)
+        low = float(verify.cosine(served, model.encode(texts, prompt_name=name)).min())
+        log(f"    prompt {name!r}: min cosine {low:.6f}")
+        if low < bar:
+            raise ExportError(f"prompt {name!r} is not served faithfully (min cosine {low:.6f} < {bar})")
+
+
+def _calibrate(spec: ModelSpec, art: Artifacts, encoder: Path, texts: list[str], log: Log) -> ModelSpec:
+    """The spec with int8/uint8 ranges calibrated on the served pipeline's vectors."""
+    t = _step(log, "Calibrating the int8/uint8 output ranges")
+    tokenizer = TextTokenizer.from_params(tc.tokenizer_params(spec), art.tokenizer_json.parent)
+    vectors = OnnxPipeline(tokenizer, str(encoder), str(art.pooler_onnx)).embed(texts)
+    log(f"    {time.perf_counter() - t:.1f}s: {len(texts)} texts")
+    return dataclasses.replace(spec, quantization_ranges=quantize.calibrate(vectors))
+
+
+def export_model(source: str, repository: Path, options: ExportOptions, log: Log = _stderr) -> ExportResult:
+    """Export `source` (local folder or hub id), verify it, then write it into `repository`."""
+    calibration = calibration_texts(options.calibration_file)  # a bad file fails before the long work
+    model, spec = _load(source, options, log)
     with tempfile.TemporaryDirectory(prefix="embeddings-export-") as tmp:
         work = Path(tmp)
-        t = _step(log, "Exporting the transformer to ONNX")
-        encoder = onnx_export.export_encoder(model, work / "fp32")
-        graph = onnx.load(str(encoder), load_external_data=False).graph
-        token_types = any(i.name == "token_type_ids" for i in graph.input)
-        log(f"    {time.perf_counter() - t:.1f}s")
-
-        pooler = work / "pooler.onnx"
-        onnx.save(build_pooler(spec.pooling_mode, spec.normalize, spec.dimension), str(pooler))
-        tokenizer_json = work / "tokenizer.json"
-        model[0].tokenizer.backend_tokenizer.save(str(tokenizer_json))
-        tokenizer = TextTokenizer(str(tokenizer_json), spec.max_seq_length, spec.default_prompt, spec.pad_id)
-
-        t = _step(log, "Computing reference embeddings with sentence-transformers")
-        texts = verify.verification_texts()
-        reference = verify.reference_embeddings(model, texts)
-        log(f"    {time.perf_counter() - t:.1f}s")
-
-        def check(candidate: Path) -> verify.Verification:
-            pipeline = OnnxPipeline(tokenizer, str(candidate), str(pooler), lowercase=spec.lowercase)
-            return verify.verify(pipeline, reference, texts, precision)
-
-        t = _step(log, f"Verifying the {precision} pipeline against the original model")
-        note = ""
-        if precision == "fp32":
-            chosen, result = encoder, check(encoder)
-        elif precision == "fp16":
-            chosen = onnx_export.to_fp16(encoder, work / "fp16.onnx")
-            result = check(chosen)
-        else:
-            found = onnx_export.search_int8(encoder, work / "int8.onnx", check, log)
-            if found is None:
-                raise ExportError(
-                    f"the int8 export is not faithful: no quantization plan reaches min cosine "
-                    f"{verify.THRESHOLDS['int8']}; nothing was written (use fp32)"
-                )
-            chosen, plan, result = found
-            note = f"int8 plan: {plan.label}"
-        log(result.table())
-        if not result.passed:
-            raise ExportError(
-                f"the {precision} export is not faithful (min cosine {result.min_cosine:.6f} < "
-                f"{result.threshold}); nothing was written"
-            )
-        check_prompts(model, spec, tokenizer_json, chosen, pooler, result.threshold)
-        log(f"    {time.perf_counter() - t:.1f}s")
-
-        t = _step(log, "Calibrating the int8/uint8 ranges")
-        calibration = calibration_texts or default_calibration_texts()
-        pipeline = OnnxPipeline(tokenizer, str(chosen), str(pooler), lowercase=spec.lowercase)
-        spec.quantization_ranges = quantize.calibrate(pipeline.embed(calibration))
-        log(f"    {time.perf_counter() - t:.1f}s: {len(calibration)} texts")
-
+        art = _build(model, spec, work, log)
+        chosen, result, note = _verified_encoder(model, spec, art, options.precision, work, log)
+        _check_prompts(model, spec, art, chosen, result.threshold, log)
+        spec = _calibrate(spec, art, chosen, calibration, log)
         t = _step(log, f"Writing the Triton models into {repository}")
-        hidden = spec.dimension
-        files = write_model(Path(repository), options, spec,
-                            Artifacts(chosen, pooler, tokenizer_json, token_types, hidden))
+        files = write_model(Path(repository), options, spec, dataclasses.replace(art, encoder_onnx=chosen))
         log(f"    {time.perf_counter() - t:.1f}s")
-    return ExportResult(spec, options, precision, result, files, Path(repository), note)
+    return ExportResult(spec, options, result, files, Path(repository), note)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import onnx
 
-log = logging.getLogger(__name__)
+from triton_embeddings.contract import ENCODER_INPUTS, ENCODER_OUTPUT
 
-ENCODER_OUTPUT = "last_hidden_state"
+log = logging.getLogger(__name__)
 
 
 def export_encoder(model, out_dir: Path) -> Path:
@@ -53,7 +53,7 @@ def _torch_export(transformer, path: Path) -> Path:
     import torch
 
     tok = transformer.tokenizer(["a b c", "d"], padding=True, return_tensors="pt")
-    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tok]
+    names = [n for n in ENCODER_INPUTS.values() if n in tok]
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes[ENCODER_OUTPUT] = {0: "batch", 1: "sequence"}
 

@@ -7,28 +7,28 @@ from __future__ import annotations
 
 import numpy as np
 
+from triton_embeddings import contract as c
 from triton_embeddings.triton_models.onnx_session import make_session
 from triton_embeddings.triton_models.tokenize import TextTokenizer
 
 
 class OnnxPipeline:
     def __init__(self, tokenizer: TextTokenizer, encoder: str, pooler: str, threads: int = 0,
-                 providers: list[str] | None = None, lowercase: bool = False):
+                 providers: list[str] | None = None):
         self.tokenizer = tokenizer
-        self.lowercase = lowercase
         self.encoder = make_session(encoder, threads, providers)
         self.pooler = make_session(pooler, threads, providers)
         self.encoder_inputs = [i.name for i in self.encoder.get_inputs()]
 
     def embed_batch(self, texts: list[str]) -> np.ndarray:
-        enc = self.tokenizer([t.lower() for t in texts] if self.lowercase else texts)
+        enc = self.tokenizer(texts)
         feed = {
-            "input_ids": enc.input_ids,
-            "attention_mask": enc.attention_mask,
-            "token_type_ids": enc.token_type_ids,
+            c.ONNX_INPUT_IDS: enc.input_ids,
+            c.ONNX_ATTENTION_MASK: enc.attention_mask,
+            c.ONNX_TOKEN_TYPE_IDS: enc.token_type_ids,
         }
         (hidden,) = self.encoder.run(None, {k: feed[k] for k in self.encoder_inputs})
-        (pooled,) = self.pooler.run(None, {"TOKEN_EMBEDDINGS": hidden, "ATTENTION_MASK": enc.attention_mask})
+        (pooled,) = self.pooler.run(None, {c.TOKEN_EMBEDDINGS: hidden, c.ATTENTION_MASK: enc.attention_mask})
         return pooled
 
     def embed(self, texts: list[str], batch_size: int = 32, sort_by_length: bool = True) -> np.ndarray:

@@ -1,69 +1,34 @@
 """Triton model configurations built from typed data and written with protobuf `text_format`.
 
-One small function per model and per section, like PyTriton's config generator. The tensor names
-here are the contract documented in docs/contract.md.
+One small function per model and per section, like PyTriton's config generator. Tensor names and
+parameters come from `triton_embeddings.contract` (docs/contract.md is the prose version).
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from pathlib import Path
 
-from google.protobuf import text_format
+from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from triton_embeddings import contract
-
-TARGETS = ("gpu", "cpu", "embedded")
-
-# Ensemble tensors: the public contract.
-TEXT, EMBEDDING, TOKEN_COUNT, TRUNCATED = "TEXT", "EMBEDDING", "TOKEN_COUNT", "TRUNCATED"
-# Tokenizer outputs, encoder inputs (names the ONNX export gives them), pooler inputs.
-INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS = "INPUT_IDS", "ATTENTION_MASK", "TOKEN_TYPE_IDS"
-ENCODER_INPUTS = {INPUT_IDS: "input_ids", ATTENTION_MASK: "attention_mask", TOKEN_TYPE_IDS: "token_type_ids"}
-ENCODER_OUTPUT = "last_hidden_state"
-TOKEN_EMBEDDINGS = "TOKEN_EMBEDDINGS"
+from triton_embeddings import contract as c
+from triton_embeddings.export.options import ExportOptions
 
 
-@dataclass(frozen=True)
-class ServingOptions:
-    """How one model is served; every field maps to a CLI option of `embeddings-export`."""
-
-    name: str
-    target: str = "embedded"  # gpu | cpu | embedded
-    max_batch_size: int = 64
-    max_queue_delay_us: int = 2000
-    max_queue_size: int = 1024  # requests waiting per step before Triton rejects new ones
-    queue_timeout_us: int = 30_000_000  # a request waiting longer is rejected, not left to hang
-    instances: int = 1
-    tensorrt: bool = False  # gpu only: TensorRT execution provider
-    tensorrt_fp16: bool = True
-    trt_cache_dir: str = "/trt_cache"  # engine and timing caches; mount a volume here to keep them
-    intra_op_threads: int = 0  # embedded/cpu: ONNX Runtime threads per instance (0 = all cores)
-
-    def __post_init__(self):
-        if self.target not in TARGETS:
-            raise ValueError(f"target must be one of {TARGETS}")
-        if self.tensorrt and self.target != "gpu":
-            raise ValueError("TensorRT needs the gpu target")
-        if self.max_batch_size < 1:
-            raise ValueError("max_batch_size must be at least 1")
-
-    @property
-    def tokenizer(self) -> str:
-        return f"{self.name}_tokenizer"
-
-    @property
-    def encoder(self) -> str:
-        return f"{self.name}_encoder"
-
-    @property
-    def pooler(self) -> str:
-        return f"{self.name}_pooler"
+def ensemble_params(spec) -> c.EnsembleParams:
+    """What the ensemble tells clients about a `ModelSpec`."""
+    return c.EnsembleParams(
+        embedding_dimension=spec.dimension, max_seq_length=spec.max_seq_length, pooling_mode=spec.pooling_mode,
+        normalize=spec.normalize, source_model=spec.source, prompts=dict(spec.prompts),
+        default_prompt_name=spec.default_prompt_name or "", quantization_ranges=dict(spec.quantization_ranges),
+    )
 
 
-def _tensor(cls, name: str, dtype: int, dims: list[int]):
-    return cls(name=name, data_type=dtype, dims=dims)
+def tokenizer_params(spec) -> c.TokenizerParams:
+    """How the tokenizer step tokenizes like the `ModelSpec`'s sentence-transformers model."""
+    return c.TokenizerParams(max_seq_length=spec.max_seq_length, prompt=spec.default_prompt,
+                             prompts=dict(spec.prompts), default_prompt_name=spec.default_prompt_name or "",
+                             lowercase=spec.lowercase, pad_id=spec.pad_id)
 
 
 def _inputs(*specs, ragged: bool = False) -> list:
@@ -73,19 +38,20 @@ def _inputs(*specs, ragged: bool = False) -> list:
 def _request_options() -> list:
     """The optional per-row inputs that choose the prompt and the truncation side (docs/contract.md)."""
     return [mc.ModelInput(name=n, data_type=mc.TYPE_STRING, dims=[1], optional=True)
-            for n in (contract.PROMPT_NAME, contract.TRUNCATE)]
+            for n in (c.PROMPT_NAME, c.TRUNCATE)]
 
 
 def _outputs(*specs) -> list:
-    return [_tensor(mc.ModelOutput, *s) for s in specs]
+    return [mc.ModelOutput(name=n, data_type=t, dims=d) for n, t, d in specs]
 
 
-def _parameters(config, values: dict[str, str]) -> None:
+def _parameters(config, params: c.ParameterSet | dict[str, str]) -> None:
+    values = params if isinstance(params, dict) else params.to_parameters()
     for key, value in values.items():
         config.parameters[key].string_value = str(value)
 
 
-def _dynamic_batching(config, opts: ServingOptions) -> None:
+def _dynamic_batching(config, opts: ExportOptions) -> None:
     batching = config.dynamic_batching
     batching.max_queue_delay_microseconds = opts.max_queue_delay_us
     policy = batching.default_queue_policy
@@ -94,9 +60,9 @@ def _dynamic_batching(config, opts: ServingOptions) -> None:
     policy.timeout_action = mc.ModelQueuePolicy.REJECT
 
 
-def _instances(config, opts: ServingOptions, gpu: bool) -> None:
-    kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
-    config.instance_group.append(mc.ModelInstanceGroup(count=opts.instances, kind=kind))
+def _instances(config, opts: ExportOptions, kind: str) -> None:
+    group = mc.ModelInstanceGroup(count=opts.instances, kind=mc.ModelInstanceGroup.Kind.Value(kind))
+    config.instance_group.append(group)
 
 
 def _python_backend(config) -> None:
@@ -104,28 +70,20 @@ def _python_backend(config) -> None:
     config.backend = "python"
 
 
-def tokenizer_config(opts: ServingOptions, spec, token_types: bool) -> mc.ModelConfig:
+def tokenizer_config(opts: ExportOptions, params: c.TokenizerParams, token_types: bool) -> mc.ModelConfig:
     config = mc.ModelConfig(name=opts.tokenizer, max_batch_size=opts.max_batch_size)
     _python_backend(config)
-    config.input.extend(_inputs((TEXT, mc.TYPE_STRING, [1])))
+    config.input.extend(_inputs((c.TEXT, mc.TYPE_STRING, [1])))
     config.input.extend(_request_options())
-    outs = [(INPUT_IDS, mc.TYPE_INT64, [-1]), (ATTENTION_MASK, mc.TYPE_INT64, [-1])]
+    outs = [(c.INPUT_IDS, mc.TYPE_INT64, [-1]), (c.ATTENTION_MASK, mc.TYPE_INT64, [-1])]
     if token_types:
-        outs.append((TOKEN_TYPE_IDS, mc.TYPE_INT64, [-1]))
-    outs += [(TOKEN_COUNT, mc.TYPE_INT32, [1]), (TRUNCATED, mc.TYPE_BOOL, [1]),
-             (contract.WINDOW_SPANS, mc.TYPE_INT32, [-1, 3])]
+        outs.append((c.TOKEN_TYPE_IDS, mc.TYPE_INT64, [-1]))
+    outs += [(c.TOKEN_COUNT, mc.TYPE_INT32, [1]), (c.TRUNCATED, mc.TYPE_BOOL, [1]),
+             (c.WINDOW_SPANS, mc.TYPE_INT32, [-1, 3])]
     config.output.extend(_outputs(*outs))
     _dynamic_batching(config, opts)
-    _instances(config, opts, gpu=False)
-    _parameters(config, {
-        "tokenizer_file": "tokenizer.json",
-        "max_seq_length": spec.max_seq_length,
-        "prompt": spec.default_prompt,
-        "prompts": json.dumps(spec.prompts, sort_keys=True),
-        "default_prompt_name": spec.default_prompt_name or "",
-        "lowercase": str(spec.lowercase).lower(),
-        "pad_id": spec.pad_id,
-    })
+    _instances(config, opts, "KIND_CPU")
+    _parameters(config, params)
     return config
 
 
@@ -139,7 +97,7 @@ def _warmup(config, inputs: list[tuple[str, int, list[int]]], batch_sizes=(1, 8)
         config.model_warmup.append(warm)
 
 
-def _tensorrt(config, opts: ServingOptions, inputs: list[str], max_len: int) -> None:
+def _tensorrt(config, opts: ExportOptions, inputs: list[str], max_len: int) -> None:
     accel = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
 
     def shapes(batch: int, length: int) -> str:
@@ -160,84 +118,73 @@ def _tensorrt(config, opts: ServingOptions, inputs: list[str], max_len: int) -> 
         accel.parameters[key] = value
 
 
-def encoder_config(opts: ServingOptions, spec, token_types: bool, hidden: int) -> mc.ModelConfig:
+def encoder_inputs(token_types: bool) -> list[str]:
+    """The encoder's ONNX input names, in the order the tokenizer emits them."""
+    carried = [c.INPUT_IDS, c.ATTENTION_MASK] + ([c.TOKEN_TYPE_IDS] if token_types else [])
+    return [c.ENCODER_INPUTS[n] for n in carried]
+
+
+def encoder_config(opts: ExportOptions, max_len: int, token_types: bool, hidden: int) -> mc.ModelConfig:
     config = mc.ModelConfig(name=opts.encoder, max_batch_size=opts.max_batch_size)
-    names = [ENCODER_INPUTS[INPUT_IDS], ENCODER_INPUTS[ATTENTION_MASK]]
-    if token_types:
-        names.append(ENCODER_INPUTS[TOKEN_TYPE_IDS])
-    specs = [(n, mc.TYPE_INT64, [-1]) for n in names]
-    # Embedded: ragged batches, regrouped by length inside the model (triton_embeddings.triton_models.onnx_model).
-    config.input.extend(_inputs(*specs, ragged=opts.target == "embedded"))
-    config.output.extend(_outputs((ENCODER_OUTPUT, mc.TYPE_FP32, [-1, hidden])))
-    _onnx_runtime(config, opts)
-    if opts.target == "embedded":
-        _parameters(config, {"regroup_by_length": "true"})
+    names = encoder_inputs(token_types)
+    # Ragged batches are regrouped by length inside the model (triton_embeddings.triton_models.onnx_model).
+    config.input.extend(_inputs(*[(n, mc.TYPE_INT64, [-1]) for n in names], ragged=opts.target.ragged))
+    config.output.extend(_outputs((c.ENCODER_OUTPUT, mc.TYPE_FP32, [-1, hidden])))
+    _onnx_runtime(config, opts, regroup=True)
     _dynamic_batching(config, opts)
-    _instances(config, opts, gpu=opts.target == "gpu")
+    _instances(config, opts, opts.target.instance_kind)
     _warmup(config, [(n, mc.TYPE_INT64, [16]) for n in names])
     if opts.tensorrt:
-        _tensorrt(config, opts, names, spec.max_seq_length)
+        _tensorrt(config, opts, names, max_len)
     return config
 
 
-def pooler_config(opts: ServingOptions, hidden: int) -> mc.ModelConfig:
+def pooler_config(opts: ExportOptions, hidden: int) -> mc.ModelConfig:
     config = mc.ModelConfig(name=opts.pooler, max_batch_size=opts.max_batch_size)
-    config.input.extend(_inputs((TOKEN_EMBEDDINGS, mc.TYPE_FP32, [-1, hidden]),
-                                (ATTENTION_MASK, mc.TYPE_INT64, [-1]), ragged=opts.target == "embedded"))
-    config.output.extend(_outputs((EMBEDDING, mc.TYPE_FP32, [hidden])))
-    _onnx_runtime(config, opts)
+    config.input.extend(_inputs((c.TOKEN_EMBEDDINGS, mc.TYPE_FP32, [-1, hidden]),
+                                (c.ATTENTION_MASK, mc.TYPE_INT64, [-1]), ragged=opts.target.ragged))
+    config.output.extend(_outputs((c.EMBEDDING, mc.TYPE_FP32, [hidden])))
+    _onnx_runtime(config, opts, regroup=False)
     _dynamic_batching(config, opts)
-    _instances(config, opts, gpu=opts.target == "gpu")
+    _instances(config, opts, opts.target.instance_kind)
     return config
 
 
-def _onnx_runtime(config, opts: ServingOptions) -> None:
-    if opts.target == "embedded":
+def _onnx_runtime(config, opts: ExportOptions, regroup: bool) -> None:
+    if opts.target.python_onnx_steps:
         _python_backend(config)
-        _parameters(config, {"onnx_file": "model.onnx", "intra_op_threads": opts.intra_op_threads})
-    else:
-        config.platform = "onnxruntime_onnx"
-        if opts.target == "cpu":
-            _parameters(config, {"intra_op_thread_count": opts.intra_op_threads})
+        _parameters(config, c.OnnxStepParams(intra_op_threads=opts.intra_op_threads, regroup_by_length=regroup))
+        return
+    config.platform = "onnxruntime_onnx"
+    if opts.target.ort_backend_threads:
+        _parameters(config, {c.ORT_BACKEND_INTRA_OP_THREADS: str(opts.intra_op_threads)})
 
 
-def ensemble_config(opts: ServingOptions, spec, token_types: bool) -> mc.ModelConfig:
+def _step(steps, model: str, inputs: dict[str, str], outputs: dict[str, str]) -> None:
+    step = steps.add(model_name=model, model_version=-1)
+    step.input_map.update(inputs)
+    step.output_map.update(outputs)
+
+
+def ensemble_config(opts: ExportOptions, params: c.EnsembleParams, token_types: bool) -> mc.ModelConfig:
     config = mc.ModelConfig(name=opts.name, platform="ensemble", max_batch_size=opts.max_batch_size)
-    config.input.extend(_inputs((TEXT, mc.TYPE_STRING, [1])))
+    config.input.extend(_inputs((c.TEXT, mc.TYPE_STRING, [1])))
     config.input.extend(_request_options())
     config.output.extend(_outputs(
-        (EMBEDDING, mc.TYPE_FP32, [spec.dimension]),
-        (TOKEN_COUNT, mc.TYPE_INT32, [1]),
-        (TRUNCATED, mc.TYPE_BOOL, [1]),
+        (c.EMBEDDING, mc.TYPE_FP32, [params.embedding_dimension]),
+        (c.TOKEN_COUNT, mc.TYPE_INT32, [1]),
+        (c.TRUNCATED, mc.TYPE_BOOL, [1]),
     ))
+    carried = [c.INPUT_IDS, c.ATTENTION_MASK] + ([c.TOKEN_TYPE_IDS] if token_types else [])
+    # Ensemble-internal tensor names: the step's tensor name, lower-cased.
     steps = config.ensemble_scheduling.step
-    tok = steps.add(model_name=opts.tokenizer, model_version=-1)
-    tok.input_map[TEXT] = TEXT
-    for name in (contract.PROMPT_NAME, contract.TRUNCATE):
-        tok.input_map[name] = name
-    carried = [INPUT_IDS, ATTENTION_MASK] + ([TOKEN_TYPE_IDS] if token_types else [])
-    for name in carried:
-        tok.output_map[name] = name.lower()
-    tok.output_map[TOKEN_COUNT] = TOKEN_COUNT
-    tok.output_map[TRUNCATED] = TRUNCATED
-    enc = steps.add(model_name=opts.encoder, model_version=-1)
-    for name in carried:
-        enc.input_map[ENCODER_INPUTS[name]] = name.lower()
-    enc.output_map[ENCODER_OUTPUT] = "token_embeddings"
-    pool = steps.add(model_name=opts.pooler, model_version=-1)
-    pool.input_map[TOKEN_EMBEDDINGS] = "token_embeddings"
-    pool.input_map[ATTENTION_MASK] = ATTENTION_MASK.lower()
-    pool.output_map[EMBEDDING] = EMBEDDING
-    _parameters(config, {
-        "embedding_dimension": spec.dimension,
-        "max_seq_length": spec.max_seq_length,
-        "pooling_mode": spec.pooling_mode,
-        "normalize": str(spec.normalize).lower(),
-        "source_model": spec.source,
-        "prompts": json.dumps(spec.prompts, sort_keys=True),
-        "default_prompt_name": spec.default_prompt_name or "",
-        "quantization_ranges": json.dumps(getattr(spec, "quantization_ranges", None) or {}, sort_keys=True),
-    })
+    _step(steps, opts.tokenizer, {c.TEXT: c.TEXT, c.PROMPT_NAME: c.PROMPT_NAME, c.TRUNCATE: c.TRUNCATE},
+          {**{n: n.lower() for n in carried}, c.TOKEN_COUNT: c.TOKEN_COUNT, c.TRUNCATED: c.TRUNCATED})
+    _step(steps, opts.encoder, {c.ENCODER_INPUTS[n]: n.lower() for n in carried},
+          {c.ENCODER_OUTPUT: c.TOKEN_EMBEDDINGS.lower()})
+    pooler_in = {c.TOKEN_EMBEDDINGS: c.TOKEN_EMBEDDINGS.lower(), c.ATTENTION_MASK: c.ATTENTION_MASK.lower()}
+    _step(steps, opts.pooler, pooler_in, {c.EMBEDDING: c.EMBEDDING})
+    _parameters(config, params)
     return config
 
 
@@ -247,3 +194,13 @@ def render(config: mc.ModelConfig) -> str:
 
 def parse(text: str) -> mc.ModelConfig:
     return text_format.Parse(text, mc.ModelConfig())
+
+
+def as_json(config: mc.ModelConfig) -> dict:
+    """A config in Triton's JSON form: what the Python backend's `model_config` and the readers take."""
+    return json_format.MessageToDict(config, preserving_proto_field_name=True)
+
+
+def load(path: str | Path) -> dict:
+    """A written `config.pbtxt`, parsed, in Triton's JSON form."""
+    return as_json(parse(Path(path).read_text()))

@@ -11,18 +11,19 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import triton_embeddings
+from triton_embeddings.defaults import DEFAULT_REPOSITORY
+from triton_embeddings.local.processes import NotReady, ProcessExited, free_port, port_in_use, stop_process, wait_http
+
+__all__ = ["TritonLaunchError", "TritonServer", "free_port", "port_in_use", "main"]
 
 
 class TritonLaunchError(RuntimeError):
@@ -60,23 +61,6 @@ def prepare_backends(cache_dir: Path | None = None) -> Path:
             tmp.joinpath("python").rename(target)
         shutil.rmtree(tmp, ignore_errors=True)
     return target.parent
-
-
-def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def free_port() -> int:
-    """An unused loopback port (for tests and ad-hoc servers)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -190,32 +174,20 @@ class TritonServer:
         return "\n".join(reasons) if reasons else text[-4000:]
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise TritonLaunchError(
-                    f"tritonserver exited with code {self.process.returncode} while starting "
-                    f"(a model failed to load?):\n{self._explain()}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.25)
-        raise TritonLaunchError(f"tritonserver was not ready within {self.startup_timeout:.0f}s")
+        try:
+            wait_http(f"{self.http_url}/v2/health/ready", self.startup_timeout, self.process, interval=0.25)
+        except ProcessExited as exc:
+            raise TritonLaunchError(
+                f"tritonserver exited with code {exc.returncode} while starting "
+                f"(a model failed to load?):\n{self._explain()}"
+            ) from None
+        except NotReady:
+            raise TritonLaunchError(f"tritonserver was not ready within {self.startup_timeout:.0f}s") from None
 
     def stop(self, timeout: float = 30.0) -> None:
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_process(self.process, timeout)
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None
@@ -228,18 +200,23 @@ class TritonServer:
         self.stop()
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """`embeddings-triton`'s options; their defaults are TritonServer's."""
+    default = {f.name: f.default for f in fields(TritonServer)}
     parser = argparse.ArgumentParser(
         prog="embeddings-triton", description="Serve a model repository with the embedded Triton."
     )
-    parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all)")
-    parser.add_argument("--http-port", type=int, default=8000)
-    parser.add_argument("--grpc-port", type=int, default=8001)
-    parser.add_argument("--metrics-port", type=int, default=8002)
-    parser.add_argument("--log-verbose", type=int, default=0)
-    parser.add_argument("--startup-timeout", type=float, default=300.0)
-    args = parser.parse_args(argv)
+    parser.add_argument("--model-repository", type=Path, default=Path(DEFAULT_REPOSITORY))
+    parser.add_argument("--host", default=default["host"], help="address to bind (0.0.0.0 for all)")
+    for name, kind in (("http_port", int), ("grpc_port", int), ("metrics_port", int), ("log_verbose", int),
+                       ("startup_timeout", float)):
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=default[name],
+                            help="(default %(default)s)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     server = TritonServer(
         args.model_repository,
         http_port=args.http_port,

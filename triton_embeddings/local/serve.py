@@ -15,10 +15,8 @@ import threading
 import time
 from pathlib import Path
 
+from triton_embeddings.defaults import DEFAULT_MODEL, DEFAULT_REPOSITORY
 from triton_embeddings.local import models as seed
-
-DEFAULT_NAME = seed.MINILM
-HUB_ID = seed.HUB_IDS[seed.MINILM]
 
 
 def missing_weights(repository: Path, name: str) -> list[Path]:
@@ -31,7 +29,7 @@ def missing_weights(repository: Path, name: str) -> list[Path]:
     return [p for p in needed if not p.exists()]
 
 
-def default_source(name: str = DEFAULT_NAME) -> str:
+def default_source(name: str = DEFAULT_MODEL) -> str:
     """The packaged copy of a seed model when installed (offline hosts), else its hub id."""
     return seed.model_source(name)
 
@@ -44,11 +42,11 @@ def ensure_exported(repository: Path, name: str, source: str | None, exporter=No
     print(f"serve: {repository} lacks {missing[0].relative_to(repository)}; exporting {name} ...", flush=True)
     if exporter is None:
         from triton_embeddings.export.exporter import export_model
-        from triton_embeddings.export.triton_config import ServingOptions
+        from triton_embeddings.export.options import ExportOptions
 
         def exporter(src: str, repo: Path, model_name: str) -> None:
             label = seed.HUB_IDS.get(model_name, src)
-            result = export_model(src, repo, ServingOptions(name=model_name), source_label=label)
+            result = export_model(src, repo, ExportOptions(name=model_name, source_label=label))
             print(result.summary(), flush=True)
 
     exporter(source or default_source(name), repository, name)
@@ -66,13 +64,13 @@ def curl_example(port: int, model: str) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="embeddings-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--model-repository", type=Path, default=Path("model_repository"))
+    p.add_argument("--model-repository", type=Path, default=Path(DEFAULT_REPOSITORY))
     p.add_argument("--models", nargs="+", metavar="NAME", default=None,
-                   help=f"models to serve, each exported when missing (default {DEFAULT_NAME}); the seed's "
+                   help=f"models to serve, each exported when missing (default {DEFAULT_MODEL}); the seed's "
                         f"{seed.MPNET} and {seed.MINILM} come from their offline packages when installed")
     p.add_argument("--name", help="one model to serve (same as --models NAME)")
     p.add_argument("--model", help="sentence-transformers folder or hub id to export for a single model")
@@ -81,22 +79,68 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--triton-http-port", type=int, default=8000)
     p.add_argument("--triton-grpc-port", type=int, default=8001)
     p.add_argument("--triton-metrics-port", type=int, default=8002)
-    args = p.parse_args(argv)
+    return p
 
+
+def _gateway_server(args, settings):
     import uvicorn
 
-    from triton_embeddings.gateway.app import create_app, setup_logging
+    from triton_embeddings.gateway.app import create_app
+
+    config = uvicorn.Config(
+        create_app(settings), host=args.host, port=args.port, log_config=None, log_level=settings.log_level,
+        access_log=False, timeout_graceful_shutdown=10, timeout_keep_alive=settings.keep_alive_s,
+    )
+    return uvicorn.Server(config)
+
+
+def _announce_when_started(server, args) -> None:
+    def announce() -> None:
+        while not server.started and not server.should_exit:
+            time.sleep(0.05)
+        if server.started:
+            print(
+                f"\nserve: gateway on http://{args.host}:{args.port} (Ctrl-C stops Triton and the "
+                f"gateway). Try:\n\n{curl_example(args.port, args.name)}\n",
+                flush=True,
+            )
+
+    threading.Thread(target=announce, daemon=True).start()
+
+
+def _serve(args, triton) -> None:
+    """Triton, then the gateway in front of it, until Ctrl-C or SIGTERM."""
+    from triton_embeddings.gateway.app import setup_logging
     from triton_embeddings.gateway.settings import Settings
+
+    settings = Settings(
+        host=args.host, port=args.port, triton_grpc_url=triton.grpc_url, triton_metrics_url=triton.metrics_url
+    )
+    setup_logging(settings.log_level)
+    print(f"serve: starting Triton (gRPC {triton.grpc_url}) ...", flush=True)
+    with triton:
+        server = _gateway_server(args, settings)
+        _announce_when_started(server, args)
+        try:
+            server.run()  # returns on SIGINT/SIGTERM after draining requests
+        except KeyboardInterrupt:  # uvicorn re-raises the signal it captured
+            pass
+        print("serve: stopping Triton ...", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from triton_embeddings.local.launcher import TritonLaunchError, TritonServer, port_in_use
 
     if port_in_use(args.port, args.host):
         print(f"serve: gateway port {args.port} on {args.host} is already in use (use --port)", file=sys.stderr)
         return 1
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM before uvicorn runs: stop Triton too
-    names = args.models or [args.name or DEFAULT_NAME]
+    names = args.models or [args.name or DEFAULT_MODEL]
     if args.model and len(names) > 1:
         print("serve: --model names the source of one model; with several, each comes from its name", file=sys.stderr)
         return 2
+    args.name = names[0]  # the curl example's model
     try:
         for name in names:
             ensure_exported(args.model_repository, name, args.model)
@@ -108,42 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         grpc_port=args.triton_grpc_port,
         metrics_port=args.triton_metrics_port,
     )
-    settings = Settings(
-        host=args.host, port=args.port, triton_grpc_url=triton.grpc_url, triton_metrics_url=triton.metrics_url
-    )
-    setup_logging(settings.log_level)
-    print(f"serve: starting Triton (gRPC {triton.grpc_url}) ...", flush=True)
     try:
-        with triton:
-            server = uvicorn.Server(
-                uvicorn.Config(
-                    create_app(settings),
-                    host=args.host,
-                    port=args.port,
-                    log_config=None,
-                    log_level=settings.log_level,
-                    access_log=False,
-                    timeout_graceful_shutdown=10,
-                    timeout_keep_alive=settings.keep_alive_s,
-                )
-            )
-
-            def announce() -> None:
-                while not server.started and not server.should_exit:
-                    time.sleep(0.05)
-                if server.started:
-                    print(
-                        f"\nserve: gateway on http://{args.host}:{args.port} (Ctrl-C stops Triton and the "
-                        f"gateway). Try:\n\n{curl_example(args.port, names[0])}\n",
-                        flush=True,
-                    )
-
-            threading.Thread(target=announce, daemon=True).start()
-            try:
-                server.run()  # returns on SIGINT/SIGTERM after draining requests
-            except KeyboardInterrupt:  # uvicorn re-raises the signal it captured
-                pass
-            print("serve: stopping Triton ...", flush=True)
+        _serve(args, triton)
     except TritonLaunchError as e:
         print(f"serve: {e}", file=sys.stderr)
         return 1

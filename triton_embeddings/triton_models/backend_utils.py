@@ -5,11 +5,6 @@ from __future__ import annotations
 import triton_python_backend_utils as pb_utils
 
 
-def parameter(config: dict, key: str, default: str = "") -> str:
-    """A string from the model's `config.pbtxt` `parameters`."""
-    return config.get("parameters", {}).get(key, {}).get("string_value", default)
-
-
 class TokenCounters:
     """A `<name>{model, kind="real"|"padded"}` counter pair in Triton's /metrics."""
 

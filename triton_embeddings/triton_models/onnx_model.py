@@ -5,7 +5,7 @@ are declared `allow_ragged_batch`, so Triton hands it every queued request whate
 - `regroup_by_length: true` (the encoder): all rows are re-sorted by their real length (from the
   attention mask) and run in groups of similar length, each padded only to its own longest row;
 - otherwise (the pooler): requests of equal shape are concatenated and run together.
-Other knobs in `parameters`: `onnx_file`, `intra_op_threads`.
+Its knobs are `config.pbtxt` `parameters`, read as `contract.OnnxStepParams` (`session_from_config`).
 """
 
 from __future__ import annotations
@@ -16,26 +16,20 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from triton_embeddings.contract import ONNX_ATTENTION_MASK
 from triton_embeddings.triton_models.backend_utils import TokenCounters
-from triton_embeddings.triton_models.backend_utils import parameter as _parameter
-from triton_embeddings.triton_models.onnx_session import make_session
+from triton_embeddings.triton_models.onnx_session import session_from_config
 from triton_embeddings.triton_models.regroup import gather_rows, plan_groups
-
-MASK = "attention_mask"
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         folder = Path(args["model_repository"]) / args["model_version"]
-        self.session = make_session(
-            str(folder / _parameter(config, "onnx_file", "model.onnx")),
-            threads=int(_parameter(config, "intra_op_threads", "0")),
-            providers=["CPUExecutionProvider"],
-        )
+        self.session, params = session_from_config(config, folder)
         self.inputs = [i["name"] for i in config["input"]]
         self.outputs = [o["name"] for o in config["output"]]
-        self.regroup = _parameter(config, "regroup_by_length", "false") == "true"
+        self.regroup = params.regroup_by_length
         self.max_rows = int(config.get("max_batch_size") or 64)
         if self.regroup:
             self.tokens = TokenCounters(
@@ -75,7 +69,7 @@ class TritonPythonModel:
         return results
 
     def _run_regrouped(self, arrays):
-        mask_at = self.inputs.index(MASK)
+        mask_at = self.inputs.index(ONNX_ATTENTION_MASK)
         # One entry per text: (request, row, real length).
         rows = [(i, r) for i, tensors in enumerate(arrays) for r in range(tensors[0].shape[0])]
         lengths = [int(arrays[i][mask_at][r].sum()) for i, r in rows]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import onnxruntime as ort
+
+from triton_embeddings.contract import OnnxStepParams
 
 
 def make_session(path: str, threads: int = 0, providers: list[str] | None = None) -> ort.InferenceSession:
@@ -16,3 +20,10 @@ def make_session(path: str, threads: int = 0, providers: list[str] | None = None
     available = ort.get_available_providers()
     chosen = [p for p in (providers or ["CUDAExecutionProvider", "CPUExecutionProvider"]) if p in available]
     return ort.InferenceSession(path, sess_options=options, providers=chosen or ["CPUExecutionProvider"])
+
+
+def session_from_config(config: dict, folder: str | Path) -> tuple[ort.InferenceSession, OnnxStepParams]:
+    """The CPU session an ONNX step's config (Triton's JSON form) describes, and its parameters."""
+    params = OnnxStepParams.from_config(config)
+    session = make_session(str(Path(folder) / params.onnx_file), params.intra_op_threads, ["CPUExecutionProvider"])
+    return session, params

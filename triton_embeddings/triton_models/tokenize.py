@@ -7,10 +7,12 @@ Plain module: the Triton tokenizer step and the unit tests both import it; it ne
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
 
+from triton_embeddings.contract import TokenizerParams
 from triton_embeddings.triton_models import spans
 
 
@@ -53,10 +55,12 @@ class TextTokenizer:
     128 while sentence-transformers uses max_seq_length 256): both are replaced here.
     """
 
-    def __init__(self, tokenizer_file: str, max_length: int, prompt: str = "", pad_id: int | None = None):
+    def __init__(self, tokenizer_file: str, max_length: int, prompt: str = "", pad_id: int | None = None,
+                 lowercase: bool = False):
         self.tokenizer = Tokenizer.from_file(tokenizer_file)
         self.max_length = int(max_length)
         self.prompt = prompt
+        self.lowercase = lowercase
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=self.max_length)
         if pad_id is None:
@@ -67,18 +71,37 @@ class TextTokenizer:
         self.untruncated.no_padding()
         self.untruncated.no_truncation()
 
+    @classmethod
+    def from_params(cls, params: TokenizerParams, folder: str | Path) -> TextTokenizer:
+        """The tokenizer a tokenizer step's parameters describe; `folder` holds its `tokenizer_file`."""
+        return cls(str(Path(folder) / params.tokenizer_file), params.max_seq_length, prompt=params.prompt,
+                   pad_id=params.pad_id, lowercase=params.lowercase)
+
+    @classmethod
+    def from_config(cls, config: dict, folder: str | Path) -> TextTokenizer:
+        """The tokenizer a tokenizer step's config (Triton's JSON form) describes."""
+        return cls.from_params(TokenizerParams.from_config(config), folder)
+
+    def _full(self, texts: list[str], prompts: list[str] | None) -> tuple[list[str], list[str]]:
+        """Prompt + text (the text lower-cased when the model does), and the prompt of each."""
+        if self.lowercase:
+            texts = [t.lower() for t in texts]
+        if prompts is None:
+            if not self.prompt:
+                return texts, [""] * len(texts)
+            prompts = [self.prompt] * len(texts)
+        return [p + t for p, t in zip(prompts, texts)], prompts
+
     def encode(self, texts: list[str], prompts: list[str] | None = None, sides: list[str] | None = None) -> list:
         """Tokenize (in parallel, in Rust), truncated to max_length.
 
         `prompts`: per-text prompt (default: the model's default prompt); `sides`: per-text truncation
         side, END (keep the start, the default) or START (keep the end; specials and prompt are kept).
         """
-        if prompts is None:
-            prompts = [self.prompt] * len(texts)
-        full = [p + t for p, t in zip(prompts, texts)]
-        if not sides or all(s != "START" for s in sides):
-            return self.tokenizer.encode_batch(full, add_special_tokens=True)
+        full, prompts = self._full(texts, prompts)
         out = self.tokenizer.encode_batch(full, add_special_tokens=True)
+        if not sides or "START" not in sides:
+            return out
         starts = [i for i, s in enumerate(sides) if s == "START" and out[i].overflowing]
         whole = self.untruncated.encode_batch([full[i] for i in starts], add_special_tokens=True)
         for i, enc in zip(starts, whole):
@@ -86,10 +109,13 @@ class TextTokenizer:
         return out
 
     def windows(self, texts: list[str], prompts: list[str] | None = None) -> list[list[tuple[int, int, int]]]:
-        """Per text, the overlapping windows (start char, end char, tokens) that fit max_length."""
-        if prompts is None:
-            prompts = [self.prompt] * len(texts)
-        whole = self.untruncated.encode_batch([p + t for p, t in zip(prompts, texts)], add_special_tokens=True)
+        """Per text, the overlapping windows (start char, end char, tokens) that fit max_length.
+
+        Characters count in the text as given; lower-casing that changes a text's length (rare: `İ`)
+        shifts them.
+        """
+        full, prompts = self._full(texts, prompts)
+        whole = self.untruncated.encode_batch(full, add_special_tokens=True)
         return [spans.windows(enc, len(p), self.max_length) for enc, p in zip(whole, prompts)]
 
     def pad(self, encodings: list, length: int | None = None) -> Encoded:

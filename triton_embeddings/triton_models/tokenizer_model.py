@@ -1,9 +1,9 @@
 """Triton Python-backend model: the ensemble's tokenizer step.
 
 The model repository's `model.py` re-exports `TritonPythonModel` from here. Knobs come from
-`config.pbtxt` `parameters`: `tokenizer_file`, `max_seq_length`, `prompt`, `prompts`, `default_prompt_name`,
-`lowercase`, `pad_id`. Optional per-row inputs `PROMPT_NAME` and `TRUNCATE` choose the prompt and the
-truncation side; the `WINDOW_SPANS` output is computed only when a client requests it (docs/contract.md).
+`config.pbtxt` `parameters`, read as `contract.TokenizerParams` (`TextTokenizer.from_config`). Optional
+per-row inputs `PROMPT_NAME` and `TRUNCATE` choose the prompt and the truncation side; the `WINDOW_SPANS`
+output is computed only when a client requests it (docs/contract.md).
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from triton_embeddings import contract
+from triton_embeddings import contract as c
 from triton_embeddings.triton_models.backend_utils import TokenCounters
-from triton_embeddings.triton_models.backend_utils import parameter as _parameter
 from triton_embeddings.triton_models.tokenize import TextTokenizer
 
 
@@ -24,16 +23,10 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         folder = Path(args["model_repository"]) / args["model_version"]
-        self.lowercase = _parameter(config, "lowercase", "false") == "true"
-        self.tokenizer = TextTokenizer(
-            str(folder / _parameter(config, "tokenizer_file", "tokenizer.json")),
-            max_length=int(_parameter(config, "max_seq_length", "512")),
-            prompt=_parameter(config, "prompt"),
-            pad_id=int(_parameter(config, "pad_id", "0")),
-        )
-        params = contract.TokenizerParams.from_config(config)
+        self.tokenizer = TextTokenizer.from_config(config, folder)
+        params = c.TokenizerParams.from_config(config)
         self.prompts, self.default_prompt_name = dict(params.prompts), params.default_prompt_name
-        self.with_token_types = any(o["name"] == "TOKEN_TYPE_IDS" for o in config["output"])
+        self.with_token_types = any(o["name"] == c.TOKEN_TYPE_IDS for o in config["output"])
         self.tokens = TokenCounters(
             "embeddings_tokenizer_tokens_total",
             "Tokens the tokenizer sent to the encoder: kind=real (text tokens) or padded (shape)",
@@ -41,100 +34,103 @@ class TritonPythonModel:
         )
 
     def _texts(self, request) -> list[str]:
-        raw = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy().reshape(-1)
+        raw = pb_utils.get_input_tensor_by_name(request, c.TEXT).as_numpy().reshape(-1)
         if raw.size == 0:
-            raise ValueError("TEXT is empty: send at least one text")
+            raise ValueError(f"{c.TEXT} is empty: send at least one text")
         texts = []
         for i, item in enumerate(raw):
             if isinstance(item, bytes):
                 try:
                     item = item.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    raise ValueError(f"TEXT[{i}] is not valid UTF-8 (byte {exc.start})") from None
-            texts.append(item.lower() if self.lowercase else str(item))
+                    raise ValueError(f"{c.TEXT}[{i}] is not valid UTF-8 (byte {exc.start})") from None
+            texts.append(str(item))
         return texts
 
-    def _row_strings(self, request, name: str, n: int) -> list[str]:
-        """An optional BYTES [n, 1] (or [1, 1], broadcast) input as strings; absent: n empty strings."""
+    def _row_strings(self, request, name: str, n: int) -> list[str] | None:
+        """An optional BYTES [n, 1] (or [1, 1], broadcast) input as strings; None when absent."""
         tensor = pb_utils.get_input_tensor_by_name(request, name)
         if tensor is None:
-            return [""] * n
+            return None
         raw = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in tensor.as_numpy().reshape(-1)]
         if len(raw) == 1:
             return raw * n
         if len(raw) != n:
-            raise ValueError(f"{name} has {len(raw)} rows; TEXT has {n}")
+            raise ValueError(f"{name} has {len(raw)} rows; {c.TEXT} has {n}")
         return raw
 
-    def _options(self, request, n: int) -> tuple[list[str], list[str]]:
-        """Per-row prompt texts and truncation sides; unknown values are the client's error."""
+    def _prompts(self, names: list[str]) -> list[str]:
         try:
-            prompts = [
-                contract.resolve_prompt(name, self.prompts, self.default_prompt_name) if name else self.tokenizer.prompt
-                for name in self._row_strings(request, contract.PROMPT_NAME, n)
-            ]
-        except contract.UnknownPromptError as exc:
-            names = ", ".join(contract.prompt_names(self.prompts))
-            raise ValueError(f"unknown {contract.PROMPT_NAME} {exc}; this model accepts: {names}") from None
-        sides = [s.upper() or "END" for s in self._row_strings(request, contract.TRUNCATE, n)]
-        bad = [s for s in sides if s not in contract.TRUNCATE_SIDES]
-        if bad:
-            raise ValueError(f"unknown {contract.TRUNCATE} {bad[0]!r}; use one of {contract.TRUNCATE_SIDES}")
-        return prompts, sides
+            return [c.resolve_prompt(n, self.prompts, self.default_prompt_name) if n else self.tokenizer.prompt
+                    for n in names]
+        except c.UnknownPromptError as exc:
+            accepted = ", ".join(c.prompt_names(self.prompts))
+            raise ValueError(f"unknown {c.PROMPT_NAME} {exc}; this model accepts: {accepted}") from None
 
-    def _windows(self, texts: list[str], prompts: list[str]) -> np.ndarray:
+    def _prepare(self, request) -> tuple[list[str], list[str] | None, list[str] | None]:
+        """Texts, per-row prompt texts and truncation sides (None: the defaults, as in plain requests)."""
+        texts = self._texts(request)
+        names = self._row_strings(request, c.PROMPT_NAME, len(texts))
+        sides = self._row_strings(request, c.TRUNCATE, len(texts))
+        if sides is not None:
+            sides = [s.upper() or "END" for s in sides]
+            bad = [s for s in sides if s not in c.TRUNCATE_SIDES]
+            if bad:
+                raise ValueError(f"unknown {c.TRUNCATE} {bad[0]!r}; use one of {c.TRUNCATE_SIDES}")
+        return texts, None if names is None else self._prompts(names), sides
+
+    def _encode_all(self, prepared: list) -> list:
+        """Tokenize every text of this dynamic batch in one parallel call."""
+        ok = [p for p in prepared if not isinstance(p, Exception)]
+        texts = [t for item in ok for t in item[0]]
+        if all(item[1] is None and item[2] is None for item in ok):  # plain requests: the default path
+            return self.tokenizer.encode(texts)
+        prompts = [p for t, ps, _ in ok for p in (ps or [self.tokenizer.prompt] * len(t))]
+        sides = [s for t, _, ss in ok for s in (ss or ["END"] * len(t))]
+        return self.tokenizer.encode(texts, prompts, sides)
+
+    def _windows(self, texts: list[str], prompts: list[str] | None) -> np.ndarray:
         spans = self.tokenizer.windows(texts, prompts)
         out = np.full((len(texts), max(len(s) for s in spans), 3), -1, dtype=np.int32)
         for i, rows in enumerate(spans):
             out[i, : len(rows)] = rows
         return out
 
-    def _prepare(self, request) -> tuple[list[str], list[str], list[str]]:
-        texts = self._texts(request)
-        prompts, sides = self._options(request, len(texts))
-        return texts, prompts, sides
+    def _response(self, request, item, encodings) -> tuple[int, object]:
+        """(padded length, response) for one request."""
+        if isinstance(item, Exception):
+            return 0, pb_utils.InferenceResponse(error=pb_utils.TritonError(str(item)))
+        texts, prompts, sides = item
+        enc = self.tokenizer.pad([next(encodings) for _ in texts])
+        if sides and any(t and s == "NONE" for t, s in zip(enc.truncated.reshape(-1), sides)):
+            message = (f"an input is longer than the model's maximum of {self.tokenizer.max_length} tokens "
+                       f"and {c.TRUNCATE} is NONE")
+            return 0, pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+        self.tokens.add(enc.real_tokens, enc.padded_tokens)
+        outputs = [
+            pb_utils.Tensor(c.INPUT_IDS, enc.input_ids),
+            pb_utils.Tensor(c.ATTENTION_MASK, enc.attention_mask),
+            pb_utils.Tensor(c.TOKEN_COUNT, enc.token_count),
+            pb_utils.Tensor(c.TRUNCATED, enc.truncated),
+        ]
+        if self.with_token_types:
+            outputs.append(pb_utils.Tensor(c.TOKEN_TYPE_IDS, enc.token_type_ids))
+        if c.WINDOW_SPANS in request.requested_output_names():
+            outputs.append(pb_utils.Tensor(c.WINDOW_SPANS, self._windows(texts, prompts)))
+        return enc.input_ids.shape[1], pb_utils.InferenceResponse(outputs)
 
     def execute(self, requests):
-        # Decode every request, then tokenize all texts of this dynamic batch in one parallel call.
-        prepared: list[tuple[list[str], list[str], list[str]] | Exception] = []
+        prepared: list = []
         for request in requests:
             try:
                 prepared.append(self._prepare(request))
             except ValueError as exc:
                 prepared.append(exc)
-        ok = [p for p in prepared if not isinstance(p, Exception)]
-        flat = [t for texts, _, _ in ok for t in texts]
-        flat_prompts = [p for _, prompts, _ in ok for p in prompts]
-        flat_sides = [s for _, _, sides in ok for s in sides]
-        encodings = iter(self.tokenizer.encode(flat, flat_prompts, flat_sides))
-
+        encodings = iter(self._encode_all(prepared))
         ready = []
         for request, item in zip(requests, prepared):
-            sender = request.get_response_sender()
-            if isinstance(item, Exception):
-                ready.append((0, sender, pb_utils.InferenceResponse(error=pb_utils.TritonError(str(item)))))
-                continue
-            texts, prompts, sides = item
-            enc = self.tokenizer.pad([next(encodings) for _ in texts])
-            if "NONE" in sides and any(t and s == "NONE" for t, s in zip(enc.truncated.reshape(-1), sides)):
-                error = pb_utils.TritonError(
-                    f"an input is longer than the model's maximum of {self.tokenizer.max_length} tokens "
-                    f"and {contract.TRUNCATE} is NONE"
-                )
-                ready.append((0, sender, pb_utils.InferenceResponse(error=error)))
-                continue
-            self.tokens.add(enc.real_tokens, enc.padded_tokens)
-            outputs = [
-                pb_utils.Tensor("INPUT_IDS", enc.input_ids),
-                pb_utils.Tensor("ATTENTION_MASK", enc.attention_mask),
-                pb_utils.Tensor("TOKEN_COUNT", enc.token_count),
-                pb_utils.Tensor("TRUNCATED", enc.truncated),
-            ]
-            if self.with_token_types:
-                outputs.append(pb_utils.Tensor("TOKEN_TYPE_IDS", enc.token_type_ids))
-            if contract.WINDOW_SPANS in request.requested_output_names():
-                outputs.append(pb_utils.Tensor(contract.WINDOW_SPANS, self._windows(texts, prompts)))
-            ready.append((enc.input_ids.shape[1], sender, pb_utils.InferenceResponse(outputs)))
+            length, response = self._response(request, item, encodings)
+            ready.append((length, request.get_response_sender(), response))
 
         # Send responses grouped by padded length: the encoder's dynamic batcher merges consecutive
         # requests of equal shape and cuts a batch at the first different one, so arrival order

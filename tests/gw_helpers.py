@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from triton_embeddings.defaults import DEFAULT_MODEL
-from triton_embeddings.gateway.triton import EmbedResult, ModelInfo
+from triton_embeddings.gateway.backend import EmbedResult, ModelInfo
 from triton_embeddings.local.processes import free_port, stop_process, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +31,8 @@ def fake_vector(text: str, dim: int) -> np.ndarray:
 
 
 class FakeBackend:
-    """Stands in for TritonBackend: records calls; tokens = words + 2, truncated above max_seq_length."""
+    """A `Backend` for unit tests of gateway logic: records calls; tokens = words + 2, truncated above
+    max_seq_length. Every behaviour tested with it also has a test against the real Triton."""
 
     def __init__(self, dim: int = 8, max_batch_size: int = 4, max_seq_length: int = 16):
         self.models: dict[str, ModelInfo] | None = {
@@ -42,20 +44,32 @@ class FakeBackend:
         self.is_ready = True
         self.in_flight = 0
         self.max_in_flight_seen = 0
+        self.unknown_seen = 0
 
-    async def start(self):
+    async def start(self) -> None:
         return None
 
-    async def close(self):
+    async def close(self) -> None:
         return None
 
-    def unknown_model_seen(self):
-        self.unknown_seen = getattr(self, "unknown_seen", 0) + 1
+    def unknown_model_seen(self) -> None:
+        self.unknown_seen += 1
 
-    async def ready(self, names):
+    async def ready(self, names: list[str]) -> tuple[bool, str]:
         return (True, "ready") if self.is_ready else (False, "Triton is not live")
 
-    async def embed(self, model, texts, request_id="", options=None):
+    async def windows(self, model: str, texts: list[str], prompt_names=None, request_id: str = "") -> list:
+        """Windows of at most max_seq_length - 2 words (fake tokens: words + 2), one word of overlap."""
+        size = self.models[model].max_seq_length - 2
+        out = []
+        for text in texts:
+            words = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+            starts = range(0, max(len(words) - 1, 1), size - 1) if len(words) > size else [0]
+            spans = [words[a : a + size] for a in starts]
+            out.append([(w[0][0], w[-1][1], len(w) + 2) for w in spans])
+        return out
+
+    async def embed(self, model: str, texts: list[str], request_id: str = "", options=None) -> EmbedResult:
         info = self.models[model]
         assert len(texts) <= info.max_batch_size, "the gateway sent more than max_batch_size"
         self.calls.append(list(texts))
@@ -130,3 +144,13 @@ def running_gateway(tmp_path: Path, wait: str = "/ready", **settings):
         yield gw
     finally:
         gw.stop()
+
+
+def triton_error_counts(exposition: str) -> dict[str, float]:
+    """`gateway_triton_errors_total` by `kind`, from a `/metrics` exposition."""
+    out = {}
+    for line in exposition.splitlines():
+        if line.startswith("gateway_triton_errors_total{"):
+            kind = line.split('kind="', 1)[1].split('"', 1)[0]
+            out[kind] = float(line.split()[-1])
+    return out

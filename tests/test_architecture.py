@@ -6,16 +6,9 @@ import ast
 import sys
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parents[1] / "triton_embeddings"
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 MAX_FUNCTION_LINES = 50
-# Gateway functions helper B is shortening on its branch (issue 7); its merge empties this list.
-LONG_FUNCTIONS_BEING_SPLIT = {
-    "gateway/app.py:create_app",
-    "gateway/app.py:__call__",
-}
 
 
 def imports(path: Path) -> set[str]:
@@ -96,10 +89,6 @@ def long_functions() -> dict[str, int]:
 
 
 def test_no_function_is_longer_than_50_lines():
-    too_long = {k: v for k, v in long_functions().items() if k not in LONG_FUNCTIONS_BEING_SPLIT}
+    too_long = long_functions()
     assert too_long == {}, "split these functions"
 
-
-@pytest.mark.parametrize("name", sorted(LONG_FUNCTIONS_BEING_SPLIT))
-def test_the_allow_list_holds_only_functions_that_are_still_long(name):
-    assert name in long_functions(), f"{name} is short now: remove it from LONG_FUNCTIONS_BEING_SPLIT"

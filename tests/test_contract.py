@@ -135,6 +135,7 @@ def test_renamed_parameter_keys_are_followed_by_writer_and_readers(monkeypatch, 
     assert session_from_config(enc, repo / "m_encoder" / "1")[0].get_session_options().intra_op_num_threads == 2
     ens = read(repo, "m")
     assert "pooling" in c.parameters_of(ens) and c.EnsembleParams.from_config(ens).pooling_mode == "cls"
+    assert model_info_from_config(ens, created=0).pooling_mode == "cls"
 
 
 def test_renamed_tensor_is_followed_by_the_written_configs(monkeypatch, tmp_path, tokenizer_json):

@@ -6,12 +6,13 @@ import os
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.gw_helpers import DEFAULT_MODEL, GatewayProcess, free_port, running_gateway
+from tests.gw_helpers import DEFAULT_MODEL, GatewayProcess, free_port, running_gateway, triton_error_counts
 
 pytestmark = pytest.mark.slow
 
@@ -84,6 +85,40 @@ def test_triton_hanging_gives_504_after_the_deadline(own_triton, tmp_path):
             os.kill(own_triton.process.pid, signal.SIGCONT)
         assert r.status_code == 504, r.text
         assert r.json()["error"]["code"] == "timeout" and 0.9 < elapsed < 5
+        assert c.post("/v1/embeddings", json=BODY).status_code == 200
+        assert triton_error_counts(c.get("/metrics").text) == {"timeout": 1.0}
+
+
+def _in_flight(c: httpx.Client) -> float:
+    line = next(ln for ln in c.get("/metrics").text.splitlines() if ln.startswith("gateway_in_flight_requests "))
+    return float(line.split()[-1])
+
+
+def test_request_deadline_and_overload_on_a_frozen_triton(own_triton, tmp_path):
+    """The whole-request deadline (shorter than the Triton call's) is its own kind; a full gateway answers 429."""
+    settings = dict(cache="none", triton_timeout_s="30", request_timeout_s="1.5", max_in_flight="1")
+    with (
+        running_gateway(tmp_path, triton_grpc_url=own_triton.grpc_url, triton_metrics_url="", **settings) as gw,
+        httpx.Client(base_url=gw.url, timeout=10) as c,
+        httpx.Client(base_url=gw.url, timeout=10) as other,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        assert c.post("/v1/embeddings", json=BODY).status_code == 200
+        os.kill(own_triton.process.pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            first = pool.submit(other.post, "/v1/embeddings", json={**BODY, "input": "frozen 1"})
+            while _in_flight(c) < 1 and not first.done():
+                time.sleep(0.02)
+            second = c.post("/v1/embeddings", json={**BODY, "input": "frozen 2"})
+            r = first.result()
+            elapsed = time.monotonic() - t0
+        finally:
+            os.kill(own_triton.process.pid, signal.SIGCONT)
+        assert second.status_code == 429 and second.headers["retry-after"] == "1", second.text
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout", r.text
+        assert 1.4 < elapsed < 5
+        assert triton_error_counts(c.get("/metrics").text) == {"deadline": 1.0}
         assert c.post("/v1/embeddings", json=BODY).status_code == 200
 
 

@@ -16,7 +16,7 @@ import openai.types
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from tests.gw_helpers import ROOT, FakeBackend, fake_vector, free_port
+from tests.gw_helpers import ROOT, FakeBackend, fake_vector, free_port, triton_error_counts
 from triton_embeddings.gateway.app import create_app
 from triton_embeddings.gateway.cache import CacheEntry, MemoryCache, RedisCache, cache_key
 from triton_embeddings.gateway.metrics import GatewayMetrics, translate_family
@@ -289,6 +289,8 @@ def test_backend_failures_map_to_status(make_client, fake_backend, caplog, exc, 
         assert "secret-detail-123" in caplog.text  # details go to the log only
     fake_backend.fail = None
     assert embed(c, {"model": M, "input": "x"}).status_code == 200
+    kind = {TritonUnavailable: "unavailable", TritonTimeout: "timeout", TritonError: "error"}.get(type(exc))
+    assert triton_error_counts(c.get("/metrics").text) == ({kind: 1.0} if kind else {})
 
 
 def test_no_models_known_yet_is_503(make_client):
@@ -530,6 +532,11 @@ def test_model_info_from_ensemble_config():
     assert model_info_from_config({**cfg, "parameters": {}}, 5) is None
     other = dict(cfg, parameters={**cfg["parameters"], "max_seq_length": {"string_value": "128"}})
     assert model_info_from_config(other, 5).fingerprint != info.fingerprint
+    # An ensemble that breaks the contract (a required parameter missing or unreadable) is not served.
+    no_len = dict(cfg, parameters={k: v for k, v in cfg["parameters"].items() if k != "max_seq_length"})
+    assert model_info_from_config(no_len, 5) is None
+    bad = dict(cfg, parameters={**cfg["parameters"], "embedding_dimension": {"string_value": "many"}})
+    assert model_info_from_config(bad, 5) is None
 
 
 @pytest.mark.parametrize(
@@ -698,10 +705,14 @@ async def test_request_deadline_covers_queueing(cl100k):
     async with app.router.lifespan_context(app), await _lifespan_client(app) as c:
         r = await c.post("/v1/embeddings", json={"model": M, "input": ["a", "b", "c", "d"]})
         assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+        assert "0.5 s" in r.json()["error"]["message"]
         await asyncio.sleep(0.4)
         calls = len(backend.calls)
         assert calls <= 3, "queued texts of a timed-out request must not be sent"
         assert (await c.post("/v1/embeddings", json={"model": M, "input": "e"})).status_code == 200
+        exposition = (await c.get("/metrics")).text
+    # The whole-request deadline is counted apart from Triton's own call timeouts.
+    assert triton_error_counts(exposition) == {"deadline": 1.0}
 
 
 def test_openapi_schema_lists_the_api(make_client):

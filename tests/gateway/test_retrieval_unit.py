@@ -78,3 +78,20 @@ def test_combine_windows_is_token_weighted_and_normalized():
     combined = retrieval.combine_windows(vectors, np.array([3, 1]), normalize=True)
     assert np.allclose(combined, np.array([3.0, 1.0]) / np.sqrt(10))
     assert np.allclose(retrieval.combine_windows(vectors, np.array([3, 1]), normalize=False), [0.75, 0.25])
+
+
+def test_chunked_long_input_is_the_token_weighted_mean_of_its_windows(make_client, fake_backend):
+    from tests.gw_helpers import fake_vector
+
+    c = make_client()
+    text = " ".join(f"w{i}" for i in range(30))  # 30 words: over the fake's 16 tokens
+    r = c.post("/v1/embeddings", json={"model": M, "input": [text, "short one"], "long_inputs": "chunk"})
+    assert r.status_code == 200, r.text
+    windows = [" ".join(f"w{i}" for i in range(a, min(a + 14, 30))) for a in (0, 13, 26)]
+    weights = np.array([len(w.split()) + 2 for w in windows], dtype=np.float64)
+    mean = (np.stack([fake_vector(w, 8) for w in windows]) * weights[:, None]).sum(0) / weights.sum()
+    assert np.allclose(r.json()["data"][0]["embedding"], mean / np.linalg.norm(mean), atol=1e-6)
+    assert np.allclose(r.json()["data"][1]["embedding"], fake_vector("short one", 8), atol=1e-6)
+    assert r.json()["usage"]["prompt_tokens"] == weights.sum() + 4
+    plain = c.post("/v1/embeddings", json={"model": M, "input": text}).json()
+    assert plain["usage"]["prompt_tokens"] == 16  # truncated without chunking

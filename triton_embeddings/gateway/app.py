@@ -1,4 +1,4 @@
-"""FastAPI app factory: lifespan (Triton client, cache, cl100k_base), request context middleware, routes."""
+"""FastAPI app factory: lifespan (backend, cache, cl100k_base, registry, service), middleware, routes."""
 
 from __future__ import annotations
 
@@ -12,9 +12,17 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from triton_embeddings.gateway.backend import Backend
 from triton_embeddings.gateway.cache import Cache, make_cache
-from triton_embeddings.gateway.errors import APIError, ErrorKind, error_response, install_error_handlers, internal_error
+from triton_embeddings.gateway.errors import (
+    APIError,
+    ErrorKind,
+    error_response,
+    install_error_handlers,
+    internal_error_response,
+)
 from triton_embeddings.gateway.metrics import GatewayMetrics
+from triton_embeddings.gateway.registry import ModelRegistry
 from triton_embeddings.gateway.router import router
 from triton_embeddings.gateway.service import EmbeddingService
 from triton_embeddings.gateway.settings import Settings
@@ -58,69 +66,79 @@ class RequestContextMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        given = ""
-        length = None
-        for k, v in scope["headers"]:
-            if k == b"x-request-id":
-                given = v.decode("latin-1")
-            elif k == b"content-length":
-                length = v
-        rid = given if _SAFE_ID.match(given) else uuid.uuid4().hex
+        rid = _request_id(scope)
         token = request_id_var.set(rid)
-        state = scope.setdefault("state", {})
-        state["request_id"] = rid
+        scope.setdefault("state", {})["request_id"] = rid
+        response = _ResponseStart(send, rid)
         t0 = time.perf_counter()
-        status = 500
-        started = False
-
-        async def send_with_id(message):
-            nonlocal status, started
-            if message["type"] == "http.response.start":
-                started = True
-                status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = list(message["headers"]) + [(b"x-request-id", rid.encode())]
-            await send(message)
-
         try:
-            cap = self.settings.max_body_bytes
-            too_large = False
-            if length is not None:
-                try:
-                    too_large = int(length) > cap
-                except ValueError:
-                    too_large = False
-            if not too_large and scope["method"] in ("POST", "PUT", "PATCH"):
-                body, too_large = await _read_body(receive, cap)
-                receive = _replay(body, receive)
-            if too_large:
-                err = APIError(ErrorKind.BODY_TOO_LARGE, f"Request body too large: the limit is {cap} bytes.")
-                return await error_response(err)(scope, receive, send_with_id)
+            receive, cap_error = await self._capped(scope, receive)
+            if cap_error is not None:
+                return await error_response(cap_error)(scope, receive, response.send)
             try:
-                await self.app(scope, receive, send_with_id)
-            except Exception:
-                if started:
+                await self.app(scope, receive, response.send)
+            except Exception as exc:
+                if response.started:
                     raise
-                log.exception("unexpected error (request id %s)", rid)
-                await error_response(internal_error(rid))(scope, receive, send_with_id)
+                await internal_error_response(rid, exc)(scope, receive, response.send)
         finally:
-            elapsed = time.perf_counter() - t0
-            route = scope.get("route")
-            path = getattr(route, "path", None) or "other"
-            model = state.get("model_label", "-")
-            self.metrics.requests.labels(path, model, str(status)).inc()
-            if path in EMBEDDING_ROUTES and model != "-":
-                self.metrics.latency.labels(model).observe(elapsed)
-            if self.settings.access_log:
-                access_log.info(
-                    "%s %s %s %d %.1fms",
-                    scope.get("client", ("-",))[0],
-                    scope["method"],
-                    scope["path"],
-                    status,
-                    elapsed * 1000,
-                )
+            self._record(scope, response.status, time.perf_counter() - t0)
             request_id_var.reset(token)
+
+    async def _capped(self, scope, receive) -> tuple[object, APIError | None]:
+        """The body cap: by Content-Length when given, else while reading the body (then replayed)."""
+        cap = self.settings.max_body_bytes
+        length = _header(scope, b"content-length")
+        too_large = length.isdigit() and int(length) > cap
+        if not too_large and scope["method"] in ("POST", "PUT", "PATCH"):
+            body, too_large = await _read_body(receive, cap)
+            receive = _replay(body, receive)
+        if too_large:
+            return receive, APIError(ErrorKind.BODY_TOO_LARGE, f"Request body too large: the limit is {cap} bytes.")
+        return receive, None
+
+    def _record(self, scope, status: int, elapsed: float) -> None:
+        """Request metrics and the access log line (no bodies, no keys)."""
+        path = getattr(scope.get("route"), "path", None) or "other"
+        model = scope["state"].get("model_label", "-")
+        self.metrics.requests.labels(path, model, str(status)).inc()
+        if path in EMBEDDING_ROUTES and model != "-":
+            self.metrics.latency.labels(model).observe(elapsed)
+        if self.settings.access_log:
+            client = scope.get("client") or ("-",)
+            access_log.info("%s %s %s %d %.1fms", client[0], scope["method"], scope["path"], status, elapsed * 1000)
+
+
+class _ResponseStart:
+    """Wraps `send`: adds `x-request-id` to the response and remembers its status (500 until one starts)."""
+
+    def __init__(self, send, request_id: str):
+        self._send = send
+        self._header = (b"x-request-id", request_id.encode())
+        self.status = 500
+        self.started = False
+
+    async def send(self, message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            self.status = message["status"]
+            message["headers"] = [*message.get("headers", []), self._header]
+        await self._send(message)
+
+
+def _header(scope, name: bytes) -> str:
+    """The last value of one request header ("" when absent)."""
+    value = ""
+    for k, v in scope["headers"]:
+        if k == name:
+            value = v.decode("latin-1")
+    return value
+
+
+def _request_id(scope) -> str:
+    """The client's `X-Request-ID` when it is safe to log and echo, else a new one."""
+    given = _header(scope, b"x-request-id")
+    return given if _SAFE_ID.match(given) else uuid.uuid4().hex
 
 
 async def _read_body(receive, cap: int) -> tuple[bytes, bool]:
@@ -163,45 +181,45 @@ async def _load_decoder(settings: Settings) -> TokenDecoder:
         return TokenDecoder(None)
 
 
-def create_app(
-    settings: Settings | None = None,
-    *,
-    backend: TritonBackend | None = None,
-    cache: Cache | None = None,
-    decoder: TokenDecoder | None = None,
-) -> FastAPI:
-    """Build the gateway app; `backend`, `cache` and `decoder` can be injected (unit tests)."""
-    settings = settings or Settings()
-    metrics = GatewayMetrics(settings.triton_metrics_url, settings.triton_metrics_timeout_s)
-    api_keys = [k.encode("utf-8") for k in settings.load_api_keys()]
+def _make_backend(settings: Settings) -> Backend:
+    return TritonBackend(
+        settings.triton_grpc_url,
+        timeout_s=settings.triton_timeout_s,
+        ready_timeout_s=settings.ready_timeout_s,
+        refresh_interval_s=settings.refresh_interval_s,
+        only_models=settings.models,
+    )
+
+
+def _make_cache(settings: Settings) -> Cache:
+    return make_cache(
+        settings.cache,
+        size=settings.cache_size,
+        ttl_s=settings.cache_ttl_s,
+        redis_url=settings.redis_url.get_secret_value() if settings.redis_url else None,
+        redis_timeout_s=settings.redis_timeout_s,
+        redis_retry_s=settings.redis_retry_s,
+    )
+
+
+def _lifespan(settings: Settings, backend: Backend | None, cache: Cache | None, decoder: TokenDecoder | None):
+    """Start the backend, cache and decoder; put the registry and the service on `app.state`."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        be = backend or TritonBackend(
-            settings.triton_grpc_url,
-            timeout_s=settings.triton_timeout_s,
-            ready_timeout_s=settings.ready_timeout_s,
-            refresh_interval_s=settings.refresh_interval_s,
-            only_models=settings.models,
-        )
-        ca = cache or make_cache(
-            settings.cache,
-            size=settings.cache_size,
-            ttl_s=settings.cache_ttl_s,
-            redis_url=settings.redis_url.get_secret_value() if settings.redis_url else None,
-            redis_timeout_s=settings.redis_timeout_s,
-            redis_retry_s=settings.redis_retry_s,
-        )
-        ca.on_error = metrics.cache_errors.inc
+        be = backend or _make_backend(settings)
+        ca = cache or _make_cache(settings)
+        ca.on_error = app.state.metrics.cache_errors.inc
         dec = decoder or await _load_decoder(settings)
         await be.start()
-        app.state.service = EmbeddingService(settings, be, ca, metrics, dec)
+        app.state.registry = ModelRegistry(settings, be)
+        app.state.service = EmbeddingService(settings, be, ca, app.state.metrics, dec)
         log.info(
             "gateway ready: triton=%s cache=%s token-ids=%s auth=%s",
             settings.triton_grpc_url,
             ca.name,
             "on" if dec.available else "off",
-            "on" if api_keys else "off",
+            "on" if app.state.api_keys else "off",
         )
         try:
             yield
@@ -209,15 +227,28 @@ def create_app(
             await be.close()
             await ca.close()
 
+    return lifespan
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    backend: Backend | None = None,
+    cache: Cache | None = None,
+    decoder: TokenDecoder | None = None,
+) -> FastAPI:
+    """Build the gateway app; `backend`, `cache` and `decoder` can be injected (unit tests)."""
+    settings = settings or Settings()
+    metrics = GatewayMetrics(settings.triton_metrics_url, settings.triton_metrics_timeout_s)
     app = FastAPI(
         title="triton-embeddings gateway",
         summary="OpenAI-compatible embeddings API over Triton Inference Server.",
         version="0.1.0",
-        lifespan=lifespan,
+        lifespan=_lifespan(settings, backend, cache, decoder),
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.api_keys = api_keys
+    app.state.api_keys = [k.encode("utf-8") for k in settings.load_api_keys()]
     install_error_handlers(app, settings.retry_after_s)
     app.include_router(router)
     app.add_middleware(RequestContextMiddleware, settings=settings, metrics=metrics)

@@ -15,10 +15,14 @@ from collections import deque
 from collections.abc import Callable
 
 from triton_embeddings import contract
+from triton_embeddings.gateway.backend import Backend, ModelInfo
 from triton_embeddings.gateway.cache import CacheEntry
-from triton_embeddings.gateway.triton import ModelInfo, TritonBackend, TritonTimeout
 
 log = logging.getLogger("gateway.batcher")
+
+
+class DeadlineExceeded(Exception):
+    """The whole request was not embedded within its deadline (queueing included); not a backend error."""
 
 
 class _Item:
@@ -47,7 +51,7 @@ class Batcher:
 
     def __init__(
         self,
-        backend: TritonBackend,
+        backend: Backend,
         max_calls: int,
         deadline_s: float | None = None,
         observe_call: Callable[[str, float], None] = lambda model, seconds: None,
@@ -75,7 +79,7 @@ class Batcher:
         try:
             results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), self.deadline_s)
         except asyncio.TimeoutError:  # still queued texts are dropped: their futures were cancelled
-            raise TritonTimeout(f"request not embedded within {self.deadline_s:g} s") from None
+            raise DeadlineExceeded(f"request not embedded within {self.deadline_s:g} s") from None
         for r in results:
             if isinstance(r, BaseException):
                 raise r

@@ -12,11 +12,13 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from triton_embeddings.gateway.protocol import ErrorResponse
+
 log = logging.getLogger("gateway")
 
 
 class ErrorKind(enum.Enum):
-    """Each kind of failure: (HTTP status, OpenAI `type`, default `code`)."""
+    """Each kind of failure: (HTTP status, OpenAI `type`, default `code`); kinds may share a code."""
 
     INVALID_REQUEST = (400, "invalid_request_error", None)
     CONTEXT_LENGTH = (400, "invalid_request_error", "context_length_exceeded")
@@ -30,11 +32,14 @@ class ErrorKind(enum.Enum):
     OVERLOADED = (429, "rate_limit_error", "rate_limit_exceeded")
     INTERNAL = (500, "server_error", "internal_error")
     UPSTREAM_UNAVAILABLE = (503, "server_error", "service_unavailable")
-    UPSTREAM_TIMEOUT = (504, "server_error", "timeout")
+    UPSTREAM_TIMEOUT = (504, "server_error", "timeout")  # one Triton call ran past its deadline
+    REQUEST_TIMEOUT = (504, "server_error", "timeout")  # the whole request ran past its deadline
 
-    @property
-    def status(self) -> int:
-        return self.value[0]
+    def __new__(cls, status: int, type_: str, code: str | None) -> ErrorKind:
+        kind = object.__new__(cls)
+        kind._value_ = len(cls.__members__)  # distinct values: kinds sharing a status and code stay distinct
+        kind.status, kind.type, kind.code = status, type_, code
+        return kind
 
 
 # Kinds whose answer carries `Retry-After`.
@@ -59,22 +64,15 @@ class APIError(Exception):
         self._status = status
         self.message = message
         self.param = param
-        self.code = code if code is not None else kind.value[2]
+        self.code = code if code is not None else kind.code
         self.headers = dict(headers or {})
 
     @property
     def status(self) -> int:
         return self._status or self.kind.status
 
-    def body(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.kind.value[1],
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+    def body(self) -> ErrorResponse:
+        return {"error": {"message": self.message, "type": self.kind.type, "param": self.param, "code": self.code}}
 
 
 def error_response(err: APIError, retry_after_s: int = 1) -> Response:
@@ -85,12 +83,15 @@ def error_response(err: APIError, retry_after_s: int = 1) -> Response:
     return Response(orjson.dumps(err.body()), status_code=err.status, headers=headers, media_type="application/json")
 
 
-def internal_error(request_id: str) -> APIError:
-    """The generic 500: no exception text, only the request id to quote."""
-    return APIError(
-        ErrorKind.INTERNAL,
-        f"The server had an error while processing your request (request id {request_id}).",
-    )
+def internal_error_response(request_id: str, exc: BaseException | None = None) -> Response:
+    """The generic 500, the only place it is rendered: no exception text, only the request id to quote.
+
+    `exc`, when given, is logged with its traceback (the log, never the client, gets the details).
+    """
+    if exc is not None:
+        log.error("unexpected error (request id %s)", request_id, exc_info=exc)
+    message = f"The server had an error while processing your request (request id {request_id})."
+    return error_response(APIError(ErrorKind.INTERNAL, message))
 
 
 def _type_name(value: Any) -> str:
@@ -141,6 +142,21 @@ def request_id_of(request: Request) -> str:
     return getattr(request.state, "request_id", "") or "-"
 
 
+def http_error(request: Request, exc: StarletteHTTPException) -> APIError | None:
+    """The framework's own HTTP errors as OpenAI errors; None for a 5xx (answered as the generic 500)."""
+    where = f"({request.method} {request.url.path})"
+    if exc.status_code == 404:
+        return APIError(ErrorKind.NOT_FOUND, f"Invalid URL {where}.")
+    if exc.status_code == 405:
+        return APIError(ErrorKind.METHOD_NOT_ALLOWED, f"Method not allowed {where}.", headers=exc.headers)
+    if exc.status_code == 413:
+        return APIError(ErrorKind.BODY_TOO_LARGE, "Request body too large.")
+    if 400 <= exc.status_code < 500:
+        return APIError(ErrorKind.INVALID_REQUEST, str(exc.detail), status=exc.status_code)
+    log.error("HTTP %s from the framework: %s", exc.status_code, exc.detail)
+    return None
+
+
 def install_error_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
     """Make every error the app can answer OpenAI-shaped."""
 
@@ -154,22 +170,9 @@ def install_error_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        where = f"({request.method} {request.url.path})"
-        if exc.status_code == 404:
-            err = APIError(ErrorKind.NOT_FOUND, f"Invalid URL {where}.")
-        elif exc.status_code == 405:
-            err = APIError(ErrorKind.METHOD_NOT_ALLOWED, f"Method not allowed {where}.", headers=exc.headers)
-        elif exc.status_code == 413:
-            err = APIError(ErrorKind.BODY_TOO_LARGE, "Request body too large.")
-        elif 400 <= exc.status_code < 500:
-            err = APIError(ErrorKind.INVALID_REQUEST, str(exc.detail), status=exc.status_code)
-        else:
-            log.error("HTTP %s from the framework: %s", exc.status_code, exc.detail)
-            err = internal_error(request_id_of(request))
-        return error_response(err, retry_after_s)
+        err = http_error(request, exc)
+        return internal_error_response(request_id_of(request)) if err is None else error_response(err, retry_after_s)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
-        rid = request_id_of(request)
-        log.exception("unexpected error (request id %s)", rid)
-        return error_response(internal_error(rid), retry_after_s)
+        return internal_error_response(request_id_of(request), exc)

@@ -70,7 +70,12 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.triton_errors = Counter("gateway_triton_errors", "Failed Triton calls, by kind.", ["kind"], registry=r)
+        self.triton_errors = Counter(
+            "gateway_triton_errors",
+            "Failed Triton calls by kind (unavailable, timeout, error); deadline: requests past their own deadline.",
+            ["kind"],
+            registry=r,
+        )
         ProcessCollector(registry=r)
         if triton_metrics_url:
             r.register(TritonMetricsCollector(triton_metrics_url, triton_timeout_s))

@@ -1,10 +1,18 @@
-"""Wire models mirroring OpenAI's embeddings and models API types."""
+"""Wire types mirroring OpenAI's embeddings and models API types.
+
+The request is a pydantic model (validated). The responses are TypedDicts: FastAPI documents them like
+models, the code builds them as plain dicts (no per-object cost on 2048-input responses) and orjson writes
+them with numpy rows as they are.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal, Union
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from typing_extensions import TypedDict
 
 # Strict types: a JSON `true` or `"1"` is not a token id, and `1` is not a string.
 EmbeddingInput = Union[StrictStr, list[StrictStr], list[StrictInt], list[list[StrictInt]]]  # noqa: UP007
@@ -41,58 +49,81 @@ class EmbeddingRequest(BaseModel):
     )
 
 
-class Embedding(BaseModel):
-    """One embedding; `embedding` is a float list or a base64 string."""
+class Embedding(TypedDict):
+    """One embedding; `embedding` is a float list (a float32 numpy row until written) or a base64 string."""
 
-    object: Literal["embedding"] = "embedding"
-    embedding: list[float] | list[int] | str
+    object: Literal["embedding"]
+    embedding: list[float] | list[int] | str  # list[int]: the int8/uint8/binary/ubinary embedding types
     index: int
 
 
-class Usage(BaseModel):
+class Usage(TypedDict):
     """Token counts from the served model's own tokenizer."""
 
     prompt_tokens: int
     total_tokens: int
 
 
-class EmbeddingResponse(BaseModel):
+class EmbeddingResponse(TypedDict):
     """Body answered by `POST /v1/embeddings`."""
 
-    object: Literal["list"] = "list"
+    object: Literal["list"]
     data: list[Embedding]
     model: str
     usage: Usage
 
 
-class Model(BaseModel):
+class Model(TypedDict):
     """One entry of `GET /v1/models`."""
 
     id: str
-    object: Literal["model"] = "model"
+    object: Literal["model"]
     created: int
     owned_by: str
-    prompts: dict[str, str] | None = None
-    default_prompt_name: str | None = None
 
 
-class ModelList(BaseModel):
+class ModelWithPrompts(Model, total=False):
+    """`GET /v1/models/{id}`: a `Model` plus the prompts `input_type` can name (our extension)."""
+
+    prompts: dict[str, str]
+    default_prompt_name: str | None
+
+
+class ModelList(TypedDict):
     """Body answered by `GET /v1/models`."""
 
-    object: Literal["list"] = "list"
+    object: Literal["list"]
     data: list[Model]
 
 
-class ErrorDetail(BaseModel):
+class ErrorDetail(TypedDict):
     """OpenAI's error object."""
 
     message: str
     type: str
-    param: str | None = None
-    code: str | None = None
+    param: str | None
+    code: str | None
 
 
-class ErrorResponse(BaseModel):
+class ErrorResponse(TypedDict):
     """Every error body: `{"error": {...}}`."""
 
     error: ErrorDetail
+
+
+class Status(TypedDict):
+    """Body of `/health` and `/ready` when they answer 200."""
+
+    status: str
+
+
+def embedding_response(model: str, embeddings: Sequence[np.ndarray | str], tokens: int) -> EmbeddingResponse:
+    """The `POST /v1/embeddings` body: `embeddings` are float32 rows or base64 strings, in input order."""
+    data: list[Embedding] = [{"object": "embedding", "embedding": e, "index": i} for i, e in enumerate(embeddings)]
+    usage: Usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return {"object": "list", "data": data, "model": model, "usage": usage}
+
+
+def model_card(name: str, created: int, owner: str) -> Model:
+    """One OpenAI `Model` object."""
+    return {"id": name, "object": "model", "created": created, "owned_by": owner}

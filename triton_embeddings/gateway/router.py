@@ -1,4 +1,4 @@
-"""Thin HTTP layer: routes, auth, and rendering; the work is in `service.py`."""
+"""Thin HTTP layer: routes, auth, and rendering; names resolve in `registry.py`, the work is in `service.py`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,15 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
 from triton_embeddings.gateway.errors import APIError, ErrorKind, error_response
-from triton_embeddings.gateway.protocol import EmbeddingRequest, EmbeddingResponse, ErrorResponse, Model, ModelList
+from triton_embeddings.gateway.protocol import (
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ErrorResponse,
+    ModelList,
+    ModelWithPrompts,
+    Status,
+)
+from triton_embeddings.gateway.registry import ModelRegistry
 from triton_embeddings.gateway.service import EmbeddingService
 
 router = APIRouter()
@@ -19,17 +27,17 @@ router = APIRouter()
 ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 413, 429, 500, 503, 504)}
 
 
-def json_response(body: object, status_code: int = 200) -> Response:
-    """JSON via orjson (numpy float32 rows are written as their shortest float32 repr)."""
-    return Response(
-        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
-        status_code=status_code,
-        media_type="application/json",
-    )
+def json_response(body: EmbeddingResponse | ModelList | ModelWithPrompts | Status) -> Response:
+    """A 200 JSON body via orjson (numpy float32 rows are written as their shortest float32 repr)."""
+    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
 def service_of(request: Request) -> EmbeddingService:
     return request.app.state.service
+
+
+def registry_of(request: Request) -> ModelRegistry:
+    return request.app.state.registry
 
 
 async def check_api_key(request: Request) -> None:
@@ -72,35 +80,34 @@ async def check_metrics_key(request: Request) -> None:
 )
 async def create_embeddings(body: EmbeddingRequest, request: Request) -> Response:
     """OpenAI's `POST /v1/embeddings`."""
-    service = service_of(request)
-    info = service.resolve(body.model)
+    info = registry_of(request).resolve(body.model)
     request.state.model_label = info.name  # bounded label for the request metrics
-    return json_response(await service.embed(body, request.state.request_id))
+    return json_response(await service_of(request).embed(body, info, request.state.request_id))
 
 
 @router.get("/v1/models", response_model=ModelList, dependencies=[Depends(check_api_key)])
 @router.get("/models", response_model=ModelList, dependencies=[Depends(check_api_key)], include_in_schema=False)
 async def list_models(request: Request) -> Response:
     """Every served model plus its aliases."""
-    return json_response({"object": "list", "data": service_of(request).list_models()})
+    return json_response(registry_of(request).list())
 
 
 @router.get(
     "/v1/models/{model_id:path}",
-    response_model=Model,
+    response_model=ModelWithPrompts,
     responses=ERRORS,
     dependencies=[Depends(check_api_key)],
 )
 @router.get(
     "/models/{model_id:path}",
-    response_model=Model,
+    response_model=ModelWithPrompts,
     responses=ERRORS,
     dependencies=[Depends(check_api_key)],
     include_in_schema=False,
 )
 async def get_model(model_id: str, request: Request) -> Response:
     """One model or alias; unknown: 404 `model_not_found`."""
-    return json_response(service_of(request).get_model(model_id))
+    return json_response(registry_of(request).get(model_id))
 
 
 @router.get("/health")
@@ -112,7 +119,7 @@ async def health() -> Response:
 @router.get("/ready", responses={503: {"model": ErrorResponse}})
 async def ready(request: Request) -> Response:
     """Readiness: Triton live and every configured model ready."""
-    ok, reason = await service_of(request).ready()
+    ok, reason = await registry_of(request).ready()
     if ok:
         return json_response({"status": "ready"})
     err = APIError(ErrorKind.UPSTREAM_UNAVAILABLE, f"Not ready: {reason}.")

@@ -1,35 +1,32 @@
-"""The embeddings work: inputs, cache, length-sorted concurrent chunks to Triton, and the OpenAI answer."""
+"""The embeddings work: inputs, limits, cache, the batcher, and the OpenAI answer."""
 
 from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from typing import Any
 
 import numpy as np
 
 from triton_embeddings.gateway import retrieval
-from triton_embeddings.gateway.batcher import Batcher
+from triton_embeddings.gateway.backend import Backend, ModelInfo, TritonError, TritonTimeout, TritonUnavailable
+from triton_embeddings.gateway.batcher import Batcher, DeadlineExceeded
 from triton_embeddings.gateway.cache import Cache, CacheEntry, cache_key
 from triton_embeddings.gateway.errors import APIError, ErrorKind
 from triton_embeddings.gateway.metrics import GatewayMetrics
-from triton_embeddings.gateway.protocol import EmbeddingRequest
-from triton_embeddings.gateway.settings import DEFAULT_TARGET, Settings
+from triton_embeddings.gateway.protocol import EmbeddingRequest, EmbeddingResponse, embedding_response
+from triton_embeddings.gateway.settings import Settings
 from triton_embeddings.gateway.token_ids import TokenDecoder
-from triton_embeddings.gateway.triton import ModelInfo, TritonBackend, TritonError, TritonTimeout, TritonUnavailable
 
 log = logging.getLogger("gateway.service")
 
-OWNER = "triton-embeddings"
-
 
 class EmbeddingService:
-    """Answers embeddings and models requests from the served Triton ensembles."""
+    """Answers embeddings requests for a resolved model (the registry resolves names)."""
 
     def __init__(
         self,
         settings: Settings,
-        backend: TritonBackend,
+        backend: Backend,
         cache: Cache,
         metrics: GatewayMetrics,
         decoder: TokenDecoder,
@@ -46,69 +43,6 @@ class EmbeddingService:
             lambda model, seconds: metrics.triton_latency.labels(model).observe(seconds),
         )
         self._in_flight = 0
-
-    # ---- models -------------------------------------------------------------------------------------
-
-    def _models(self) -> dict[str, ModelInfo]:
-        models = self.backend.models
-        if models is None:
-            raise APIError(ErrorKind.UPSTREAM_UNAVAILABLE, "The inference server is not reachable right now.")
-        return models
-
-    def default_model(self, models: dict[str, ModelInfo]) -> str | None:
-        """The configured default if served, else the only model, else the first by name."""
-        if self.settings.default_model:
-            return self.settings.default_model if self.settings.default_model in models else None
-        return min(models) if models else None
-
-    def aliases(self, models: dict[str, ModelInfo]) -> dict[str, str]:
-        """Alias -> served model, for the aliases whose target is served (served names win over aliases)."""
-        default = self.default_model(models)
-        out = {}
-        for alias, target in self.settings.model_aliases.items():
-            target = default if target == DEFAULT_TARGET else target
-            if target in models and alias not in models:
-                out[alias] = target
-        return out
-
-    def resolve(self, name: str) -> ModelInfo:
-        """A served model or alias; unknown: 404 `model_not_found`."""
-        models = self._models()
-        target = name if name in models else self.aliases(models).get(name)
-        if target is None:
-            self.backend.unknown_model_seen()  # it may have been loaded since the last look
-            raise APIError(
-                ErrorKind.MODEL_NOT_FOUND,
-                f"The model `{name}` does not exist. See GET /v1/models for the served models.",
-                param="model",
-            )
-        return models[target]
-
-    def list_models(self) -> list[dict[str, Any]]:
-        """OpenAI `Model` objects: every served model, then its aliases."""
-        models = self._models()
-        out = [
-            {"id": m.name, "object": "model", "created": m.created, "owned_by": OWNER}
-            for m in sorted(models.values(), key=lambda m: m.name)
-        ]
-        for alias, target in sorted(self.aliases(models).items()):
-            out.append({"id": alias, "object": "model", "created": models[target].created, "owned_by": OWNER})
-        return out
-
-    def get_model(self, name: str) -> dict[str, Any]:
-        """One model, with the prompts `input_type` can name (an extension of OpenAI's `Model`)."""
-        info = self.resolve(name)
-        return {
-            "id": name, "object": "model", "created": info.created, "owned_by": OWNER,
-            "prompts": dict(info.prompts), "default_prompt_name": info.default_prompt_name or None,
-        }
-
-    async def ready(self) -> tuple[bool, str]:
-        """Triton live and every configured (or, if none configured, every discovered) model ready."""
-        names = list(self.settings.models or (self.backend.models or {}))
-        if not names:
-            return False, "no embedding model is served"
-        return await self.backend.ready(names)
 
     # ---- embeddings ---------------------------------------------------------------------------------
 
@@ -155,9 +89,8 @@ class EmbeddingService:
                 param="dimensions",
             )
 
-    async def embed(self, req: EmbeddingRequest, request_id: str = "") -> dict[str, Any]:
-        """Answer one embeddings request in OpenAI's shape."""
-        info = self.resolve(req.model)
+    async def embed(self, req: EmbeddingRequest, info: ModelInfo, request_id: str = "") -> EmbeddingResponse:
+        """Answer one embeddings request for the resolved model `info`, in OpenAI's shape."""
         texts = self.texts_of(req)
         self._check_dimensions(req.dimensions, info)
         opts = retrieval.options_of(req, info, self.settings)
@@ -175,6 +108,15 @@ class EmbeddingService:
         finally:
             self._in_flight -= 1
             self.metrics.in_flight.dec()
+        tokens = self._check_lengths(info, entries, opts)
+        self.metrics.inputs.labels(info.name).observe(len(texts))
+        self.metrics.tokens.labels(info.name).inc(tokens)
+        # float32 rows (orjson writes the shortest float32 repr), integer rows, or base64 strings
+        return embedding_response(req.model, retrieval.encode_vectors(np.stack([e.vector for e in entries]), req, info),
+                                  tokens)
+
+    def _check_lengths(self, info: ModelInfo, entries: list[CacheEntry], opts: retrieval.Options) -> int:
+        """Truncated inputs (truncate NONE) and the token cap; returns the request's token count."""
         if opts.truncate == "NONE":
             for i, e in enumerate(entries):
                 if e.truncated:
@@ -191,15 +133,7 @@ class EmbeddingService:
                 f"Requested {tokens} tokens, max {self.settings.max_tokens_per_request} tokens per request.",
                 param="input",
             )
-        self.metrics.inputs.labels(info.name).observe(len(texts))
-        self.metrics.tokens.labels(info.name).inc(tokens)
-        embeddings = retrieval.encode_vectors(np.stack([e.vector for e in entries]), req, info)
-        return {
-            "object": "list",
-            "data": [{"object": "embedding", "embedding": e, "index": i} for i, e in enumerate(embeddings)],
-            "model": req.model,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
+        return tokens
 
     async def _chunked(
         self, info: ModelInfo, texts: list[str], opts: retrieval.Options, request_id: str
@@ -207,7 +141,7 @@ class EmbeddingService:
         """Inputs over the max length as overlapping windows (cut by the tokenizer step), embedded like any
         text, then combined by a token-weighted mean; usage counts every window's tokens."""
         names = [opts.prompt_name] * len(texts) if opts.prompt_name else None
-        with self._triton_errors():
+        with self._backend_errors():
             spans = await self.backend.windows(info.name, texts, names, request_id)
         planned = sum(k for rows in spans for _, _, k in rows)
         if planned > self.settings.max_tokens_per_request:
@@ -238,7 +172,7 @@ class EmbeddingService:
         found: dict[str, CacheEntry] = {}
         keys: dict[str, str] = {}
         if self.cache.enabled:
-            prefix = retrieval.cache_prefix(opts, info)
+            prefix = retrieval.cache_prefix(opts, info)  # prompt and side; "" for plain requests
             keys = {t: cache_key(info.name, info.fingerprint, prefix + t) for t in unique}
             cached = await self.cache.get_many([keys[t] for t in unique])
             found = {t: e for t, e in zip(unique, cached, strict=True) if e is not None}
@@ -255,14 +189,14 @@ class EmbeddingService:
     async def _infer(
         self, info: ModelInfo, texts: list[str], opts: retrieval.Options, request_id: str
     ) -> dict[str, CacheEntry]:
-        """Embed through the batcher (length-sorted, chunked, concurrent); Triton failures become 503/504."""
-        with self._triton_errors():
+        """Embed through the batcher (length-sorted, chunked, concurrent); failures become 503/504/500."""
+        with self._backend_errors():
             entries = await self.batcher.embed(info, texts, request_id, opts.prompt_name, opts.side)
         return dict(zip(texts, entries, strict=True))
 
     @contextmanager
-    def _triton_errors(self):
-        """Triton unavailable: 503; timeout: 504; anything else: the generic 500 (logged with the request id)."""
+    def _backend_errors(self):
+        """Backend unavailable: 503; timeout: 504; request deadline: its 504; anything else: the generic 500."""
         try:
             yield
         except TritonUnavailable as e:
@@ -276,7 +210,13 @@ class EmbeddingService:
             self.metrics.triton_errors.labels("timeout").inc()
             log.warning("Triton timeout: %s", e)
             raise APIError(ErrorKind.UPSTREAM_TIMEOUT, "The inference server did not answer in time.") from None
+        except DeadlineExceeded as e:
+            self.metrics.triton_errors.labels("deadline").inc()
+            log.warning("deadline exceeded: %s", e)
+            raise APIError(
+                ErrorKind.REQUEST_TIMEOUT,
+                f"The request was not answered within {self.settings.request_timeout_s:g} s; retry shortly.",
+            ) from None
         except TritonError:
             self.metrics.triton_errors.labels("error").inc()
             raise  # the generic 500 handler logs it and answers with the request id
-

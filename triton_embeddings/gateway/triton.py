@@ -1,4 +1,7 @@
-"""The only module that talks to Triton: one async gRPC client, model discovery, and the ensemble call."""
+"""The only module that talks to Triton: one async gRPC client, model discovery, and the ensemble call.
+
+`TritonBackend` implements `backend.Backend`; tensor names and parameters come from `contract`.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 from tritonclient.grpc import (
@@ -20,81 +22,35 @@ from tritonclient.grpc import (
 from tritonclient.grpc.aio import InferenceServerClient
 
 from triton_embeddings import contract
+from triton_embeddings.gateway.backend import EmbedResult, ModelInfo, TritonError, TritonTimeout, TritonUnavailable
 
 log = logging.getLogger("gateway.triton")
-
-# The ensemble's tensor contract (docs/contract.md).
-INPUT_TEXT = "TEXT"
-OUTPUT_EMBEDDING = "EMBEDDING"
-OUTPUT_TOKEN_COUNT = "TOKEN_COUNT"
-OUTPUT_TRUNCATED = "TRUNCATED"
-
-
-class TritonError(Exception):
-    """Triton answered with an error the client did not cause (a 500)."""
-
-
-class TritonUnavailable(TritonError):
-    """Triton is unreachable, shutting down, overloaded, or the model is not loaded right now (a 503)."""
-
-
-class TritonTimeout(TritonError):
-    """The call ran past its deadline (a 504)."""
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """An embedding ensemble as its config's `parameters` describe it."""
-
-    name: str
-    dimension: int
-    max_seq_length: int
-    max_batch_size: int
-    normalize: bool
-    pooling_mode: str
-    source_model: str
-    fingerprint: str
-    created: int
-    prompts: dict = field(default_factory=dict, compare=False)
-    default_prompt_name: str = ""
-    quantization_ranges: dict = field(default_factory=dict, compare=False, repr=False)
-
-
-@dataclass
-class EmbedResult:
-    """The ensemble's outputs for n texts."""
-
-    embeddings: np.ndarray  # [n, D] float32
-    token_counts: np.ndarray  # [n] int64
-    truncated: np.ndarray  # [n] bool
 
 
 def model_info_from_config(config: dict, created: int) -> ModelInfo | None:
     """Read a model config (Triton's JSON form); None when it is not an embedding ensemble."""
-    params = {k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
-    if config.get("platform") != "ensemble" or "embedding_dimension" not in params:
+    if not contract.is_embedding_ensemble(config):
         return None
-    if INPUT_TEXT not in {i.get("name") for i in config.get("input", [])}:
-        return None
-    fingerprint = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
     try:
-        ens = contract.EnsembleParams.from_parameters(params)
+        params = contract.EnsembleParams.from_config(config)
     except contract.ContractError as e:
-        log.warning("model %s: %s; skipped", config.get("name"), e)
+        log.warning("model %s not served: %s", config.get("name"), e)
         return None
+    raw = contract.parameters_of(config)
+    fingerprint = hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
     return ModelInfo(
         name=config["name"],
-        dimension=int(params["embedding_dimension"]),
-        max_seq_length=int(params.get("max_seq_length") or 0),
+        dimension=params.embedding_dimension,
+        max_seq_length=params.max_seq_length,
         max_batch_size=max(1, int(config.get("max_batch_size") or 1)),
-        normalize=params.get("normalize", "true").lower() == "true",
-        pooling_mode=params.get("pooling_mode", ""),
-        source_model=params.get("source_model", ""),
+        normalize=params.normalize,
+        pooling_mode=params.pooling_mode,
+        source_model=params.source_model,
         fingerprint=fingerprint,
         created=created,
-        prompts=dict(ens.prompts),
-        default_prompt_name=ens.default_prompt_name,
-        quantization_ranges=dict(ens.quantization_ranges),
+        prompts=dict(params.prompts),
+        default_prompt_name=params.default_prompt_name,
+        quantization_ranges=dict(params.quantization_ranges),
     )
 
 
@@ -254,9 +210,9 @@ class TritonBackend:
         """
         client = self._require_client()
         n = len(texts)
-        inputs = [_bytes_input(INPUT_TEXT, texts)]
+        inputs = [_bytes_input(contract.TEXT, texts)]
         inputs += [_bytes_input(name, values) for name, values in (options or {}).items()]
-        outputs = [InferRequestedOutput(o) for o in (OUTPUT_EMBEDDING, OUTPUT_TOKEN_COUNT, OUTPUT_TRUNCATED)]
+        outputs = [InferRequestedOutput(name) for name in contract.ENSEMBLE_OUTPUTS]
         try:
             res = await client.infer(
                 model, inputs, outputs=outputs, request_id=request_id, client_timeout=self.timeout_s
@@ -266,9 +222,7 @@ class TritonBackend:
             if isinstance(err, TritonUnavailable):
                 self.request_refresh()
             raise err from None
-        emb = res.as_numpy(OUTPUT_EMBEDDING)
-        counts = res.as_numpy(OUTPUT_TOKEN_COUNT)
-        truncated = res.as_numpy(OUTPUT_TRUNCATED)
+        emb, counts, truncated = (res.as_numpy(name) for name in contract.ENSEMBLE_OUTPUTS)
         if emb is None or counts is None or truncated is None or emb.shape[0] != n:
             raise TritonError(f"inference on {model}: unexpected outputs")
         return EmbedResult(
@@ -282,7 +236,7 @@ class TritonBackend:
     ) -> list[list[tuple[int, int, int]]]:
         """Per text, the windows (start char, end char, tokens) that the tokenizer step cuts (WINDOW_SPANS)."""
         client = self._require_client()
-        inputs = [_bytes_input(INPUT_TEXT, texts)]
+        inputs = [_bytes_input(contract.TEXT, texts)]
         if prompt_names:
             inputs.append(_bytes_input(contract.PROMPT_NAME, prompt_names))
         step = contract.step_names(model)[0]

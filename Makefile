@@ -17,7 +17,7 @@ EXTRAS ?= export,serve,gateway,dev
 
 NODE_CLIENT := tests/gateway/node
 
-.PHONY: install serve triton export test lint bench clean
+.PHONY: install serve triton export test lint bench soak clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,11 @@ lint: $(VENV)/.installed
 bench: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) bench/bench_triton.py
 	HF_HUB_OFFLINE=1 $(PY) bench/bench_gateway.py
+
+# A 10-minute mixed soak through the gateway (wrk); not part of CI. `make soak MINUTES=1` for a short one.
+MINUTES ?= 10
+soak: $(VENV)/.installed
+	HF_HUB_OFFLINE=1 $(PY) bench/soak.py --minutes $(MINUTES)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

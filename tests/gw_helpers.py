@@ -147,10 +147,11 @@ def running_gateway(tmp_path: Path, wait: str = "/ready", **settings):
 
 
 def triton_error_counts(exposition: str) -> dict[str, float]:
-    """`gateway_triton_errors_total` by `kind`, from a `/metrics` exposition."""
+    """Non-zero `gateway_triton_errors_total` by `kind`, from a `/metrics` exposition (every kind is
+    exposed from the start, at 0)."""
     out = {}
     for line in exposition.splitlines():
-        if line.startswith("gateway_triton_errors_total{"):
+        if line.startswith("gateway_triton_errors_total{") and float(line.split()[-1]):
             kind = line.split('kind="', 1)[1].split('"', 1)[0]
             out[kind] = float(line.split()[-1])
     return out

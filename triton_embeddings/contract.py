@@ -164,6 +164,10 @@ class EnsembleParams(ParameterSet):
     default_prompt_name: str = param("default_prompt_name", "")
     # int8/uint8 output: per-dimension {"min": [...], "max": [...]} calibrated at export ({} = none).
     quantization_ranges: dict = param("quantization_ranges", {})
+    # What the vectors depend on beyond the above: a re-export under the same name (int8 after fp32, another
+    # quantization plan) changes them, so caches key on them too (the gateway's fingerprint). "": unknown.
+    precision: str = param("precision", "")
+    encoder_sha256: str = param("encoder_sha256", "")
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,8 @@ def _third_party_imports(package: str) -> set[str]:
     import ast
 
     names = set()
-    for path in (ROOT / "triton_embeddings" / package).rglob("*.py"):
+    root = ROOT / "triton_embeddings" / package
+    for path in [root] if root.is_file() else root.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 names |= {a.name.split(".")[0] for a in node.names}
@@ -194,6 +195,23 @@ def compose_config(files: list[str], **env: str) -> dict:
     return yaml.safe_load(result.stdout)
 
 
+def assert_supervised(command: list[str]) -> None:
+    """Triton runs under the stub supervisor, in explicit mode with every model loaded (docs/deployment.md)."""
+    assert command[:5] == ["python3", "-m", "triton_embeddings.local.supervisor", "--", "tritonserver"], command
+    assert {"--model-control-mode=explicit", "--load-model=*"} <= set(command), command
+    assert not any(a.startswith(("--model-control-mode=none", "--model-control-mode=poll")) for a in command)
+
+
+def test_triton_image_runs_the_supervisor_and_ships_it():
+    import json
+
+    text = (ROOT / "docker/triton/Dockerfile").read_text()
+    cmd = re.search(r"^CMD (\[.*?\])$", text, re.S | re.M).group(1)
+    assert_supervised(json.loads(cmd.replace("\\\n", "")))
+    assert "triton_embeddings/local/supervisor.py" in text
+    assert _third_party_imports("local/supervisor.py") == set(), "the image has no third-party packages for it"
+
+
 @pytest.mark.parametrize("files", COMBINATIONS, ids=lambda c: "+".join(c) or "base")
 def test_compose_config_validates(files):
     env = {"TRITON_ACCELERATOR": "cpu"} if "docker-compose.cpu.yml" in files else {}
@@ -210,6 +228,7 @@ def test_compose_config_validates(files):
     models = "model-repository-cpu" if cpu else "model-repository"
     assert f"{models}:/models:ro" in triton["volumes"] and f"{models}:/models:rw" in services["export"]["volumes"]
     assert f"--allow-gpu-metrics={'false' if cpu else 'true'}" in triton["command"]
+    assert_supervised(triton["command"])
     # Triton's ports stay internal unless the opt-in gRPC file publishes 8001 (on loopback by default).
     published = [p for p in triton.get("ports", [])]
     if "docker-compose.grpc.yml" in files:
@@ -226,7 +245,7 @@ def test_compose_production_shape():
     assert config["networks"]["internal"].get("internal") is True
     assert set(triton["networks"]) == {"internal"}
     assert triton["shm_size"] == "2gb", "the Python backend needs more than Docker's 64 MB /dev/shm"
-    assert "--model-control-mode=none" in triton["command"]
+    assert_supervised(triton["command"])
     assert any("/v2/health/ready" in part for part in triton["healthcheck"]["test"])
     assert triton["depends_on"] == {"export": {"condition": "service_completed_successfully"}}
     assert s["export"]["restart"] == "no"
@@ -506,7 +525,7 @@ def test_triton_pod_spec(kustomized):
     assert {"/dev/shm", "/models"} <= {m["mountPath"] for m in triton["volumeMounts"]}
     export = pod["initContainers"][0]
     assert export["env"][2] == {"name": "EXPORT_TARGET", "value": "gpu"}
-    assert "--model-control-mode=none" in triton["args"]
+    assert_supervised(triton["args"])
     gateway = _by_kind(kustomized, "Deployment")["gateway"]["spec"]["template"]["spec"]["containers"][0]
     assert gateway["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert gateway["livenessProbe"]["httpGet"]["path"] == "/health"

@@ -246,7 +246,9 @@ def test_model_loaded_after_gateway_start_is_found(model_repository, tmp_path):
         assert c.get("/v1/models").json()["data"] == []
         assert c.get("/ready").status_code == 503
         assert c.post("/v1/embeddings", json=BODY).json()["error"]["code"] == "model_not_found"
-        grpcclient.InferenceServerClient(server.grpc_url).load_model(DEFAULT_MODEL)  # loads its steps too
+        # The model-control API needs the launcher's key (local/supervisor.py); loading the ensemble loads its steps.
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        client.load_model(DEFAULT_MODEL, headers=server.control_headers(grpc=True))
         deadline = time.monotonic() + 15
         while (r := c.post("/v1/embeddings", json=BODY)).status_code != 200:
             assert r.status_code == 404 and time.monotonic() < deadline, r.text

@@ -26,6 +26,7 @@ from triton_embeddings.gateway.triton import (
     TritonError,
     TritonTimeout,
     TritonUnavailable,
+    TritonWorkerDown,
     _classify,
     model_info_from_config,
 )
@@ -271,6 +272,7 @@ def test_aliases_are_configurable(make_client):
     ("exc", "status", "retry"),
     [
         (TritonUnavailable("connection refused"), 503, True),
+        (TritonWorkerDown("Stub process 'm_encoder_0_0' is not healthy. secret-detail-123"), 503, True),
         (TritonTimeout("deadline"), 504, False),
         (TritonError("INTERNAL secret-detail-123"), 500, False),
         (RuntimeError("secret-detail-123"), 500, False),
@@ -289,7 +291,8 @@ def test_backend_failures_map_to_status(make_client, fake_backend, caplog, exc, 
         assert "secret-detail-123" in caplog.text  # details go to the log only
     fake_backend.fail = None
     assert embed(c, {"model": M, "input": "x"}).status_code == 200
-    kind = {TritonUnavailable: "unavailable", TritonTimeout: "timeout", TritonError: "error"}.get(type(exc))
+    kind = {TritonUnavailable: "unavailable", TritonWorkerDown: "stub_unhealthy", TritonTimeout: "timeout",
+            TritonError: "error"}.get(type(exc))
     assert triton_error_counts(c.get("/metrics").text) == ({kind: 1.0} if kind else {})
 
 
@@ -313,6 +316,24 @@ def test_health_and_ready(make_client, fake_backend):
 async def _lifespan_client(app):
     transport = httpx.ASGITransport(app=app)
     return httpx.AsyncClient(transport=transport, base_url="http://gw")
+
+
+@pytest.mark.parametrize("cache", ["memory", "none"])
+async def test_concurrent_identical_misses_share_one_backend_call(cl100k, cache):
+    backend = FakeBackend()
+    backend.delay = 0.2
+    app = create_app(Settings(triton_metrics_url="", cache=cache), backend=backend, decoder=TokenDecoder(cl100k))
+    async with app.router.lifespan_context(app), await _lifespan_client(app) as c:
+        bodies = [{"model": M, "input": "same"}] * 4 + [{"model": M, "input": ["same", "other"]}]
+        rs = await asyncio.gather(*(c.post("/v1/embeddings", json=b) for b in bodies))
+        assert [r.status_code for r in rs] == [200] * 5
+        assert len({json.dumps(r.json()["data"][0]) for r in rs}) == 1
+        sent = [t for call in backend.calls for t in call]
+        assert sorted(sent) == ["other", "same"], backend.calls
+        backend.fail = TritonUnavailable("down")
+        failed = await asyncio.gather(*(c.post("/v1/embeddings", json={"model": M, "input": "new"}) for _ in range(3)))
+        assert [r.status_code for r in failed] == [503] * 3, "the shared failure reaches every waiter"
+        assert [t for call in backend.calls for t in call].count("new") == 1
 
 
 async def test_overload_is_429_with_retry_after(cl100k):
@@ -405,7 +426,10 @@ def test_logs_hold_no_keys_and_no_texts(make_client, caplog):
             headers={"authorization": "Bearer sk-secret-key-0001", "x-request-id": "log-rid"},
         )
         embed(c, {"model": M, "input": secret_text}, headers={"authorization": "Bearer sk-wrong-key-0002"})
-    assert "/v1/embeddings" in caplog.text  # the access log ran
+    # The gateway's own access log ran (httpx, the test client, logs the URL too: filter by logger name).
+    access = [r.getMessage() for r in caplog.records if r.name == "gateway.access"]
+    assert len(access) == 2 and all(" POST /v1/embeddings " in line for line in access), access
+    assert [line.split()[3] for line in access] == ["200", "401"]
     assert secret_text not in caplog.text
     assert "sk-secret-key-0001" not in caplog.text and "sk-wrong-key-0002" not in caplog.text
     caplog.clear()
@@ -532,6 +556,13 @@ def test_model_info_from_ensemble_config():
     assert model_info_from_config({**cfg, "parameters": {}}, 5) is None
     other = dict(cfg, parameters={**cfg["parameters"], "max_seq_length": {"string_value": "128"}})
     assert model_info_from_config(other, 5).fingerprint != info.fingerprint
+    # A re-export under the same name at another precision, or with another encoder file, is another cache.
+    fp32 = dict(cfg, parameters={**cfg["parameters"], "precision": {"string_value": "fp32"},
+                                 "encoder_sha256": {"string_value": "a" * 64}})
+    int8 = dict(fp32, parameters={**fp32["parameters"], "precision": {"string_value": "int8"}})
+    replan = dict(fp32, parameters={**fp32["parameters"], "encoder_sha256": {"string_value": "b" * 64}})
+    prints = {model_info_from_config(c, 5).fingerprint for c in (cfg, fp32, int8, replan)}
+    assert len(prints) == 4
     # An ensemble that breaks the contract (a required parameter missing or unreadable) is not served.
     no_len = dict(cfg, parameters={k: v for k, v in cfg["parameters"].items() if k != "max_seq_length"})
     assert model_info_from_config(no_len, 5) is None
@@ -707,8 +738,8 @@ async def test_request_deadline_covers_queueing(cl100k):
         assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
         assert "0.5 s" in r.json()["error"]["message"]
         await asyncio.sleep(0.4)
-        calls = len(backend.calls)
-        assert calls <= 3, "queued texts of a timed-out request must not be sent"
+        # "a" (0-0.3 s) and "b" (0.3-0.6 s) were sent; "c" and "d" were still queued at the 0.5 s deadline.
+        assert backend.calls == [["a"], ["b"]], "queued texts of a timed-out request must not be sent"
         assert (await c.post("/v1/embeddings", json={"model": M, "input": "e"})).status_code == 200
         exposition = (await c.get("/metrics")).text
     # The whole-request deadline is counted apart from Triton's own call timeouts.

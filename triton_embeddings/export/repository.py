@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,10 +53,22 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def configs(opts: ExportOptions, spec, token_types: bool, hidden: int) -> dict[str, object]:
+def file_sha256(path: Path) -> str:
+    """sha256 of an ONNX file and of its external weights when it has them."""
+    digest = hashlib.sha256()
+    for part in (path, path.with_name(path.name + ".data")):
+        if part.exists():
+            with open(part, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def configs(opts: ExportOptions, spec, token_types: bool, hidden: int, encoder_sha256: str = "") -> dict[str, object]:
     """The four `ModelConfig`s of one model, by Triton model name."""
+    params = tc.ensemble_params(spec, opts.precision, encoder_sha256)
     return {
-        opts.name: tc.ensemble_config(opts, tc.ensemble_params(spec), token_types),
+        opts.name: tc.ensemble_config(opts, params, token_types),
         opts.tokenizer: tc.tokenizer_config(opts, tc.tokenizer_params(spec), token_types),
         opts.encoder: tc.encoder_config(opts, spec.max_seq_length, token_types, hidden),
         opts.pooler: tc.pooler_config(opts, hidden),
@@ -68,7 +81,8 @@ def write_model(repository: Path, opts: ExportOptions, spec, art: Artifacts) -> 
     for name in (opts.name, opts.tokenizer, opts.encoder, opts.pooler):
         shutil.rmtree(repository / name, ignore_errors=True)
     written = [_write_config(repository / name, config)
-               for name, config in configs(opts, spec, art.token_types, art.hidden).items()]
+               for name, config in configs(opts, spec, art.token_types, art.hidden,
+                                           file_sha256(art.encoder_onnx)).items()]
     # Ensembles need a version folder too; the placeholder keeps it in git.
     (repository / opts.name / "1").mkdir(parents=True, exist_ok=True)
     (repository / opts.name / "1" / ".gitkeep").touch()

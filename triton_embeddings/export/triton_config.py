@@ -15,12 +15,13 @@ from triton_embeddings import contract as c
 from triton_embeddings.export.options import ExportOptions
 
 
-def ensemble_params(spec) -> c.EnsembleParams:
-    """What the ensemble tells clients about a `ModelSpec`."""
+def ensemble_params(spec, precision: str = "", encoder_sha256: str = "") -> c.EnsembleParams:
+    """What the ensemble tells clients about a `ModelSpec` exported at `precision` (encoder file's sha256)."""
     return c.EnsembleParams(
         embedding_dimension=spec.dimension, max_seq_length=spec.max_seq_length, pooling_mode=spec.pooling_mode,
         normalize=spec.normalize, source_model=spec.source, prompts=dict(spec.prompts),
         default_prompt_name=spec.default_prompt_name or "", quantization_ranges=dict(spec.quantization_ranges),
+        precision=precision, encoder_sha256=encoder_sha256,
     )
 
 

@@ -15,13 +15,25 @@ import numpy as np
 class TritonError(Exception):
     """The backend answered with an error the client did not cause (a 500)."""
 
+    kind = "error"  # the `kind` label of gateway_triton_errors_total
+
 
 class TritonUnavailable(TritonError):
     """Unreachable, shutting down, overloaded, or the model is not loaded right now (a 503)."""
 
+    kind = "unavailable"
+
+
+class TritonWorkerDown(TritonUnavailable):
+    """A worker process of the model (a Python-backend stub) crashed; it is being reloaded (a 503)."""
+
+    kind = "stub_unhealthy"
+
 
 class TritonTimeout(TritonError):
     """One backend call ran past its deadline (a 504)."""
+
+    kind = "timeout"
 
 
 @dataclass(frozen=True)

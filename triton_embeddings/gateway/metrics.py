@@ -29,6 +29,7 @@ log = logging.getLogger("gateway.metrics")
 disable_created_metrics()  # no `_created` series: half the exposition, and nothing dashboards use
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+TRITON_ERROR_KINDS = ("unavailable", "stub_unhealthy", "timeout", "deadline", "error")
 INPUT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
@@ -72,10 +73,13 @@ class GatewayMetrics:
         )
         self.triton_errors = Counter(
             "gateway_triton_errors",
-            "Failed Triton calls by kind (unavailable, timeout, error); deadline: requests past their own deadline.",
+            "Failed Triton calls by kind (unavailable, stub_unhealthy: a crashed Triton worker, timeout, error); "
+            "deadline: requests past their own deadline.",
             ["kind"],
             registry=r,
         )
+        for kind in TRITON_ERROR_KINDS:  # exposed at 0, so that increase() sees the first error
+            self.triton_errors.labels(kind)
         ProcessCollector(registry=r)
         if triton_metrics_url:
             r.register(TritonMetricsCollector(triton_metrics_url, triton_timeout_s))

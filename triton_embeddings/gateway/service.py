@@ -15,6 +15,7 @@ from triton_embeddings.gateway.errors import APIError, ErrorKind
 from triton_embeddings.gateway.metrics import GatewayMetrics
 from triton_embeddings.gateway.protocol import EmbeddingRequest, EmbeddingResponse, embedding_response
 from triton_embeddings.gateway.settings import Settings
+from triton_embeddings.gateway.singleflight import SharedCallCancelled, SingleFlight
 from triton_embeddings.gateway.token_ids import TokenDecoder
 
 log = logging.getLogger("gateway.service")
@@ -43,6 +44,7 @@ class EmbeddingService:
             lambda model, seconds: metrics.triton_latency.labels(model).observe(seconds),
         )
         self._in_flight = 0
+        self._flights: SingleFlight[tuple[str, str, str], CacheEntry] = SingleFlight()
 
     # ---- embeddings ---------------------------------------------------------------------------------
 
@@ -171,8 +173,8 @@ class EmbeddingService:
         unique = list(dict.fromkeys(texts))
         found: dict[str, CacheEntry] = {}
         keys: dict[str, str] = {}
+        prefix = retrieval.cache_prefix(opts, info)  # prompt and side; "" for plain requests
         if self.cache.enabled:
-            prefix = retrieval.cache_prefix(opts, info)  # prompt and side; "" for plain requests
             keys = {t: cache_key(info.name, info.fingerprint, prefix + t) for t in unique}
             cached = await self.cache.get_many([keys[t] for t in unique])
             found = {t: e for t, e in zip(unique, cached, strict=True) if e is not None}
@@ -180,11 +182,28 @@ class EmbeddingService:
             self.metrics.cache_misses.inc(len(unique) - len(found))
         missing = [t for t in unique if t not in found]
         if missing:
-            computed = await self._infer(info, missing, opts, request_id)
-            found.update(computed)
-            if self.cache.enabled:
-                await self.cache.set_many({keys[t]: e for t, e in computed.items()})
+            found.update(await self._compute(info, missing, opts, prefix, request_id))
         return [found[t] for t in texts]
+
+    async def _compute(
+        self, info: ModelInfo, texts: list[str], opts: retrieval.Options, prefix: str, request_id: str
+    ) -> dict[str, CacheEntry]:
+        """Missing texts from Triton, once per (model, options, text) however many requests miss it at the same
+        time; the request that computes a text also caches it."""
+
+        async def compute(keys: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], CacheEntry]:
+            computed = await self._infer(info, [k[2][len(prefix):] for k in keys], opts, request_id)
+            if self.cache.enabled:
+                await self.cache.set_many(
+                    {cache_key(info.name, info.fingerprint, prefix + t): e for t, e in computed.items()})
+            return {(info.name, info.fingerprint, prefix + t): e for t, e in computed.items()}
+
+        try:
+            shared = await self._flights.run([(info.name, info.fingerprint, prefix + t) for t in texts], compute)
+        except SharedCallCancelled:
+            message = "The inference server did not answer; retry shortly."
+            raise APIError(ErrorKind.UPSTREAM_UNAVAILABLE, message) from None
+        return {k[2][len(prefix):]: e for k, e in shared.items()}
 
     async def _infer(
         self, info: ModelInfo, texts: list[str], opts: retrieval.Options, request_id: str
@@ -199,8 +218,8 @@ class EmbeddingService:
         """Backend unavailable: 503; timeout: 504; request deadline: its 504; anything else: the generic 500."""
         try:
             yield
-        except TritonUnavailable as e:
-            self.metrics.triton_errors.labels("unavailable").inc()
+        except TritonUnavailable as e:  # a crashed worker (stub_unhealthy) too: it is being reloaded
+            self.metrics.triton_errors.labels(e.kind).inc()
             log.warning("Triton unavailable: %s", e)
             raise APIError(
                 ErrorKind.UPSTREAM_UNAVAILABLE,

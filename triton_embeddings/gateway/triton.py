@@ -22,9 +22,20 @@ from tritonclient.grpc import (
 from tritonclient.grpc.aio import InferenceServerClient
 
 from triton_embeddings import contract
-from triton_embeddings.gateway.backend import EmbedResult, ModelInfo, TritonError, TritonTimeout, TritonUnavailable
+from triton_embeddings.gateway.backend import (
+    EmbedResult,
+    ModelInfo,
+    TritonError,
+    TritonTimeout,
+    TritonUnavailable,
+    TritonWorkerDown,
+)
 
 log = logging.getLogger("gateway.triton")
+
+# A served model that vanished from Triton (reloading after a crash) answers 503, not 404, this long.
+LOST_MODEL_GRACE_S = 300.0
+PROBE_TEXT = "readiness probe"
 
 
 def model_info_from_config(config: dict, created: int) -> ModelInfo | None:
@@ -36,8 +47,10 @@ def model_info_from_config(config: dict, created: int) -> ModelInfo | None:
     except contract.ContractError as e:
         log.warning("model %s not served: %s", config.get("name"), e)
         return None
-    raw = contract.parameters_of(config)
-    fingerprint = hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
+    # The cache key's config part: every ensemble parameter, the encoder's precision and file hash included
+    # (an int8 re-export under the same name must never be answered with cached fp32 vectors).
+    described = {**contract.parameters_of(config), **params.to_parameters()}
+    fingerprint = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
     return ModelInfo(
         name=config["name"],
         dimension=params.embedding_dimension,
@@ -88,6 +101,9 @@ def _classify(exc: InferenceServerException, what: str) -> TritonError:
     if "NOT_FOUND" in status or "unknown model" in message or "no available versions" in message:
         # Seen while Triton shuts down and unloads its models, or after a model was removed.
         return TritonUnavailable(f"{what}: model not available: {message}")
+    if "Stub process" in message and "is not healthy" in message:
+        # A Python-backend stub died; Triton 2.51 never restarts it (local/supervisor.py reloads the model).
+        return TritonWorkerDown(f"{what}: {message}")
     return TritonError(f"{what}: {status} {message}")
 
 
@@ -115,6 +131,9 @@ class TritonBackend:
         self._wake = asyncio.Event()
         self._created: dict[str, int] = {}
         self._last_discovery = 0.0
+        self.broken: dict[str, str] = {}  # model -> why it cannot serve, until a call on it succeeds
+        self._lost_since: dict[str, float] = {}
+        self._present: set[str] = set()
 
     async def start(self) -> None:
         """Create the client and discover the models; a Triton that is down is retried in the background."""
@@ -157,20 +176,21 @@ class TritonBackend:
             self._wake.clear()
             try:
                 await self.discover()
+                await self._probe_broken()
             except TritonError as e:
                 log.debug("model refresh failed: %s", e)
             except Exception:  # keep the loop alive whatever happens
                 log.exception("model refresh failed")
 
     async def discover(self) -> dict[str, ModelInfo]:
-        """Read the repository index and each ready model's config; keep the embedding ensembles."""
+        """Read the loaded models (statistics API) and their configs; keep the embedding ensembles."""
         client = self._require_client()
         try:
-            index = await client.get_model_repository_index(as_json=True, client_timeout=self.ready_timeout_s)
+            # Statistics list the loaded models; the repository index may be restricted (local/supervisor.py).
+            stats = await client.get_inference_statistics("", as_json=True, client_timeout=self.ready_timeout_s)
             found: dict[str, ModelInfo] = {}
-            for entry in index.get("models", []):
-                name = entry.get("name", "")
-                if entry.get("state") != "READY" or (self.only_models and name not in self.only_models):
+            for name in sorted({entry.get("name", "") for entry in stats.get("model_stats", [])}):
+                if self.only_models and name not in self.only_models:
                     continue
                 cfg = await client.get_model_config(name, as_json=True, client_timeout=self.ready_timeout_s)
                 created = self._created.setdefault(name, int(time.time()))
@@ -180,16 +200,42 @@ class TritonBackend:
         except InferenceServerException as e:
             self.healthy = False
             raise _classify(e, "model discovery") from None
-        if found != self.models:
-            log.info("serving models: %s", ", ".join(sorted(found)) or "(none)")
-        self.models = found
+        lost = self._lost_models(found)
+        if set(found) != self._present:
+            gone = f"; not loaded right now: {', '.join(sorted(lost))}" if lost else ""
+            log.info("serving models: %s%s", ", ".join(sorted(found)) or "(none)", gone)
+            self._present = set(found)
+        self.models = {**lost, **found}
         self._last_discovery = time.monotonic()
-        # Nothing (or not every configured model) loaded yet, e.g. Triton still loading: look again in 1 s.
-        self.healthy = bool(found) and all(m in found for m in (self.only_models or ()))
-        return found
+        # Nothing (or not every model) loaded yet, e.g. Triton still (re)loading: look again in 1 s.
+        self.healthy = bool(found) and not lost and not self.broken and all(m in found for m in self.only_models or ())
+        return self.models
+
+    def _lost_models(self, found: dict[str, ModelInfo]) -> dict[str, ModelInfo]:
+        """Models served before and missing now, kept for LOST_MODEL_GRACE_S (then they are unknown: 404)."""
+        now = time.monotonic()
+        lost = {}
+        for name, info in (self.models or {}).items():
+            if name not in found and now - self._lost_since.setdefault(name, now) < LOST_MODEL_GRACE_S:
+                lost[name] = info
+        self._lost_since = {n: t for n, t in self._lost_since.items() if n in lost}
+        return lost
+
+    async def _probe_broken(self) -> None:
+        """One short text through each model marked broken; a success clears the mark."""
+        for name in list(self.broken):
+            try:
+                await self._infer(name, [PROBE_TEXT], "")
+            except TritonError:
+                continue
+            log.info("model %s serves again", name)
+            self.broken.pop(name, None)
 
     async def ready(self, names: list[str]) -> tuple[bool, str]:
         """Triton live and every named model ready; returns (ok, reason)."""
+        for name in names:
+            if name in self.broken:
+                return False, f"model {name} cannot serve: {self.broken[name]}"
         client = self._require_client()
         try:
             if not await client.is_server_live(client_timeout=self.ready_timeout_s):
@@ -208,6 +254,21 @@ class TritonBackend:
 
         `options`: optional per-row inputs by name (contract.PROMPT_NAME, contract.TRUNCATE).
         """
+        try:
+            result = await self._infer(model, texts, request_id, options)
+        except TritonWorkerDown:
+            self.broken[model] = "a Triton worker (Python-backend stub) crashed"
+            self.request_refresh()
+            raise
+        except TritonUnavailable:
+            self.request_refresh()
+            raise
+        self.broken.pop(model, None)
+        return result
+
+    async def _infer(
+        self, model: str, texts: list[str], request_id: str, options: dict[str, list[str]] | None
+    ) -> EmbedResult:
         client = self._require_client()
         n = len(texts)
         inputs = [_bytes_input(contract.TEXT, texts)]
@@ -218,10 +279,7 @@ class TritonBackend:
                 model, inputs, outputs=outputs, request_id=request_id, client_timeout=self.timeout_s
             )
         except InferenceServerException as e:
-            err = _classify(e, f"inference on {model}")
-            if isinstance(err, TritonUnavailable):
-                self.request_refresh()
-            raise err from None
+            raise _classify(e, f"inference on {model}") from None
         emb, counts, truncated = (res.as_numpy(name) for name in contract.ENSEMBLE_OUTPUTS)
         if emb is None or counts is None or truncated is None or emb.shape[0] != n:
             raise TritonError(f"inference on {model}: unexpected outputs")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -21,7 +22,14 @@ from pathlib import Path
 
 import triton_embeddings
 from triton_embeddings.defaults import DEFAULT_REPOSITORY
-from triton_embeddings.local.processes import NotReady, ProcessExited, free_port, port_in_use, stop_process, wait_http
+from triton_embeddings.local.processes import NotReady, ProcessExited, free_port, port_in_use, wait_http
+from triton_embeddings.local.supervisor import (
+    CONTROL_HEADER,
+    ModelControl,
+    StubSupervisor,
+    restricted_api_args,
+    stop_triton,
+)
 
 __all__ = ["TritonLaunchError", "TritonServer", "free_port", "port_in_use", "main"]
 
@@ -77,7 +85,11 @@ class TritonServer:
     log_file: Path | None = None  # default: a temporary file, read back to explain a failed start
     inherit_output: bool = False  # True: Triton logs to this process's stdout (the CLI)
     extra_args: list[str] = field(default_factory=list)
+    supervise: bool = True  # reload a model whose Python-backend stub crashed (see local/supervisor.py)
     process: subprocess.Popen | None = field(default=None, init=False)
+    supervisor: StubSupervisor | None = field(default=None, init=False)
+    control_key: str = field(default_factory=lambda: secrets.token_hex(16), init=False, repr=False)
+    _watch: tuple | None = field(default=None, init=False, repr=False)
     _log_handle: object = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -97,6 +109,16 @@ class TritonServer:
     def metrics_url(self) -> str:
         return f"http://{self.host}:{self.metrics_port}/metrics"
 
+    def control_headers(self, grpc: bool = False) -> dict[str, str]:
+        """Headers that unlock the model-repository API (index, load, unload) on this server."""
+        return {("triton-grpc-protocol-" if grpc else "") + CONTROL_HEADER: self.control_key}
+
+    def _control_args(self) -> list[str]:
+        # Explicit mode (every model loaded at start) so that a crashed stub's model can be reloaded.
+        mode = [] if any(a.startswith("--model-control-mode") for a in self.extra_args) else [
+            "--model-control-mode=explicit", "--load-model=*"]
+        return [*mode, *restricted_api_args(self.control_key)]
+
     def command(self) -> list[str]:
         triton_dir, _ = _pytriton_dirs()
         return [
@@ -113,6 +135,7 @@ class TritonServer:
             "--strict-readiness=true",
             "--exit-on-error=true",
             f"--log-verbose={self.log_verbose}",
+            *self._control_args(),
             *self.extra_args,
         ]
 
@@ -162,6 +185,10 @@ class TritonServer:
         except BaseException:
             self.stop()
             raise
+        if self.supervise:
+            self.supervisor = StubSupervisor(self.process.pid, ModelControl(self.http_url, self.control_key),
+                                             log=lambda m: print(m, file=sys.stderr, flush=True))
+            self._watch = self.supervisor.start_thread()
         return self
 
     def _explain(self) -> str:
@@ -187,7 +214,14 @@ class TritonServer:
     def stop(self, timeout: float = 30.0) -> None:
         if self.process is None:
             return
-        stop_process(self.process, timeout)
+        if self._watch is not None:
+            self._watch[1].set()
+            self._watch[0].join(timeout=2)
+            self._watch = None
+        # Every step is a Python-backend model here: once no stub runs, nothing is left to finish.
+        if stop_triton(self.process, timeout, stubs_gone_grace_s=1.0):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)  # stubs a killed server may leave behind
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None

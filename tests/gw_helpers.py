@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -60,10 +61,22 @@ class FakeBackend:
     async def ready(self, names: list[str]) -> tuple[bool, str]:
         return (True, "ready") if self.is_ready else (False, "Triton is not live")
 
-    async def embed(self, model: str, texts: list[str], request_id: str = "") -> EmbedResult:
+    async def windows(self, model: str, texts: list[str], prompt_names=None, request_id: str = "") -> list:
+        """Windows of at most max_seq_length - 2 words (fake tokens: words + 2), one word of overlap."""
+        size = self.models[model].max_seq_length - 2
+        out = []
+        for text in texts:
+            words = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+            starts = range(0, max(len(words) - 1, 1), size - 1) if len(words) > size else [0]
+            spans = [words[a : a + size] for a in starts]
+            out.append([(w[0][0], w[-1][1], len(w) + 2) for w in spans])
+        return out
+
+    async def embed(self, model: str, texts: list[str], request_id: str = "", options=None) -> EmbedResult:
         info = self.models[model]
         assert len(texts) <= info.max_batch_size, "the gateway sent more than max_batch_size"
         self.calls.append(list(texts))
+        self.options = getattr(self, "options", []) + [options]
         await self._work()
         words = np.array([len(t.split()) + 2 for t in texts])
         return EmbedResult(

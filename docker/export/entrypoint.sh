@@ -1,8 +1,10 @@
 #!/bin/sh
-# One-shot export into $EXPORT_REPOSITORY: the embedding model ($EXPORT_MODEL) and, when
-# $EXPORT_RERANKER names a cross-encoder, a reranker beside it in the same repository (one Triton,
-# one gateway serve both). A repository that already holds a model is left alone (so `docker compose
-# up` after the first run starts at once) unless EXPORT_FORCE=1.
+# One-shot export into $EXPORT_REPOSITORY. A repository that already holds a model is left alone
+# (so `docker compose up` after the first run starts at once) unless EXPORT_FORCE=1.
+# EXPORT_MODELS (space-separated hub ids or folders, each named after its last path part) exports a
+# line-up; when it is empty, EXPORT_MODEL is exported as EXPORT_NAME. When $EXPORT_RERANKER names a
+# cross-encoder, a reranker is exported beside them in the same repository (one Triton, one gateway
+# serve both).
 # Extra CLI flags (e.g. --tensorrt, --max-batch-size 128) go in EXPORT_ARGS; arguments given to the
 # container replace the whole command line.
 set -eu
@@ -33,8 +35,14 @@ export_one() {
         ${EXPORT_ARGS:-}
 }
 
-# Defaults: the default model of triton_embeddings/defaults.py (a shell script cannot import it).
-export_one "${EXPORT_MODEL:-sentence-transformers/all-MiniLM-L6-v2}" "${EXPORT_NAME:-all-MiniLM-L6-v2}"
+if [ -n "${EXPORT_MODELS:-}" ]; then
+    for model in $EXPORT_MODELS; do
+        export_one "$model" "$(basename "$model")"
+    done
+else
+    # Defaults: the default model of triton_embeddings/defaults.py (a shell script cannot import it).
+    export_one "${EXPORT_MODEL:-sentence-transformers/all-MiniLM-L6-v2}" "${EXPORT_NAME:-all-MiniLM-L6-v2}"
+fi
 if [ -n "${EXPORT_RERANKER:-}" ]; then
     export_one "$EXPORT_RERANKER" "${EXPORT_RERANKER_NAME:-$(basename "$EXPORT_RERANKER")}"
 fi

@@ -236,6 +236,26 @@ def test_tensorrt_engines_go_to_the_mounted_volume_in_kubernetes(tmp_path, kusto
     assert _under(engines, mounts), (engines, triton["volumeMounts"])
 
 
+def test_export_entrypoint_exports_a_line_up(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "b").mkdir(parents=True)
+    (repo / "b" / "config.pbtxt").write_text("")
+    (repo / "b_encoder" / "1").mkdir(parents=True)
+    (repo / "b_encoder" / "1" / "model.onnx").write_bytes(b"")
+    result = _entrypoint(tmp_path, {"EXPORT_MODELS": "org/a /src/b org/c", "EXPORT_TARGET": "cpu"}, repo)
+    assert result.returncode == 0, result.stderr
+    assert f"PARSED org/a a {repo} cpu fp32 False" in result.stdout
+    assert f"PARSED org/c c {repo} cpu fp32 False" in result.stdout
+    assert "already holds b" in result.stdout and "PARSED /src/b" not in result.stdout
+
+
+def test_compose_serves_the_seed_line_up():
+    config = compose_config([])
+    models = config["services"]["export"]["environment"]["EXPORT_MODELS"].split()
+    assert models == ["sentence-transformers/all-mpnet-base-v2", "sentence-transformers/all-MiniLM-L6-v2"]
+    assert config["services"]["gateway"]["environment"]["EMBEDDINGS_DEFAULT_MODEL"] == "all-mpnet-base-v2"
+
+
 def test_export_entrypoint_skips_a_repository_that_holds_the_model(tmp_path):
     repo = tmp_path / "repo"
     (repo / "m").mkdir(parents=True)

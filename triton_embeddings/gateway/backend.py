@@ -6,7 +6,7 @@ registry, the service and the batcher are typed against this protocol only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
@@ -53,6 +53,9 @@ class ModelInfo:
     fingerprint: str
     created: int
     backend: str = LOCAL  # who computes it: Triton, or an upstream's name (EMBEDDINGS_UPSTREAMS)
+    prompts: dict = field(default_factory=dict, compare=False)  # what `input_type` can name
+    default_prompt_name: str = ""
+    quantization_ranges: dict = field(default_factory=dict, compare=False, repr=False)  # int8/uint8 output
     kind: ClassVar[str] = "embedding"
 
 
@@ -106,8 +109,17 @@ class Backend(Protocol):
         """The backend live and every named model ready; returns (ok, reason)."""
         ...
 
-    async def embed(self, model: str, texts: list[str], request_id: str = "") -> EmbedResult:
-        """Embed at most the model's `max_batch_size` texts in one call."""
+    async def embed(
+        self, model: str, texts: list[str], request_id: str = "", options: dict[str, list[str]] | None = None
+    ) -> EmbedResult:
+        """Embed at most the model's `max_batch_size` texts in one call; `options`: optional per-row inputs
+        by contract name (PROMPT_NAME, TRUNCATE), sent only when a row asks for one."""
+        ...
+
+    async def windows(
+        self, model: str, texts: list[str], prompt_names: list[str] | None = None, request_id: str = ""
+    ) -> list[list[tuple[int, int, int]]]:
+        """Per text, the windows (start char, end char, tokens) that fit the model (long_inputs: chunk)."""
         ...
 
     async def rerank(self, model: str, queries: list[str], documents: list[str], request_id: str = "") -> RerankResult:

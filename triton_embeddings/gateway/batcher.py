@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from triton_embeddings import contract
 from triton_embeddings.gateway.backend import Backend, ModelInfo, RerankModelInfo
 from triton_embeddings.gateway.cache import CacheEntry
 
@@ -30,13 +31,26 @@ class DeadlineExceeded(Exception):
 
 
 class _Item:
-    __slots__ = ("payload", "length", "future", "request_id")
+    __slots__ = ("payload", "length", "future", "request_id", "prompt_name", "side")
 
-    def __init__(self, payload: str | Pair, future: asyncio.Future, request_id: str):
+    def __init__(self, payload: str | Pair, future: asyncio.Future, request_id: str, prompt_name: str = "",
+                 side: str = ""):
         self.payload = payload
         self.length = len(payload) if isinstance(payload, str) else len(payload[0]) + len(payload[1])
         self.future = future
         self.request_id = request_id
+        self.prompt_name = prompt_name  # per-row PROMPT_NAME ("" = default)
+        self.side = side  # per-row TRUNCATE ("" = END)
+
+
+def _row_options(batch: list[_Item]) -> dict[str, list[str]] | None:
+    """The optional per-row inputs of a batch; None when every row uses the defaults (plain requests)."""
+    options = {}
+    if any(it.prompt_name for it in batch):
+        options[contract.PROMPT_NAME] = [it.prompt_name for it in batch]
+    if any(it.side for it in batch):
+        options[contract.TRUNCATE] = [it.side or "END" for it in batch]
+    return options or None
 
 
 class Batcher:
@@ -57,18 +71,21 @@ class Batcher:
         self._calls: dict[str, int] = {}
         self._tasks: set[asyncio.Task] = set()
 
-    async def embed(self, info: ModelInfo, texts: list[str], request_id: str = "") -> list[CacheEntry]:
-        """Embed `texts` (any number) and return one entry per text, in order."""
-        return await self._submit(info, texts, request_id)
+    async def embed(
+        self, info: ModelInfo, texts: list[str], request_id: str = "", prompt_name: str = "", side: str = ""
+    ) -> list[CacheEntry]:
+        """Embed `texts` (any number) with one prompt name and truncation side; one entry per text, in order."""
+        return await self._submit(info, texts, request_id, prompt_name, side)
 
     async def rerank(self, info: RerankModelInfo, pairs: list[Pair], request_id: str = "") -> list[CacheEntry]:
         """Score (query, document) `pairs` (any number); one entry per pair, in order, its vector [score, logit]."""
         return await self._submit(info, pairs, request_id)
 
-    async def _submit(self, info, payloads: list, request_id: str) -> list[CacheEntry]:
+    async def _submit(self, info, payloads: list, request_id: str, prompt_name: str = "",
+                      side: str = "") -> list[CacheEntry]:
         loop = asyncio.get_running_loop()
         queue = self._queues.setdefault(info.name, deque())
-        items = [_Item(p, loop.create_future(), request_id) for p in payloads]
+        items = [_Item(p, loop.create_future(), request_id, prompt_name, side) for p in payloads]
         futures = [it.future for it in items]
         queue.extend(sorted(items, key=lambda it: it.length))
         self._pump(info)
@@ -97,13 +114,18 @@ class Batcher:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _call(self, info, payloads: list, request_id: str) -> list[CacheEntry]:
-        """One backend call; one entry per payload."""
+    async def _call(self, info, batch: list[_Item]) -> list[CacheEntry]:
+        """One backend call for a batch; one entry per item."""
+        payloads, request_id = [it.payload for it in batch], batch[0].request_id
         if info.kind == "rerank":
             res = await self.backend.rerank(info.name, [q for q, _ in payloads], [d for _, d in payloads], request_id)
             vectors = list(zip(res.scores, res.logits))
         else:
-            res = await self.backend.embed(info.name, payloads, request_id)
+            options = _row_options(batch)  # plain requests send no optional inputs
+            if options:
+                res = await self.backend.embed(info.name, payloads, request_id, options)
+            else:
+                res = await self.backend.embed(info.name, payloads, request_id)
             vectors = list(res.embeddings)
         return [
             CacheEntry(np.asarray(v, dtype=np.float32).copy(), int(n), bool(t))
@@ -114,7 +136,7 @@ class Batcher:
         batch.sort(key=lambda it: it.length)
         t0 = time.perf_counter()
         try:
-            entries = await self._call(info, [it.payload for it in batch], batch[0].request_id)
+            entries = await self._call(info, batch)
         except Exception as e:
             for it in batch:
                 if not it.future.done():

@@ -34,13 +34,26 @@ class EmbeddingRequest(BaseModel):
         None, description="Truncate each embedding to this many dimensions, then re-normalize."
     )
     user: StrictStr | None = Field(None, description="Accepted and ignored.")
+    # Extensions (the official clients send them through `extra_body`); docs/gateway.md names each peer's field.
+    input_type: StrictStr | None = Field(
+        None, description="query, passage (document, search_query, search_document) or a prompt name of the model."
+    )
+    truncate: Literal["END", "START", "NONE"] | None = Field(
+        None, description="END keeps the start, START keeps the end, NONE refuses inputs over the max length."
+    )
+    embedding_type: Literal["float", "int8", "uint8", "binary", "ubinary"] = Field(
+        "float", description="float32, calibrated int8/uint8, or sign bits packed 8 per byte (binary/ubinary)."
+    )
+    long_inputs: Literal["truncate", "chunk"] | None = Field(
+        None, description="chunk: embed inputs over the max length as overlapping windows, then average them."
+    )
 
 
 class Embedding(TypedDict):
     """One embedding; `embedding` is a float list (a float32 numpy row until written) or a base64 string."""
 
     object: Literal["embedding"]
-    embedding: list[float] | str
+    embedding: list[float] | list[int] | str  # list[int]: the int8/uint8/binary/ubinary embedding types
     index: int
 
 
@@ -68,6 +81,13 @@ class Model(TypedDict):
     created: int
     owned_by: str
     kind: Literal["embedding", "rerank"]
+
+
+class ModelWithPrompts(Model, total=False):
+    """`GET /v1/models/{id}`: a `Model` plus the prompts `input_type` can name (our extension)."""
+
+    prompts: dict[str, str]
+    default_prompt_name: str | None
 
 
 class ModelList(TypedDict):

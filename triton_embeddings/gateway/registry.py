@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from triton_embeddings.gateway.backend import LOCAL, Backend, ModelInfo, RerankModelInfo
 from triton_embeddings.gateway.errors import APIError, ErrorKind
-from triton_embeddings.gateway.protocol import Model, ModelList, model_card
+from triton_embeddings.gateway.protocol import ModelList, ModelWithPrompts, model_card
 from triton_embeddings.gateway.settings import DEFAULT_TARGET, Settings
 
 OWNER = "triton-embeddings"
@@ -95,10 +95,14 @@ class ModelRegistry:
             data.append(model_card(alias, models[target].created, owner(models[target]), models[target].kind))
         return {"object": "list", "data": data}
 
-    def get(self, name: str) -> Model:
-        """One model or alias, under the name asked for."""
+    def get(self, name: str) -> ModelWithPrompts:
+        """One model or alias, under the name asked for; an embedding model with the prompts `input_type` can
+        name."""
         info = self.resolve(name)
-        return model_card(name, info.created, owner(info), info.kind)
+        card: ModelWithPrompts = {**model_card(name, info.created, owner(info), info.kind)}
+        if isinstance(info, ModelInfo):
+            card.update(prompts=dict(info.prompts), default_prompt_name=info.default_prompt_name or None)
+        return card
 
     async def ready(self) -> tuple[bool, str]:
         """Backend live and every configured (or, if none configured, every discovered) model ready."""

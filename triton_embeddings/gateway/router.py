@@ -17,8 +17,8 @@ from triton_embeddings.gateway.protocol import (
     EmbeddingRequest,
     EmbeddingResponse,
     ErrorResponse,
-    Model,
     ModelList,
+    ModelWithPrompts,
     RerankRequest,
     RerankResponse,
     Status,
@@ -33,7 +33,7 @@ router = APIRouter()
 ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 413, 429, 500, 503, 504)}
 
 
-Body200 = EmbeddingResponse | RerankResponse | list[TEIRerankItem] | ModelList | Model | Status
+Body200 = EmbeddingResponse | RerankResponse | list[TEIRerankItem] | ModelList | ModelWithPrompts | Status
 
 
 def json_response(body: Body200) -> Response:
@@ -148,13 +148,13 @@ async def list_models(request: Request) -> Response:
 
 @router.get(
     "/v1/models/{model_id:path}",
-    response_model=Model,
+    response_model=ModelWithPrompts,
     responses=ERRORS,
     dependencies=[Depends(check_api_key)],
 )
 @router.get(
     "/models/{model_id:path}",
-    response_model=Model,
+    response_model=ModelWithPrompts,
     responses=ERRORS,
     dependencies=[Depends(check_api_key)],
     include_in_schema=False,

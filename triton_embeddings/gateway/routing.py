@@ -53,8 +53,17 @@ class RoutedBackend:
             return True, "ready"
         return await self.local.ready(local)
 
-    async def embed(self, model: str, texts: list[str], request_id: str = "") -> EmbedResult:
+    async def embed(
+        self, model: str, texts: list[str], request_id: str = "", options: dict[str, list[str]] | None = None
+    ) -> EmbedResult:
+        if options:
+            return await self.backend_for(model).embed(model, texts, request_id, options)
         return await self.backend_for(model).embed(model, texts, request_id)
+
+    async def windows(
+        self, model: str, texts: list[str], prompt_names: list[str] | None = None, request_id: str = ""
+    ) -> list[list[tuple[int, int, int]]]:
+        return await self.backend_for(model).windows(model, texts, prompt_names, request_id)
 
     async def rerank(self, model: str, queries: list[str], documents: list[str], request_id: str = "") -> RerankResult:
         return await self.local.rerank(model, queries, documents, request_id)  # upstreams serve embeddings only

@@ -138,6 +138,11 @@ class Settings(BaseSettings):
         description="Truncate inputs longer than the model's max length (sentence-transformers' behaviour); "
         "false answers OpenAI's context-length 400 instead.",
     )
+    long_inputs: Literal["truncate", "chunk"] = Field(
+        "truncate",
+        description="Inputs over the model's max length: truncate (per `truncate`), or chunk into overlapping "
+        "windows embedded separately and averaged, token-weighted (a request's `long_inputs` overrides it).",
+    )
     max_in_flight: int = Field(
         512, ge=1, description="Embedding requests handled at once; above it: 429 with Retry-After."
     )

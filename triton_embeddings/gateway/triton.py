@@ -69,6 +69,9 @@ def model_info_from_config(config: dict, created: int) -> ModelInfo | RerankMode
         source_model=params.source_model,
         fingerprint=fingerprint,
         created=created,
+        prompts=dict(params.prompts),
+        default_prompt_name=params.default_prompt_name,
+        quantization_ranges=dict(params.quantization_ranges),
     )
 
 
@@ -268,9 +271,14 @@ class TritonBackend:
             return False, str(_classify(e, "readiness"))
         return True, "ready"
 
-    async def embed(self, model: str, texts: list[str], request_id: str = "") -> EmbedResult:
-        """Run the ensemble on one batch (at most the model's max_batch_size texts)."""
-        return await self._guarded(model, self._embed(model, texts, request_id))
+    async def embed(
+        self, model: str, texts: list[str], request_id: str = "", options: dict[str, list[str]] | None = None
+    ) -> EmbedResult:
+        """Run the ensemble on one batch (at most the model's max_batch_size texts).
+
+        `options`: optional per-row inputs by name (contract.PROMPT_NAME, contract.TRUNCATE).
+        """
+        return await self._guarded(model, self._embed(model, texts, request_id, options))
 
     async def _guarded(self, model: str, call):
         """Await one inference; a crashed worker marks the model broken (until a probe passes)."""
@@ -286,10 +294,14 @@ class TritonBackend:
         self.broken.pop(model, None)
         return result
 
-    async def _embed(self, model: str, texts: list[str], request_id: str) -> EmbedResult:
+    async def _embed(
+        self, model: str, texts: list[str], request_id: str, options: dict[str, list[str]] | None = None
+    ) -> EmbedResult:
         n = len(texts)
+        inputs = [_bytes_column(contract.TEXT, texts)]
+        inputs += [_bytes_column(name, values) for name, values in (options or {}).items()]
         outputs = [InferRequestedOutput(name) for name in contract.ENSEMBLE_OUTPUTS]
-        res = await self._call(model, [_bytes_column(contract.TEXT, texts)], outputs, request_id)
+        res = await self._call(model, inputs, outputs, request_id)
         emb, counts, truncated = (res.as_numpy(name) for name in contract.ENSEMBLE_OUTPUTS)
         if emb is None or counts is None or truncated is None or emb.shape[0] != n:
             raise TritonError(f"inference on {model}: unexpected outputs")
@@ -325,6 +337,20 @@ class TritonBackend:
                                       client_timeout=self.timeout_s)
         except InferenceServerException as e:
             raise _classify(e, f"inference on {model}") from None
+
+    async def windows(
+        self, model: str, texts: list[str], prompt_names: list[str] | None = None, request_id: str = ""
+    ) -> list[list[tuple[int, int, int]]]:
+        """Per text, the windows (start char, end char, tokens) that the tokenizer step cuts (WINDOW_SPANS)."""
+        inputs = [_bytes_column(contract.TEXT, texts)]
+        if prompt_names:
+            inputs.append(_bytes_column(contract.PROMPT_NAME, prompt_names))
+        step = contract.step_names(model)[0]
+        res = await self._call(step, inputs, [InferRequestedOutput(contract.WINDOW_SPANS)], request_id)
+        spans = res.as_numpy(contract.WINDOW_SPANS)
+        if spans is None or spans.shape[0] != len(texts):
+            raise TritonError(f"windows on {step}: unexpected outputs")
+        return [[(int(a), int(b), int(k)) for a, b, k in rows if k >= 0] for rows in spans]
 
     def _require_client(self) -> InferenceServerClient:
         if self._client is None:

@@ -244,9 +244,9 @@ def test_export_entrypoint_exports_a_line_up(tmp_path):
     (repo / "b_encoder" / "1" / "model.onnx").write_bytes(b"")
     result = _entrypoint(tmp_path, {"EXPORT_MODELS": "org/a /src/b org/c", "EXPORT_TARGET": "cpu"}, repo)
     assert result.returncode == 0, result.stderr
-    assert f"PARSED org/a a {repo} cpu fp32 False" in result.stdout
-    assert f"PARSED org/c c {repo} cpu fp32 False" in result.stdout
-    assert "already holds b" in result.stdout and "PARSED /src/b" not in result.stdout
+    assert f"ACCEPTED org/a a {repo} cpu fp32 False -" in result.stdout
+    assert f"ACCEPTED org/c c {repo} cpu fp32 False -" in result.stdout
+    assert "already holds b" in result.stdout and "ACCEPTED /src/b" not in result.stdout
 
 
 def test_compose_serves_the_seed_line_up():

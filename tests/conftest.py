@@ -82,3 +82,45 @@ def triton(model_repository, tmp_path_factory):
     server = TritonServer.on_free_ports(model_repository, log_file=log)
     with server:
         yield server
+
+
+# ---- Rerank: a tiny cross-encoder made here, served beside the default model ----------------------------
+RERANK_MODEL = "tiny-reranker"
+
+
+@pytest.fixture(scope="session")
+def cross_encoder_source(tmp_path_factory) -> str:
+    """Folder of a tiny random cross-encoder saved as a sentence-transformers CrossEncoder."""
+    from tests.tiny_models import build_cross_encoder
+
+    return str(build_cross_encoder(tmp_path_factory.mktemp("cross_encoder") / "tiny-cross-encoder"))
+
+
+@pytest.fixture(scope="session")
+def cross_encoder(cross_encoder_source):
+    from sentence_transformers import CrossEncoder
+
+    return CrossEncoder(cross_encoder_source, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def mixed_repository(tmp_path_factory, model_repository, cross_encoder_source) -> Path:
+    """One repository serving the default embedding model and RERANK_MODEL (embedded, fp32)."""
+    import shutil
+
+    from triton_embeddings.export.options import ExportOptions
+    from triton_embeddings.export.rerank_exporter import export_reranker
+
+    repo = tmp_path_factory.mktemp("mixed_repository")
+    shutil.copytree(model_repository, repo, dirs_exist_ok=True)
+    export_reranker(cross_encoder_source, repo, ExportOptions(name=RERANK_MODEL), log=lambda _: None)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def mixed_triton(mixed_repository, tmp_path_factory):
+    from triton_embeddings.local.launcher import TritonServer
+
+    log = tmp_path_factory.mktemp("mixed_triton") / "tritonserver.log"
+    with TritonServer.on_free_ports(mixed_repository, log_file=log) as server:
+        yield server

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from triton_embeddings.defaults import DEFAULT_MODEL
-from triton_embeddings.gateway.backend import EmbedResult, ModelInfo
+from triton_embeddings.gateway.backend import EmbedResult, ModelInfo, RerankModelInfo, RerankResult
 from triton_embeddings.local.processes import free_port, stop_process, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,10 +34,13 @@ class FakeBackend:
     """A `Backend` for unit tests of gateway logic: records calls; tokens = words + 2, truncated above
     max_seq_length. Every behaviour tested with it also has a test against the real Triton."""
 
-    def __init__(self, dim: int = 8, max_batch_size: int = 4, max_seq_length: int = 16):
-        self.models: dict[str, ModelInfo] | None = {
+    def __init__(self, dim: int = 8, max_batch_size: int = 4, max_seq_length: int = 16, reranker: bool = False):
+        self.models: dict[str, ModelInfo | RerankModelInfo] | None = {
             "fake-model": ModelInfo("fake-model", dim, max_seq_length, max_batch_size, True, "mean", "src", "fp", 1),
         }
+        if reranker:  # logit = query words the document contains - 1
+            info = RerankModelInfo("fake-reranker", max_seq_length, max_batch_size, "sigmoid", "src", "fp", 1)
+            self.models[info.name] = info
         self.calls: list[list[str]] = []
         self.fail: Exception | None = None
         self.delay = 0.0
@@ -57,10 +61,42 @@ class FakeBackend:
     async def ready(self, names: list[str]) -> tuple[bool, str]:
         return (True, "ready") if self.is_ready else (False, "Triton is not live")
 
-    async def embed(self, model: str, texts: list[str], request_id: str = "") -> EmbedResult:
+    async def windows(self, model: str, texts: list[str], prompt_names=None, request_id: str = "") -> list:
+        """Windows of at most max_seq_length - 2 words (fake tokens: words + 2), one word of overlap."""
+        size = self.models[model].max_seq_length - 2
+        out = []
+        for text in texts:
+            words = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+            starts = range(0, max(len(words) - 1, 1), size - 1) if len(words) > size else [0]
+            spans = [words[a : a + size] for a in starts]
+            out.append([(w[0][0], w[-1][1], len(w) + 2) for w in spans])
+        return out
+
+    async def embed(self, model: str, texts: list[str], request_id: str = "", options=None) -> EmbedResult:
         info = self.models[model]
         assert len(texts) <= info.max_batch_size, "the gateway sent more than max_batch_size"
         self.calls.append(list(texts))
+        self.options = getattr(self, "options", []) + [options]
+        await self._work()
+        words = np.array([len(t.split()) + 2 for t in texts])
+        return EmbedResult(
+            np.stack([fake_vector(t, info.dimension) for t in texts]),
+            np.minimum(words, info.max_seq_length),
+            words > info.max_seq_length,
+        )
+
+    async def rerank(self, model: str, queries: list[str], documents: list[str], request_id: str = "") -> RerankResult:
+        """Logit = number of query words the document contains, minus 1; tokens = words of both + 3."""
+        info = self.models[model]
+        assert len(documents) <= info.max_batch_size, "the gateway sent more than max_batch_size pairs"
+        self.calls.append(list(zip(queries, documents)))
+        await self._work()
+        logits = np.array([len(set(q.split()) & set(d.split())) - 1.0 for q, d in zip(queries, documents)])
+        words = np.array([len(q.split()) + len(d.split()) + 3 for q, d in zip(queries, documents)])
+        return RerankResult((1 / (1 + np.exp(-logits))).astype(np.float32), logits.astype(np.float32),
+                            np.minimum(words, info.max_seq_length), words > info.max_seq_length)
+
+    async def _work(self) -> None:
         self.in_flight += 1
         self.max_in_flight_seen = max(self.max_in_flight_seen, self.in_flight)
         try:
@@ -70,12 +106,6 @@ class FakeBackend:
                 raise self.fail
         finally:
             self.in_flight -= 1
-        words = np.array([len(t.split()) + 2 for t in texts])
-        return EmbedResult(
-            np.stack([fake_vector(t, info.dimension) for t in texts]),
-            np.minimum(words, info.max_seq_length),
-            words > info.max_seq_length,
-        )
 
 
 class GatewayProcess:

@@ -26,13 +26,16 @@ HIDDEN = 8
 # Every value differs from its contract default, so a reader falling back to a default is caught.
 SPEC = ModelSpec(source="org/some-model", max_seq_length=100, pooling_mode="cls", normalize=False, dimension=HIDDEN,
                  lowercase=True, prompts={"query": "query: ", "passage": "passage: "}, default_prompt_name="query",
-                 pad_id=3)
+                 pad_id=3, quantization_ranges={"min": [-0.5] * HIDDEN, "max": [0.5] * HIDDEN,
+                                                "prefix_norm": [0.25] * HIDDEN})
 EXPECTED = {
     c.EnsembleParams: c.EnsembleParams(embedding_dimension=HIDDEN, max_seq_length=100, pooling_mode="cls",
                                        normalize=False, source_model="org/some-model",
-                                       prompts={"query": "query: ", "passage": "passage: "}),
+                                       prompts={"query": "query: ", "passage": "passage: "},
+                                       default_prompt_name="query", quantization_ranges=SPEC.quantization_ranges),
     c.TokenizerParams: c.TokenizerParams(max_seq_length=100, tokenizer_file="tokenizer.json", prompt="query: ",
-                                         lowercase=True, pad_id=3),
+                                         prompts={"query": "query: ", "passage": "passage: "},
+                                         default_prompt_name="query", lowercase=True, pad_id=3),
 }
 
 
@@ -149,8 +152,9 @@ def test_renamed_tensor_is_followed_by_the_written_configs(monkeypatch, tmp_path
     monkeypatch.setattr(c, "EMBEDDING", "VECTOR")
     repo = write_repository(tmp_path, tokenizer_json)
     ensemble, tokenizer = read(repo, "m"), read(repo, "m_tokenizer")
-    assert [i["name"] for i in ensemble["input"]] == ["TEXT_IN"] == [i["name"] for i in tokenizer["input"]]
+    inputs = ["TEXT_IN", c.PROMPT_NAME, c.TRUNCATE]
+    assert [i["name"] for i in ensemble["input"]] == inputs == [i["name"] for i in tokenizer["input"]]
     assert ensemble["output"][0]["name"] == "VECTOR" == read(repo, "m_pooler")["output"][0]["name"]
     steps = ensemble["ensemble_scheduling"]["step"]
-    assert steps[0]["input_map"] == {"TEXT_IN": "TEXT_IN"} and steps[2]["output_map"] == {"VECTOR": "VECTOR"}
+    assert steps[0]["input_map"] == {n: n for n in inputs} and steps[2]["output_map"] == {"VECTOR": "VECTOR"}
     assert c.is_embedding_ensemble(ensemble)

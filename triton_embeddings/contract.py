@@ -28,6 +28,13 @@ EMBEDDING = "EMBEDDING"  # output, FP32 [N, D]
 TOKEN_COUNT = "TOKEN_COUNT"  # output, INT32 [N, 1]
 TRUNCATED = "TRUNCATED"  # output, BOOL [N, 1]
 ENSEMBLE_OUTPUTS = (EMBEDDING, TOKEN_COUNT, TRUNCATED)
+# Optional ensemble inputs (also the tokenizer step's), one value per row; absent or "" = the default.
+PROMPT_NAME = "PROMPT_NAME"  # BYTES [N, 1]: a prompt name of the model or a role (ROLE_SYNONYMS)
+TRUNCATE = "TRUNCATE"  # BYTES [N, 1]: TRUNCATE_SIDES
+TRUNCATE_SIDES = ("END", "START", "NONE")  # keep the start / keep the end / refuse longer inputs
+# Tokenizer step output, computed only when requested: windows that fit max_seq_length, as
+# (start char, end char, tokens) rows; -1 rows pad texts with fewer windows.
+WINDOW_SPANS = "WINDOW_SPANS"  # INT32 [N, K, 3]
 
 # Tokenizer step outputs (also the pooler's mask input).
 INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS = "INPUT_IDS", "ATTENTION_MASK", "TOKEN_TYPE_IDS"
@@ -37,6 +44,37 @@ ENCODER_INPUTS = {INPUT_IDS: ONNX_INPUT_IDS, ATTENTION_MASK: ONNX_ATTENTION_MASK
 ENCODER_OUTPUT = "last_hidden_state"
 # Pooler input: the encoder's output under the pooler's own name.
 TOKEN_EMBEDDINGS = "TOKEN_EMBEDDINGS"
+
+# Roles accepted as PROMPT_NAME whatever the model: each picks the first of its prompt names the model
+# defines, else no prompt (so NIM- and Cohere-style clients work with models without prompts).
+ROLE_SYNONYMS = {
+    "query": ("query", "search_query"),
+    "search_query": ("query", "search_query"),
+    "passage": ("passage", "document", "search_document"),
+    "document": ("passage", "document", "search_document"),
+    "search_document": ("passage", "document", "search_document"),
+}
+
+
+class UnknownPromptError(ValueError):
+    """A PROMPT_NAME that is neither a prompt of the model nor a role."""
+
+
+def resolve_prompt(name: str, prompts: dict[str, str], default_name: str = "") -> str:
+    """The prompt text for a requested name: "" = the default prompt, then the model's names, then roles."""
+    if not name:
+        return prompts.get(default_name, "")
+    if name in prompts:
+        return prompts[name]
+    if name not in ROLE_SYNONYMS:
+        raise UnknownPromptError(name)
+    return next((prompts[n] for n in ROLE_SYNONYMS[name] if n in prompts), "")
+
+
+def prompt_names(prompts: dict[str, str]) -> list[str]:
+    """Every name resolve_prompt accepts for a model: its prompts, then the roles."""
+    return list(prompts) + [r for r in ROLE_SYNONYMS if r not in prompts]
+
 
 # Triton's onnxruntime backend knob (cpu target), not ours.
 ORT_BACKEND_INTRA_OP_THREADS = "intra_op_thread_count"
@@ -126,6 +164,9 @@ class EnsembleParams(ParameterSet):
     normalize: bool = param("normalize", True)
     source_model: str = param("source_model", "")
     prompts: dict = param("prompts", {})
+    default_prompt_name: str = param("default_prompt_name", "")
+    # int8/uint8 output: per-dimension {"min": [...], "max": [...]} calibrated at export ({} = none).
+    quantization_ranges: dict = param("quantization_ranges", {})
     # What the vectors depend on beyond the above: a re-export under the same name (int8 after fp32, another
     # quantization plan) changes them, so caches key on them too (the gateway's fingerprint). "": unknown.
     precision: str = param("precision", "")
@@ -139,7 +180,9 @@ class TokenizerParams(ParameterSet):
     what: ClassVar[str] = "tokenizer"
     max_seq_length: int = param("max_seq_length")
     tokenizer_file: str = param("tokenizer_file", "tokenizer.json")
-    prompt: str = param("prompt", "")
+    prompt: str = param("prompt", "")  # the default prompt's text
+    prompts: dict = param("prompts", {})
+    default_prompt_name: str = param("default_prompt_name", "")
     lowercase: bool = param("lowercase", False)
     pad_id: int = param("pad_id", 0)
 
@@ -160,4 +203,60 @@ def is_embedding_ensemble(config: dict) -> bool:
         config.get("platform") == "ensemble"
         and EnsembleParams.keys()[0] in parameters_of(config)
         and TEXT in {i.get("name") for i in config.get("input", [])}
+    )
+
+
+# ---- Rerank ensembles (cross-encoders) -----------------------------------------------------------------
+# A rerank ensemble scores (query, document) pairs: <name>_tokenizer (pairs) -> <name>_encoder (ONNX
+# classifier, logits) -> <name>_score (the activation). Its own tensors and parameter sets live here.
+RERANK_KIND, EMBEDDING_KIND = "rerank", "embedding"
+SCORE_SUFFIX = "_score"
+QUERY = "QUERY"  # input, BYTES [N, 1]: the query, repeated for every pair
+DOCUMENT = "DOCUMENT"  # input, BYTES [N, 1]
+SCORE = "SCORE"  # output, FP32 [N, 1]: the activated relevance score (CrossEncoder.predict's value)
+LOGIT = "LOGIT"  # output, FP32 [N, 1]: the raw logit
+RERANK_OUTPUTS = (SCORE, LOGIT, TOKEN_COUNT, TRUNCATED)
+CLASSIFIER_OUTPUT = "logits"  # the ONNX classifier's output name
+SCORE_STEP_INPUT = "LOGITS"  # the score step's input
+
+
+def rerank_step_names(model: str) -> tuple[str, str, str]:
+    """The pair tokenizer, classifier and score models behind the rerank ensemble `model`."""
+    return model + TOKENIZER_SUFFIX, model + ENCODER_SUFFIX, model + SCORE_SUFFIX
+
+
+@dataclass(frozen=True)
+class RerankParams(ParameterSet):
+    """What a rerank ensemble's `parameters` tell clients; `kind` marks it apart from embedding ensembles."""
+
+    what: ClassVar[str] = "rerank ensemble"
+    kind: str = param("kind")  # always RERANK_KIND
+    max_seq_length: int = param("max_seq_length")
+    activation: str = param("activation", "sigmoid")
+    truncation: str = param("truncation", "longest_first")
+    source_model: str = param("source_model", "")
+    # As for embeddings: a re-export under the same name changes the scores, so caches key on these too.
+    precision: str = param("precision", "")
+    classifier_sha256: str = param("classifier_sha256", "")
+
+
+@dataclass(frozen=True)
+class PairTokenizerParams(ParameterSet):
+    """Knobs of the rerank ensemble's pair tokenizer step."""
+
+    what: ClassVar[str] = "pair tokenizer"
+    max_seq_length: int = param("max_seq_length")
+    tokenizer_file: str = param("tokenizer_file", "tokenizer.json")
+    truncation: str = param("truncation", "longest_first")
+    lowercase: bool = param("lowercase", False)
+    pad_id: int = param("pad_id", 0)
+
+
+def is_rerank_ensemble(config: dict) -> bool:
+    """True for a rerank ensemble written by the exporter."""
+    inputs = {i.get("name") for i in config.get("input", [])}
+    return (
+        config.get("platform") == "ensemble"
+        and parameters_of(config).get("kind") == RERANK_KIND
+        and {QUERY, DOCUMENT} <= inputs
     )

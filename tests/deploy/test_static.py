@@ -151,7 +151,7 @@ def dry(source, repository, options, **kw):
     print("ACCEPTED", source, options.name, repository, options.target.name, options.precision,
           options.tensorrt, engines)
     sys.exit(0)
-cli.export_model = dry
+cli.export_model = cli.export_reranker = dry
 sys.exit(cli.main(sys.argv[1:]))
 """
 
@@ -236,6 +236,26 @@ def test_tensorrt_engines_go_to_the_mounted_volume_in_kubernetes(tmp_path, kusto
     assert _under(engines, mounts), (engines, triton["volumeMounts"])
 
 
+def test_export_entrypoint_exports_a_line_up(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "b").mkdir(parents=True)
+    (repo / "b" / "config.pbtxt").write_text("")
+    (repo / "b_encoder" / "1").mkdir(parents=True)
+    (repo / "b_encoder" / "1" / "model.onnx").write_bytes(b"")
+    result = _entrypoint(tmp_path, {"EXPORT_MODELS": "org/a /src/b org/c", "EXPORT_TARGET": "cpu"}, repo)
+    assert result.returncode == 0, result.stderr
+    assert f"ACCEPTED org/a a {repo} cpu fp32 False -" in result.stdout
+    assert f"ACCEPTED org/c c {repo} cpu fp32 False -" in result.stdout
+    assert "already holds b" in result.stdout and "ACCEPTED /src/b" not in result.stdout
+
+
+def test_compose_serves_the_seed_line_up():
+    config = compose_config([])
+    models = config["services"]["export"]["environment"]["EXPORT_MODELS"].split()
+    assert models == ["sentence-transformers/all-mpnet-base-v2", "sentence-transformers/all-MiniLM-L6-v2"]
+    assert config["services"]["gateway"]["environment"]["EMBEDDINGS_DEFAULT_MODEL"] == "all-mpnet-base-v2"
+
+
 def test_export_entrypoint_skips_a_repository_that_holds_the_model(tmp_path):
     repo = tmp_path / "repo"
     (repo / "m").mkdir(parents=True)
@@ -246,6 +266,15 @@ def test_export_entrypoint_skips_a_repository_that_holds_the_model(tmp_path):
     assert skipped.returncode == 0 and "already holds m" in skipped.stdout and "ACCEPTED" not in skipped.stdout
     forced = _entrypoint(tmp_path, {"EXPORT_NAME": "m", "EXPORT_FORCE": "1"}, repo)
     assert "ACCEPTED" in forced.stdout
+
+
+def test_export_entrypoint_adds_a_reranker_to_the_same_repository(tmp_path):
+    repo = tmp_path / "repo"
+    result = _entrypoint(tmp_path, {"EXPORT_RERANKER": "cross-encoder/ms-marco-MiniLM-L6-v2"}, repo)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("ACCEPTED")]
+    assert lines == [f"ACCEPTED sentence-transformers/all-MiniLM-L6-v2 all-MiniLM-L6-v2 {repo} gpu fp32 False -",
+                     f"ACCEPTED cross-encoder/ms-marco-MiniLM-L6-v2 ms-marco-MiniLM-L6-v2 {repo} gpu fp32 False -"]
 
 
 # --- docker-compose -----------------------------------------------------------------------------------
@@ -521,7 +550,7 @@ def test_promtool_cost_rules_tests_can_fail(tmp_path):
 
 REQUIRED_PANELS = ["Requests/s", "Latency p50 / p95", "Tokens/s", "Average batch size (encoder)",
                    "Queue and compute time per request", "GPU utilization", "GPU memory", "Cache hit rate",
-                   "Errors by status"]
+                   "Errors by status", "Rerank documents/s"]
 
 
 def test_grafana_dashboard_panels_and_provisioning():

@@ -11,7 +11,7 @@ from pydantic import TypeAdapter
 
 from tests.gw_helpers import FakeBackend
 from triton_embeddings.gateway.backend import Backend
-from triton_embeddings.gateway.protocol import EmbeddingResponse, ErrorResponse, Model, ModelList
+from triton_embeddings.gateway.protocol import EmbeddingResponse, ErrorResponse, ModelList, ModelWithPrompts
 from triton_embeddings.gateway.triton import TritonBackend
 
 M = "fake-model"
@@ -72,7 +72,7 @@ def test_embeddings_body_is_the_protocol_type(make_client, encoding):
 def test_models_bodies_are_the_protocol_types(make_client):
     c = make_client()
     assert_shape(c.get("/v1/models").json(), ModelList)
-    assert_shape(c.get(f"/v1/models/{M}").json(), Model)
+    assert_shape(c.get(f"/v1/models/{M}").json(), ModelWithPrompts)
 
 
 @pytest.mark.parametrize(
@@ -98,7 +98,7 @@ def test_resolve_runs_once_per_embeddings_request(make_client):
     registry = c.app.state.registry
     calls = []
     resolve = registry.resolve
-    registry.resolve = lambda name: calls.append(name) or resolve(name)
+    registry.resolve = lambda name, kind=None: calls.append(name) or resolve(name, kind)
     assert c.post("/v1/embeddings", json={"model": "text-embedding-3-small", "input": ["a", "b"]}).status_code == 200
     assert calls == ["text-embedding-3-small"]
 

@@ -1,4 +1,4 @@
-"""`embeddings-export`: a sentence-transformers model in, a verified Triton model repository out."""
+"""`embeddings-export`: a sentence-transformers model or a cross-encoder in, a verified Triton repository out."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from pathlib import Path
 
 from triton_embeddings.defaults import DEFAULT_HUB_ID, DEFAULT_REPOSITORY
 from triton_embeddings.export import options
+from triton_embeddings.export.cross_encoder import is_cross_encoder
 from triton_embeddings.export.exporter import ExportError, export_model
 from triton_embeddings.export.model_spec import UnsupportedModelError
+from triton_embeddings.export.rerank_exporter import export_reranker
 
 
 def default_name(source: str) -> str:
@@ -21,7 +23,7 @@ def default_name(source: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="embeddings-export", description=__doc__)
     p.add_argument("model", nargs="?", default=DEFAULT_HUB_ID,
-                   help="sentence-transformers model: local folder or hub id (default %(default)s)")
+                   help="sentence-transformers model or cross-encoder: local folder or hub id (default %(default)s)")
     p.add_argument("--repository", type=Path, default=Path(DEFAULT_REPOSITORY),
                    help="repository folder (default %(default)s)")
     options.add_arguments(p)
@@ -33,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         opts = options.from_arguments(args, name=args.name or default_name(args.model))
-        result = export_model(args.model, args.repository, opts)
+        # A cross-encoder (reranker) gets a rerank ensemble; anything else is an embedding model.
+        export = export_reranker if is_cross_encoder(args.model) else export_model
+        result = export(args.model, args.repository, opts)
     except (ExportError, UnsupportedModelError, ValueError) as exc:
         print(f"embeddings-export: error: {exc}", file=sys.stderr)
         return 2

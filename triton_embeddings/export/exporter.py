@@ -12,10 +12,11 @@ from pathlib import Path
 
 import onnx
 
-from triton_embeddings import contract
+from triton_embeddings import contract, quantize
 from triton_embeddings.export import onnx_export, verify
 from triton_embeddings.export import triton_config as tc
-from triton_embeddings.export.model_spec import ModelSpec, read_spec
+from triton_embeddings.export.cross_encoder import is_cross_encoder
+from triton_embeddings.export.model_spec import ModelSpec, UnsupportedModelError, read_spec, with_prompts
 from triton_embeddings.export.options import ExportOptions
 from triton_embeddings.export.pipeline import OnnxPipeline
 from triton_embeddings.export.pooler import build_pooler
@@ -50,6 +51,8 @@ class ExportResult:
             f"  max length       : {self.spec.max_seq_length} tokens",
             f"  pooling          : {self.spec.pooling_mode}{' + normalize' if self.spec.normalize else ''}",
             f"  min cosine       : {self.verification.min_cosine:.6f} (bar {self.verification.threshold})",
+            f"  prompts          : {', '.join(self.spec.prompts) or '(none)'}"
+            f"{f' (default {self.spec.default_prompt_name})' if self.spec.default_prompt_name else ''}",
         ]
         if self.note:
             lines.append(f"  note             : {self.note}")
@@ -71,8 +74,12 @@ def _load(source: str, options: ExportOptions, log: Log):
     from sentence_transformers import SentenceTransformer
 
     t = _step(log, f"Loading {source}")
+    if is_cross_encoder(source):  # SentenceTransformer would load it and mean-pool its hidden states
+        raise UnsupportedModelError(f"{source} is a cross-encoder: export it as a reranker (export_reranker)")
     model = SentenceTransformer(source, device="cpu", trust_remote_code=False)
     spec = read_spec(model, options.source_label or source, options.max_seq_length)
+    spec = with_prompts(spec, options.prompts, options.default_prompt)
+    model.prompts, model.default_prompt_name = dict(spec.prompts), spec.default_prompt_name
     if options.max_seq_length:
         model.max_seq_length = options.max_seq_length
     log(f"    {time.perf_counter() - t:.1f}s: dim {spec.dimension}, max length {spec.max_seq_length}, "
@@ -145,13 +152,47 @@ def _verified_encoder(model, spec: ModelSpec, art: Artifacts, precision: str, wo
     return chosen, result, note
 
 
+def calibration_texts(path: str | None) -> list[str]:
+    """The texts of `--calibration-file`, else the packaged set (varied topics, lengths and languages)."""
+    file = Path(path) if path else Path(__file__).with_name("data") / "calibration.txt"
+    texts = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(texts) < 2:
+        raise ExportError(f"{file}: calibration needs at least two non-empty lines")
+    return texts
+
+
+def _check_prompts(model, spec: ModelSpec, art: Artifacts, encoder: Path, bar: float, log: Log) -> None:
+    """Every prompt of the model gives sentence-transformers' vectors (`encode(..., prompt_name=...)`)."""
+    texts = verify.verification_texts()["short"]
+    for name, prompt in spec.prompts.items():
+        params = dataclasses.replace(tc.tokenizer_params(spec), prompt=prompt)
+        tokenizer = TextTokenizer.from_params(params, art.tokenizer_json.parent)
+        served = OnnxPipeline(tokenizer, str(encoder), str(art.pooler_onnx)).embed(texts)
+        low = float(verify.cosine(served, model.encode(texts, prompt_name=name)).min())
+        log(f"    prompt {name!r}: min cosine {low:.6f}")
+        if low < bar:
+            raise ExportError(f"prompt {name!r} is not served faithfully (min cosine {low:.6f} < {bar})")
+
+
+def _calibrate(spec: ModelSpec, art: Artifacts, encoder: Path, texts: list[str], log: Log) -> ModelSpec:
+    """The spec with int8/uint8 ranges calibrated on the served pipeline's vectors."""
+    t = _step(log, "Calibrating the int8/uint8 output ranges")
+    tokenizer = TextTokenizer.from_params(tc.tokenizer_params(spec), art.tokenizer_json.parent)
+    vectors = OnnxPipeline(tokenizer, str(encoder), str(art.pooler_onnx)).embed(texts)
+    log(f"    {time.perf_counter() - t:.1f}s: {len(texts)} texts")
+    return dataclasses.replace(spec, quantization_ranges=quantize.calibrate(vectors))
+
+
 def export_model(source: str, repository: Path, options: ExportOptions, log: Log = _stderr) -> ExportResult:
     """Export `source` (local folder or hub id), verify it, then write it into `repository`."""
+    calibration = calibration_texts(options.calibration_file)  # a bad file fails before the long work
     model, spec = _load(source, options, log)
     with tempfile.TemporaryDirectory(prefix="embeddings-export-") as tmp:
         work = Path(tmp)
         art = _build(model, spec, work, log)
         chosen, result, note = _verified_encoder(model, spec, art, options.precision, work, log)
+        _check_prompts(model, spec, art, chosen, result.threshold, log)
+        spec = _calibrate(spec, art, chosen, calibration, log)
         t = _step(log, f"Writing the Triton models into {repository}")
         files = write_model(Path(repository), options, spec, dataclasses.replace(art, encoder_onnx=chosen))
         log(f"    {time.perf_counter() - t:.1f}s")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 POOLING_MODES = ("mean", "cls", "max", "lasttoken", "mean_sqrt_len_tokens")
@@ -24,6 +25,7 @@ class ModelSpec:
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
     pad_id: int = 0
+    quantization_ranges: dict = field(default_factory=dict)  # int8/uint8 output ranges (quantize.calibrate)
 
     @property
     def default_prompt(self) -> str:
@@ -37,6 +39,29 @@ def _pooling_mode(pooling) -> str:
     if mode not in POOLING_MODES:
         raise UnsupportedModelError(f"pooling mode {mode!r} is not supported (supported: {POOLING_MODES})")
     return mode
+
+
+def _prompts(model, pooling) -> tuple[dict[str, str], str | None]:
+    """The model's prompts and default prompt name.
+
+    sentence-transformers >= 5 adds empty `query`/`document` prompts; empty ones change nothing, and
+    dropping them lets `document` resolve as the passage role (contract.ROLE_SYNONYMS).
+    """
+    prompts = {k: v for k, v in (getattr(model, "prompts", None) or {}).items() if v}
+    name = getattr(model, "default_prompt_name", None)
+    name = name if name in prompts else None
+    if name and not getattr(pooling, "include_prompt", True):
+        raise UnsupportedModelError("pooling with include_prompt=False is not supported")
+    return prompts, name
+
+
+def with_prompts(spec: ModelSpec, prompts: dict[str, str], default_name: str | None) -> ModelSpec:
+    """`spec` with prompts added or overridden (`--prompt`) and the default prompt chosen (`--default-prompt`)."""
+    merged = {**spec.prompts, **prompts}
+    name = spec.default_prompt_name if default_name is None else default_name
+    if name and name not in merged:
+        raise UnsupportedModelError(f"default prompt {name!r} is not a prompt of the model ({sorted(merged)})")
+    return dataclasses.replace(spec, prompts=merged, default_prompt_name=name or None)
 
 
 def _max_length(transformer, max_seq_length: int | None) -> int:
@@ -73,10 +98,7 @@ def read_spec(model, source: str, max_seq_length: int | None = None) -> ModelSpe
         )
     transformer, pooling = modules[0], modules[1]
     mode = _pooling_mode(pooling)
-    prompt_name = getattr(model, "default_prompt_name", None)
-    prompts = dict(getattr(model, "prompts", None) or {})
-    if prompt_name and not getattr(pooling, "include_prompt", True):
-        raise UnsupportedModelError("pooling with include_prompt=False is not supported")
+    prompts, prompt_name = _prompts(model, pooling)
     limit = _max_length(transformer, max_seq_length)
     tokenizer = transformer.tokenizer
     # sentence-transformers 5.x renamed get_sentence_embedding_dimension to get_embedding_dimension.

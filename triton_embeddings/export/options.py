@@ -95,6 +95,15 @@ class ExportOptions:
     trt_cache_dir: str = option("/tmp/trt_cache", "gpu target with --tensorrt: where Triton keeps TensorRT "
                                 "engines, per model (the Triton image's volume, as compose and Kubernetes mount it)")
     source_label: str | None = option(None, "what to record as the source in the ensemble config", type=str)
+    prompt: tuple[str, ...] | None = option(
+        None, "add or override a prompt, NAME=TEXT (repeatable), e.g. --prompt 'query=query: ' for e5",
+        type=str, action="append", metavar="NAME=TEXT")
+    default_prompt: str | None = option(
+        None, "prompt applied when a request names none (default: the model's own, if any)", type=str,
+        metavar="NAME")
+    calibration_file: str | None = option(
+        None, "texts, one per line, that calibrate the int8/uint8 output ranges (default: a packaged set)",
+        type=str)
 
     def __post_init__(self):
         if isinstance(self.target, str):
@@ -114,6 +123,19 @@ class ExportOptions:
                 raise OptionsError(f"{key} must be at least 1")
         if self.max_seq_length is not None and self.max_seq_length < 1:
             raise OptionsError("max_seq_length must be at least 1")
+        object.__setattr__(self, "prompt", tuple(self.prompt or ()))
+        self.prompts  # noqa: B018 - validates NAME=TEXT now
+
+    @property
+    def prompts(self) -> dict[str, str]:
+        """`--prompt NAME=TEXT` pairs; the text keeps its spaces (e5's `query: `)."""
+        out = {}
+        for item in self.prompt:
+            name, sep, text = item.partition("=")
+            if not sep or not name.strip():
+                raise OptionsError(f"--prompt takes NAME=TEXT, got {item!r}")
+            out[name.strip()] = text
+        return out
 
     @property
     def encoder_count(self) -> int:

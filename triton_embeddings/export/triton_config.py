@@ -20,6 +20,7 @@ def ensemble_params(spec, precision: str = "", encoder_sha256: str = "") -> c.En
     return c.EnsembleParams(
         embedding_dimension=spec.dimension, max_seq_length=spec.max_seq_length, pooling_mode=spec.pooling_mode,
         normalize=spec.normalize, source_model=spec.source, prompts=dict(spec.prompts),
+        default_prompt_name=spec.default_prompt_name or "", quantization_ranges=dict(spec.quantization_ranges),
         precision=precision, encoder_sha256=encoder_sha256,
     )
 
@@ -27,11 +28,18 @@ def ensemble_params(spec, precision: str = "", encoder_sha256: str = "") -> c.En
 def tokenizer_params(spec) -> c.TokenizerParams:
     """How the tokenizer step tokenizes like the `ModelSpec`'s sentence-transformers model."""
     return c.TokenizerParams(max_seq_length=spec.max_seq_length, prompt=spec.default_prompt,
+                             prompts=dict(spec.prompts), default_prompt_name=spec.default_prompt_name or "",
                              lowercase=spec.lowercase, pad_id=spec.pad_id)
 
 
 def _inputs(*specs, ragged: bool = False) -> list:
     return [mc.ModelInput(name=n, data_type=t, dims=d, allow_ragged_batch=ragged) for n, t, d in specs]
+
+
+def _request_options() -> list:
+    """The optional per-row inputs that choose the prompt and the truncation side (docs/contract.md)."""
+    return [mc.ModelInput(name=n, data_type=mc.TYPE_STRING, dims=[1], optional=True)
+            for n in (c.PROMPT_NAME, c.TRUNCATE)]
 
 
 def _outputs(*specs) -> list:
@@ -68,10 +76,12 @@ def tokenizer_config(opts: ExportOptions, params: c.TokenizerParams, token_types
     config = mc.ModelConfig(name=opts.tokenizer, max_batch_size=opts.max_batch_size)
     _python_backend(config)
     config.input.extend(_inputs((c.TEXT, mc.TYPE_STRING, [1])))
+    config.input.extend(_request_options())
     outs = [(c.INPUT_IDS, mc.TYPE_INT64, [-1]), (c.ATTENTION_MASK, mc.TYPE_INT64, [-1])]
     if token_types:
         outs.append((c.TOKEN_TYPE_IDS, mc.TYPE_INT64, [-1]))
-    outs += [(c.TOKEN_COUNT, mc.TYPE_INT32, [1]), (c.TRUNCATED, mc.TYPE_BOOL, [1])]
+    outs += [(c.TOKEN_COUNT, mc.TYPE_INT32, [1]), (c.TRUNCATED, mc.TYPE_BOOL, [1]),
+             (c.WINDOW_SPANS, mc.TYPE_INT32, [-1, 3])]
     config.output.extend(_outputs(*outs))
     _dynamic_batching(config, opts)
     _instances(config, opts, "KIND_CPU")
@@ -165,6 +175,7 @@ def _step(steps, model: str, inputs: dict[str, str], outputs: dict[str, str]) ->
 def ensemble_config(opts: ExportOptions, params: c.EnsembleParams, token_types: bool) -> mc.ModelConfig:
     config = mc.ModelConfig(name=opts.name, platform="ensemble", max_batch_size=opts.max_batch_size)
     config.input.extend(_inputs((c.TEXT, mc.TYPE_STRING, [1])))
+    config.input.extend(_request_options())
     config.output.extend(_outputs(
         (c.EMBEDDING, mc.TYPE_FP32, [params.embedding_dimension]),
         (c.TOKEN_COUNT, mc.TYPE_INT32, [1]),
@@ -173,7 +184,7 @@ def ensemble_config(opts: ExportOptions, params: c.EnsembleParams, token_types: 
     carried = [c.INPUT_IDS, c.ATTENTION_MASK] + ([c.TOKEN_TYPE_IDS] if token_types else [])
     # Ensemble-internal tensor names: the step's tensor name, lower-cased.
     steps = config.ensemble_scheduling.step
-    _step(steps, opts.tokenizer, {c.TEXT: c.TEXT},
+    _step(steps, opts.tokenizer, {c.TEXT: c.TEXT, c.PROMPT_NAME: c.PROMPT_NAME, c.TRUNCATE: c.TRUNCATE},
           {**{n: n.lower() for n in carried}, c.TOKEN_COUNT: c.TOKEN_COUNT, c.TRUNCATED: c.TRUNCATED})
     _step(steps, opts.encoder, {c.ENCODER_INPUTS[n]: n.lower() for n in carried},
           {c.ENCODER_OUTPUT: c.TOKEN_EMBEDDINGS.lower()})

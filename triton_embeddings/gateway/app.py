@@ -1,4 +1,4 @@
-"""FastAPI app factory: lifespan (backend, cache, cl100k_base, registry, service), middleware, routes."""
+"""FastAPI app factory: lifespan (backend, cache, cl100k_base, registry, services), middleware, routes."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from triton_embeddings.gateway.errors import (
 )
 from triton_embeddings.gateway.metrics import GatewayMetrics
 from triton_embeddings.gateway.registry import ModelRegistry
+from triton_embeddings.gateway.rerank import RerankService
 from triton_embeddings.gateway.router import router
 from triton_embeddings.gateway.routing import RoutedBackend
 from triton_embeddings.gateway.service import EmbeddingService
@@ -37,7 +38,9 @@ access_log = logging.getLogger("gateway.access")
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-EMBEDDING_ROUTES = {"/v1/embeddings", "/embeddings"}
+# Routes whose latency is observed, and the kind of model they serve.
+TIMED_ROUTES = {"/v1/embeddings": "embedding", "/embeddings": "embedding", "/v1/rerank": "rerank",
+                "/v2/rerank": "rerank", "/rerank": "rerank"}
 
 
 class RequestIdFilter(logging.Filter):
@@ -108,8 +111,8 @@ class RequestContextMiddleware:
         path = getattr(scope.get("route"), "path", None) or "other"
         model = scope["state"].get("model_label", "-")
         self.metrics.requests.labels(path, model, str(status)).inc()
-        if path in EMBEDDING_ROUTES and model != "-":
-            self.metrics.latency.labels(model).observe(elapsed)
+        if path in TIMED_ROUTES and model != "-":
+            self.metrics.latency.labels(model, TIMED_ROUTES[path]).observe(elapsed)
         if self.settings.access_log:
             client = scope.get("client") or ("-",)
             access_log.info("%s %s %s %d %.1fms", client[0], scope["method"], scope["path"], status, elapsed * 1000)
@@ -242,6 +245,7 @@ def _lifespan(settings: Settings, backend: Backend | None, cache: Cache | None, 
         app.state.service = EmbeddingService(settings, be, ca, app.state.metrics, dec)
         app.state.shadow = Shadow(app.state.registry.resolve_local, app.state.service.embed_uncached,
                                   app.state.metrics, settings.shadow_max_in_flight)
+        app.state.rerank = RerankService(settings, app.state.service.batcher, ca, app.state.metrics)
         log.info(
             "gateway ready: triton=%s upstreams=%s cache=%s token-ids=%s auth=%s",
             settings.triton_grpc_url,

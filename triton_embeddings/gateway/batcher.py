@@ -1,6 +1,7 @@
 """Per-model dispatch to Triton: length-sorted chunks of at most max_batch_size, a bounded number in flight.
 
-A request's texts are queued sorted by length and cut into chunks the ensemble accepts. At most
+Texts (embedding models) and (query, document) pairs (rerank models) go the same way. A request's items
+are queued sorted by length and cut into chunks the ensemble accepts. At most
 `max_calls` Triton calls per model run at once; texts that arrive meanwhile (from any request) wait and
 leave together in the next call. An idle gateway sends at once (no added latency); a busy one sends fewer,
 fuller batches, which is cheaper for Triton than many single-text calls.
@@ -14,8 +15,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from triton_embeddings.gateway.backend import Backend, ModelInfo
+import numpy as np
+
+from triton_embeddings import contract
+from triton_embeddings.gateway.backend import Backend, ModelInfo, RerankModelInfo
 from triton_embeddings.gateway.cache import CacheEntry
+
+Pair = tuple[str, str]
 
 log = logging.getLogger("gateway.batcher")
 
@@ -25,12 +31,26 @@ class DeadlineExceeded(Exception):
 
 
 class _Item:
-    __slots__ = ("text", "future", "request_id")
+    __slots__ = ("payload", "length", "future", "request_id", "prompt_name", "side")
 
-    def __init__(self, text: str, future: asyncio.Future, request_id: str):
-        self.text = text
+    def __init__(self, payload: str | Pair, future: asyncio.Future, request_id: str, prompt_name: str = "",
+                 side: str = ""):
+        self.payload = payload
+        self.length = len(payload) if isinstance(payload, str) else len(payload[0]) + len(payload[1])
         self.future = future
         self.request_id = request_id
+        self.prompt_name = prompt_name  # per-row PROMPT_NAME ("" = default)
+        self.side = side  # per-row TRUNCATE ("" = END)
+
+
+def _row_options(batch: list[_Item]) -> dict[str, list[str]] | None:
+    """The optional per-row inputs of a batch; None when every row uses the defaults (plain requests)."""
+    options = {}
+    if any(it.prompt_name for it in batch):
+        options[contract.PROMPT_NAME] = [it.prompt_name for it in batch]
+    if any(it.side for it in batch):
+        options[contract.TRUNCATE] = [it.side or "END" for it in batch]
+    return options or None
 
 
 class Batcher:
@@ -51,14 +71,23 @@ class Batcher:
         self._calls: dict[str, int] = {}
         self._tasks: set[asyncio.Task] = set()
 
-    async def embed(self, info: ModelInfo, texts: list[str], request_id: str = "") -> list[CacheEntry]:
-        """Embed `texts` (any number) and return one entry per text, in order."""
+    async def embed(
+        self, info: ModelInfo, texts: list[str], request_id: str = "", prompt_name: str = "", side: str = ""
+    ) -> list[CacheEntry]:
+        """Embed `texts` (any number) with one prompt name and truncation side; one entry per text, in order."""
+        return await self._submit(info, texts, request_id, prompt_name, side)
+
+    async def rerank(self, info: RerankModelInfo, pairs: list[Pair], request_id: str = "") -> list[CacheEntry]:
+        """Score (query, document) `pairs` (any number); one entry per pair, in order, its vector [score, logit]."""
+        return await self._submit(info, pairs, request_id)
+
+    async def _submit(self, info, payloads: list, request_id: str, prompt_name: str = "",
+                      side: str = "") -> list[CacheEntry]:
         loop = asyncio.get_running_loop()
         queue = self._queues.setdefault(info.name, deque())
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        futures: list[asyncio.Future] = [loop.create_future() for _ in texts]
-        for i in order:
-            queue.append(_Item(texts[i], futures[i], request_id))
+        items = [_Item(p, loop.create_future(), request_id, prompt_name, side) for p in payloads]
+        futures = [it.future for it in items]
+        queue.extend(sorted(items, key=lambda it: it.length))
         self._pump(info)
         # Wait for all (so no failure goes unretrieved); the first failure is this request's answer.
         try:
@@ -70,7 +99,7 @@ class Batcher:
                 raise r
         return results
 
-    def _pump(self, info: ModelInfo) -> None:
+    def _pump(self, info: ModelInfo | RerankModelInfo) -> None:
         queue = self._queues[info.name]
         while queue and self._calls.get(info.name, 0) < self.max_calls:
             batch: list[_Item] = []
@@ -85,21 +114,37 @@ class Batcher:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, info: ModelInfo, batch: list[_Item]) -> None:
-        batch.sort(key=lambda it: len(it.text))
+    async def _call(self, info, batch: list[_Item]) -> list[CacheEntry]:
+        """One backend call for a batch; one entry per item."""
+        payloads, request_id = [it.payload for it in batch], batch[0].request_id
+        if info.kind == "rerank":
+            res = await self.backend.rerank(info.name, [q for q, _ in payloads], [d for _, d in payloads], request_id)
+            vectors = list(zip(res.scores, res.logits))
+        else:
+            options = _row_options(batch)  # plain requests send no optional inputs
+            if options:
+                res = await self.backend.embed(info.name, payloads, request_id, options)
+            else:
+                res = await self.backend.embed(info.name, payloads, request_id)
+            vectors = list(res.embeddings)
+        return [
+            CacheEntry(np.asarray(v, dtype=np.float32).copy(), int(n), bool(t))
+            for v, n, t in zip(vectors, res.token_counts, res.truncated, strict=True)
+        ]
+
+    async def _run(self, info: ModelInfo | RerankModelInfo, batch: list[_Item]) -> None:
+        batch.sort(key=lambda it: it.length)
         t0 = time.perf_counter()
         try:
-            res = await self.backend.embed(info.name, [it.text for it in batch], batch[0].request_id)
+            entries = await self._call(info, batch)
         except Exception as e:
             for it in batch:
                 if not it.future.done():
                     it.future.set_exception(e)
         else:
-            for i, it in enumerate(batch):
+            for it, entry in zip(batch, entries):
                 if not it.future.done():
-                    it.future.set_result(
-                        CacheEntry(res.embeddings[i].copy(), int(res.token_counts[i]), bool(res.truncated[i]))
-                    )
+                    it.future.set_result(entry)
         finally:
             self.observe_call(info.name, time.perf_counter() - t0)
             self._calls[info.name] -= 1

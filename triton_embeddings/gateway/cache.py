@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import struct
 import time
@@ -19,7 +20,9 @@ _HEADER = struct.Struct("<iB")  # token count, truncated flag
 
 @dataclass(frozen=True)
 class CacheEntry:
-    """What one text embeds to: the full vector, its token count, and whether it was truncated."""
+    """What one text embeds to: the full vector, its token count, and whether it was truncated.
+
+    For a rerank model's (query, document) pair the vector is [score, logit]."""
 
     vector: np.ndarray  # [D] float32
     tokens: int
@@ -37,6 +40,12 @@ class CacheEntry:
 def cache_key(model: str, fingerprint: str, text: str) -> str:
     """The key of one text for one model configuration."""
     return f"emb:{model}:{fingerprint}:{hashlib.sha256(text.encode('utf-8')).hexdigest()}"
+
+
+def pair_key(model: str, fingerprint: str, query: str, document: str) -> str:
+    """The key of one (query, document) pair for one rerank model configuration."""
+    pair = json.dumps([query, document], ensure_ascii=False).encode("utf-8")
+    return f"rerank:{model}:{fingerprint}:{hashlib.sha256(pair).hexdigest()}"
 
 
 class Cache:

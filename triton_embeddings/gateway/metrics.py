@@ -47,22 +47,22 @@ class GatewayMetrics:
         )
         self.latency = Histogram(
             "gateway_request_duration_seconds",
-            "Time to answer an embeddings request.",
-            ["model"],
+            "Time to answer an embeddings or rerank request, by model and kind (embedding, rerank).",
+            ["model", "kind"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.inputs = Histogram(
             "gateway_request_inputs",
-            "Inputs per embeddings request.",
-            ["model"],
+            "Inputs per embeddings request, documents per rerank request; by model and kind.",
+            ["model", "kind"],
             buckets=INPUT_BUCKETS,
             registry=r,
         )
         self.cache_hits = Counter("gateway_cache_hits", "Inputs answered from the cache.", registry=r)
         self.cache_misses = Counter("gateway_cache_misses", "Inputs not in the cache.", registry=r)
         self.cache_errors = Counter("gateway_cache_errors", "Failed cache (Redis) calls.", registry=r)
-        self.in_flight = Gauge("gateway_in_flight_requests", "Embeddings requests being handled.", registry=r)
+        self.in_flight = Gauge("gateway_in_flight_requests", "Embedding and rerank requests in progress.", registry=r)
         self.triton_latency = Histogram(
             "gateway_triton_request_duration_seconds",
             "Time of one Triton inference call (one chunk).",
@@ -88,8 +88,9 @@ class GatewayMetrics:
         """Tokens by backend, and the metrics of upstream APIs (EMBEDDINGS_UPSTREAMS) and shadow copies."""
         self.tokens = Counter(
             "gateway_tokens",
-            "Prompt tokens answered (usage, cache hits included), by model and backend (local or an upstream).",
-            ["model", "backend"],
+            "Tokens answered (usage, cache hits included), by model, kind (embedding, rerank) and backend "
+            "(local or an upstream).",
+            ["model", "kind", "backend"],
             registry=r,
         )
         self.upstream_tokens = Counter(

@@ -6,8 +6,10 @@ import asyncio
 import hmac
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Body, Depends, Request
+from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from triton_embeddings.gateway.errors import APIError, ErrorKind, error_response
@@ -15,11 +17,15 @@ from triton_embeddings.gateway.protocol import (
     EmbeddingRequest,
     EmbeddingResponse,
     ErrorResponse,
-    Model,
     ModelList,
+    ModelWithPrompts,
+    RerankRequest,
+    RerankResponse,
     Status,
+    TEIRerankItem,
+    TEIRerankRequest,
 )
-from triton_embeddings.gateway.registry import ModelRegistry
+from triton_embeddings.gateway.registry import EMBEDDING, RERANK, ModelRegistry
 from triton_embeddings.gateway.service import EmbeddingService
 
 router = APIRouter()
@@ -27,7 +33,10 @@ router = APIRouter()
 ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 413, 429, 500, 503, 504)}
 
 
-def json_response(body: EmbeddingResponse | ModelList | Model | Status) -> Response:
+Body200 = EmbeddingResponse | RerankResponse | list[TEIRerankItem] | ModelList | ModelWithPrompts | Status
+
+
+def json_response(body: Body200) -> Response:
     """A 200 JSON body via orjson (numpy float32 rows are written as their shortest float32 repr)."""
     return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
@@ -80,7 +89,7 @@ async def check_metrics_key(request: Request) -> None:
 )
 async def create_embeddings(body: EmbeddingRequest, request: Request) -> Response:
     """OpenAI's `POST /v1/embeddings`."""
-    info = registry_of(request).resolve(body.model)
+    info = registry_of(request).resolve(body.model, EMBEDDING)
     request.state.model_label = info.name  # bounded label for the request metrics
     service = service_of(request)
     response = json_response(await service.embed(body, info, request.state.request_id))
@@ -88,6 +97,46 @@ async def create_embeddings(body: EmbeddingRequest, request: Request) -> Respons
     if upstream is not None and upstream.shadow is not None:  # runs after the response has been sent
         response.background = request.app.state.shadow.task(info.name, upstream.shadow, service.texts_of(body))
     return response
+
+
+@router.post("/v1/rerank", response_model=RerankResponse, responses=ERRORS, dependencies=[Depends(check_api_key)])
+@router.post(
+    "/v2/rerank", response_model=RerankResponse, responses=ERRORS, dependencies=[Depends(check_api_key)],
+    include_in_schema=False,
+)
+async def create_rerank(body: RerankRequest, request: Request) -> Response:
+    """Rerank documents against a query, in the Cohere/Jina shape (Cohere's v1 and v2 clients, Jina's API)."""
+    info = registry_of(request).resolve(body.model, RERANK)
+    request.state.model_label = info.name
+    return json_response(await request.app.state.rerank.rerank(body, info, request.state.request_id))
+
+
+@router.post(
+    "/rerank", response_model=RerankResponse | list[TEIRerankItem], responses=ERRORS,
+    dependencies=[Depends(check_api_key)],
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
+        {"$ref": "#/components/schemas/RerankRequest"}, TEIRerankRequest.model_json_schema()]}}}}},
+)
+async def rerank_any_shape(request: Request, body: dict = Body(...)) -> Response:  # noqa: B008
+    """TEI's shape when the body has `texts`, else the Cohere/Jina shape."""
+    registry, service = registry_of(request), request.app.state.rerank
+    if "texts" in body:
+        tei = _validated(TEIRerankRequest, body)
+        info = registry.resolve(tei.model, RERANK) if tei.model else registry.default_reranker()
+        request.state.model_label = info.name
+        return json_response(await service.rerank_tei(tei, info, request.state.request_id))
+    cohere = _validated(RerankRequest, body)
+    info = registry.resolve(cohere.model, RERANK)
+    request.state.model_label = info.name
+    return json_response(await service.rerank(cohere, info, request.state.request_id))
+
+
+def _validated(model: type[BaseModel], body: dict):
+    """Validate a body read as a dict; errors answer like FastAPI's own (OpenAI-shaped 400 naming the field)."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as e:
+        raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from None
 
 
 @router.get("/v1/models", response_model=ModelList, dependencies=[Depends(check_api_key)])
@@ -99,13 +148,13 @@ async def list_models(request: Request) -> Response:
 
 @router.get(
     "/v1/models/{model_id:path}",
-    response_model=Model,
+    response_model=ModelWithPrompts,
     responses=ERRORS,
     dependencies=[Depends(check_api_key)],
 )
 @router.get(
     "/models/{model_id:path}",
-    response_model=Model,
+    response_model=ModelWithPrompts,
     responses=ERRORS,
     dependencies=[Depends(check_api_key)],
     include_in_schema=False,

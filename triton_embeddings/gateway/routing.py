@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-from triton_embeddings.gateway.backend import Backend, EmbedResult, ModelInfo
+from triton_embeddings.gateway.backend import Backend, EmbedResult, ModelInfo, RerankModelInfo, RerankResult
 
 
 class RoutedBackend:
@@ -21,7 +21,7 @@ class RoutedBackend:
         self._owner: dict[str, Backend] = {m: b for b in upstreams for m in (b.models or {})}
 
     @property
-    def models(self) -> dict[str, ModelInfo] | None:
+    def models(self) -> dict[str, ModelInfo | RerankModelInfo] | None:
         """Every model; None only while nothing is known (the local backend undiscovered and no upstream)."""
         local = self.local.models
         if local is None and not self._owner:
@@ -53,8 +53,20 @@ class RoutedBackend:
             return True, "ready"
         return await self.local.ready(local)
 
-    async def embed(self, model: str, texts: list[str], request_id: str = "") -> EmbedResult:
+    async def embed(
+        self, model: str, texts: list[str], request_id: str = "", options: dict[str, list[str]] | None = None
+    ) -> EmbedResult:
+        if options:
+            return await self.backend_for(model).embed(model, texts, request_id, options)
         return await self.backend_for(model).embed(model, texts, request_id)
+
+    async def windows(
+        self, model: str, texts: list[str], prompt_names: list[str] | None = None, request_id: str = ""
+    ) -> list[list[tuple[int, int, int]]]:
+        return await self.backend_for(model).windows(model, texts, prompt_names, request_id)
+
+    async def rerank(self, model: str, queries: list[str], documents: list[str], request_id: str = "") -> RerankResult:
+        return await self.local.rerank(model, queries, documents, request_id)  # upstreams serve embeddings only
 
     def unknown_model_seen(self) -> None:
         self.local.unknown_model_seen()

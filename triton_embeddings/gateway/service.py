@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-import base64
 import logging
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import numpy as np
 
-from triton_embeddings.gateway.backend import LOCAL, Backend, ModelInfo, TritonError, TritonTimeout, TritonUnavailable
+from triton_embeddings.gateway import retrieval
+from triton_embeddings.gateway.backend import (
+    LOCAL,
+    Backend,
+    ModelInfo,
+    RerankModelInfo,
+    TritonError,
+    TritonTimeout,
+    TritonUnavailable,
+)
 from triton_embeddings.gateway.batcher import Batcher, DeadlineExceeded
 from triton_embeddings.gateway.cache import Cache, CacheEntry, cache_key
 from triton_embeddings.gateway.errors import APIError, ErrorKind
@@ -18,6 +28,7 @@ from triton_embeddings.gateway.singleflight import SharedCallCancelled, SingleFl
 from triton_embeddings.gateway.token_ids import TokenDecoder
 
 log = logging.getLogger("gateway.service")
+T = TypeVar("T")
 
 
 class EmbeddingService:
@@ -100,6 +111,7 @@ class EmbeddingService:
         """Answer one embeddings request for the resolved model `info`, in OpenAI's shape."""
         texts = self.texts_of(req)
         self._check_dimensions(req.dimensions, info)
+        opts = retrieval.options_of(req, info, self.settings)
         if self._in_flight >= self.settings.max_in_flight:
             raise APIError(ErrorKind.OVERLOADED, "The server is overloaded; retry shortly.")
         if self.settings.log_inputs and log.isEnabledFor(logging.DEBUG):
@@ -107,27 +119,29 @@ class EmbeddingService:
         self._in_flight += 1
         self.metrics.in_flight.inc()
         try:
-            entries = await self._entries(info, texts, request_id)
+            if opts.chunk:
+                entries = await self._chunked(info, texts, opts, request_id)
+            else:
+                entries = await self._entries(info, texts, opts, request_id)
         finally:
             self._in_flight -= 1
             self.metrics.in_flight.dec()
-        tokens = self._check_lengths(info, entries)
-        self.metrics.inputs.labels(info.name).observe(len(texts))
-        self.metrics.tokens.labels(info.name, info.backend).inc(tokens)
-        vectors = postprocess(np.stack([e.vector for e in entries]), req.dimensions)
-        if req.encoding_format == "base64":
-            return embedding_response(req.model, [base64.b64encode(v.tobytes()).decode() for v in vectors], tokens)
-        return embedding_response(req.model, list(vectors), tokens)  # orjson writes the shortest float32 repr
+        tokens = self._check_lengths(info, entries, opts)
+        self.metrics.inputs.labels(info.name, info.kind).observe(len(texts))
+        self.metrics.tokens.labels(info.name, info.kind, info.backend).inc(tokens)
+        # float32 rows (orjson writes the shortest float32 repr), integer rows, or base64 strings
+        return embedding_response(req.model, retrieval.encode_vectors(np.stack([e.vector for e in entries]), req, info),
+                                  tokens)
 
-    def _check_lengths(self, info: ModelInfo, entries: list[CacheEntry]) -> int:
-        """Truncated inputs (when truncation is off) and the token cap; returns the request's token count."""
-        if not self.settings.truncate:
+    def _check_lengths(self, info: ModelInfo, entries: list[CacheEntry], opts: retrieval.Options) -> int:
+        """Truncated inputs (truncate NONE) and the token cap; returns the request's token count."""
+        if opts.truncate == "NONE":
             for i, e in enumerate(entries):
                 if e.truncated:
                     raise APIError(
                         ErrorKind.CONTEXT_LENGTH,
                         f"This model's maximum context length is {info.max_seq_length} tokens; input {i} is "
-                        "longer. Please reduce the length of the input.",
+                        "longer. Please reduce the length of the input, or send truncate END or START.",
                         param="input",
                     )
         tokens = int(sum(e.tokens for e in entries))
@@ -139,80 +153,117 @@ class EmbeddingService:
             )
         return tokens
 
-    async def _entries(self, info: ModelInfo, texts: list[str], request_id: str) -> list[CacheEntry]:
+    async def _chunked(
+        self, info: ModelInfo, texts: list[str], opts: retrieval.Options, request_id: str
+    ) -> list[CacheEntry]:
+        """Inputs over the max length as overlapping windows (cut by the tokenizer step), embedded like any
+        text, then combined by a token-weighted mean; usage counts every window's tokens."""
+        names = [opts.prompt_name] * len(texts) if opts.prompt_name else None
+        spans = await upstream(info, self.backend.windows(info.name, texts, names, request_id), self.metrics,
+                               self.settings)
+        planned = sum(k for rows in spans for _, _, k in rows)
+        if planned > self.settings.max_tokens_per_request:
+            raise APIError(
+                ErrorKind.TOO_MANY_TOKENS,
+                f"Requested {planned} tokens (in windows), max {self.settings.max_tokens_per_request} tokens "
+                "per request.",
+                param="input",
+            )
+        pieces = [[t] if len(rows) <= 1 else [t[a:b] for a, b, _ in rows] for t, rows in zip(texts, spans)]
+        flat = await self._entries(info, [p for ps in pieces for p in ps], opts, request_id)
+        out, at = [], 0
+        for ps in pieces:
+            group, at = flat[at : at + len(ps)], at + len(ps)
+            if len(group) == 1:
+                out.append(group[0])
+                continue
+            tokens = np.array([e.tokens for e in group])
+            vector = retrieval.combine_windows(np.stack([e.vector for e in group]), tokens, info.normalize)
+            out.append(CacheEntry(vector, int(tokens.sum()), False))
+        return out
+
+    async def _entries(
+        self, info: ModelInfo, texts: list[str], opts: retrieval.Options, request_id: str
+    ) -> list[CacheEntry]:
         """One entry per input: cached ones from the cache, the missing unique texts from Triton."""
         unique = list(dict.fromkeys(texts))
         found: dict[str, CacheEntry] = {}
         keys: dict[str, str] = {}
+        prefix = retrieval.cache_prefix(opts, info)  # prompt and side; "" for plain requests
         if self.cache.enabled:
-            keys = {t: cache_key(info.name, info.fingerprint, t) for t in unique}
+            keys = {t: cache_key(info.name, info.fingerprint, prefix + t) for t in unique}
             cached = await self.cache.get_many([keys[t] for t in unique])
             found = {t: e for t, e in zip(unique, cached, strict=True) if e is not None}
             self.metrics.cache_hits.inc(len(found))
             self.metrics.cache_misses.inc(len(unique) - len(found))
         missing = [t for t in unique if t not in found]
         if missing:
-            found.update(await self._compute(info, missing, request_id))
+            found.update(await self._compute(info, missing, opts, prefix, request_id))
         return [found[t] for t in texts]
 
     async def embed_uncached(self, info: ModelInfo, texts: list[str]) -> None:
         """The backend path alone, cache bypassed (shadow copies measure the work, not the cache)."""
-        await self._infer(info, texts, "")
+        await self._infer(info, texts, retrieval.Options(), "")
 
-    async def _compute(self, info: ModelInfo, texts: list[str], request_id: str) -> dict[str, CacheEntry]:
-        """Missing texts from Triton, once per (model, text) however many requests miss it at the same time;
-        the request that computes a text also caches it."""
+    async def _compute(
+        self, info: ModelInfo, texts: list[str], opts: retrieval.Options, prefix: str, request_id: str
+    ) -> dict[str, CacheEntry]:
+        """Missing texts from Triton, once per (model, options, text) however many requests miss it at the same
+        time; the request that computes a text also caches it."""
 
         async def compute(keys: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], CacheEntry]:
-            computed = await self._infer(info, [k[2] for k in keys], request_id)
+            computed = await self._infer(info, [k[2][len(prefix):] for k in keys], opts, request_id)
             if self.cache.enabled:
-                await self.cache.set_many({cache_key(info.name, info.fingerprint, t): e for t, e in computed.items()})
-            return {(info.name, info.fingerprint, t): e for t, e in computed.items()}
+                await self.cache.set_many(
+                    {cache_key(info.name, info.fingerprint, prefix + t): e for t, e in computed.items()})
+            return {(info.name, info.fingerprint, prefix + t): e for t, e in computed.items()}
 
         try:
-            shared = await self._flights.run([(info.name, info.fingerprint, t) for t in texts], compute)
+            shared = await self._flights.run([(info.name, info.fingerprint, prefix + t) for t in texts], compute)
         except SharedCallCancelled:
             message = "The inference server did not answer; retry shortly."
             raise APIError(ErrorKind.UPSTREAM_UNAVAILABLE, message) from None
-        return {k[2]: e for k, e in shared.items()}
+        return {k[2][len(prefix):]: e for k, e in shared.items()}
 
-    async def _infer(self, info: ModelInfo, texts: list[str], request_id: str) -> dict[str, CacheEntry]:
+    async def _infer(
+        self, info: ModelInfo, texts: list[str], opts: retrieval.Options, request_id: str
+    ) -> dict[str, CacheEntry]:
         """Embed through the batcher (length-sorted, chunked, concurrent); failures become 503/504/500."""
-        try:
-            entries = await self.batcher.embed(info, texts, request_id)
-        except (TritonError, DeadlineExceeded, APIError) as e:
-            raise self._failure(info, e) from None
+        call = self.batcher.embed(info, texts, request_id, opts.prompt_name, opts.side)
+        entries = await upstream(info, call, self.metrics, self.settings)
         if info.backend != LOCAL:
             self.metrics.upstream_tokens.labels(info.backend, info.name).inc(sum(e.tokens for e in entries))
         return dict(zip(texts, entries, strict=True))
 
-    def _failure(self, info: ModelInfo, e: Exception) -> Exception:
-        """The client's error for a backend failure, counted by kind (Triton's, or the upstream's)."""
-        kind = e.kind if isinstance(e, TritonError) else "deadline" if isinstance(e, DeadlineExceeded) else "rejected"
-        local = info.backend == LOCAL
-        if local:
-            self.metrics.triton_errors.labels(kind).inc()
-        else:
-            self.metrics.upstream_errors.labels(info.backend, kind).inc()
-        server = "The inference server" if local else "The upstream API for this model"
-        if kind not in ("rejected", "error"):  # a TritonError is logged by the 500 handler
-            log.warning("%s %s: %s", "Triton" if local else f"upstream {info.backend}", kind, e)
-        if isinstance(e, TritonUnavailable):  # a crashed worker (stub_unhealthy) too: it is being reloaded
-            return APIError(ErrorKind.UPSTREAM_UNAVAILABLE, f"{server} is not reachable right now; retry shortly.")
-        if isinstance(e, TritonTimeout):
-            return APIError(ErrorKind.UPSTREAM_TIMEOUT, f"{server} did not answer in time.")
-        if isinstance(e, DeadlineExceeded):
-            return APIError(
-                ErrorKind.REQUEST_TIMEOUT,
-                f"The request was not answered within {self.settings.request_timeout_s:g} s; retry shortly.",
-            )
-        return e  # a 400 from the upstream as it is; a TritonError: the generic 500 handler logs it
+
+async def upstream(info: ModelInfo | RerankModelInfo, call: Awaitable[T], metrics: GatewayMetrics,
+                   settings: Settings) -> T:
+    """Await a batcher call (embeddings or rerank); backend failures become the client's error."""
+    try:
+        return await call
+    except (TritonError, DeadlineExceeded, APIError) as e:
+        raise _failure(info, e, metrics, settings) from None
 
 
-def postprocess(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
-    """Truncate to `dimensions` and re-normalize; little-endian float32 rows out."""
-    if dimensions is not None and dimensions < vectors.shape[1]:
-        vectors = vectors[:, :dimensions]
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        vectors = vectors / np.where(norms > 0, norms, 1.0)
-    return np.ascontiguousarray(vectors, dtype="<f4")
+def _failure(info: ModelInfo | RerankModelInfo, e: Exception, metrics: GatewayMetrics,
+             settings: Settings) -> Exception:
+    """The client's error for a backend failure, counted by kind (Triton's, or the upstream's)."""
+    kind = e.kind if isinstance(e, TritonError) else "deadline" if isinstance(e, DeadlineExceeded) else "rejected"
+    local = info.backend == LOCAL
+    if local:
+        metrics.triton_errors.labels(kind).inc()
+    else:
+        metrics.upstream_errors.labels(info.backend, kind).inc()
+    server = "The inference server" if local else "The upstream API for this model"
+    if kind not in ("rejected", "error"):  # a TritonError is logged by the 500 handler
+        log.warning("%s %s: %s", "Triton" if local else f"upstream {info.backend}", kind, e)
+    if isinstance(e, TritonUnavailable):  # a crashed worker (stub_unhealthy) too: it is being reloaded
+        return APIError(ErrorKind.UPSTREAM_UNAVAILABLE, f"{server} is not reachable right now; retry shortly.")
+    if isinstance(e, TritonTimeout):
+        return APIError(ErrorKind.UPSTREAM_TIMEOUT, f"{server} did not answer in time.")
+    if isinstance(e, DeadlineExceeded):
+        return APIError(
+            ErrorKind.REQUEST_TIMEOUT,
+            f"The request was not answered within {settings.request_timeout_s:g} s; retry shortly.",
+        )
+    return e  # a 400 from the upstream as it is; a TritonError: the generic 500 handler logs it

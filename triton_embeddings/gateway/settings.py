@@ -113,7 +113,7 @@ class Settings(BaseSettings):
 
     # --- Models ---
     models: list[str] | None = Field(
-        None, description="Triton ensembles to serve; unset: every embedding ensemble Triton has loaded."
+        None, description="Triton ensembles to serve; unset: every embedding and rerank ensemble Triton has loaded."
     )
     default_model: str | None = Field(
         None, description="Model that aliases point at; unset: the only served model, else the first by name."
@@ -128,6 +128,7 @@ class Settings(BaseSettings):
 
     # --- Limits ---
     max_inputs: int = Field(2048, ge=1, description="Most inputs in one request (OpenAI's limit is 2048).")
+    max_documents: int = Field(1000, ge=1, description="Most documents in one rerank request (Cohere's limit is 1000).")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Request body cap; above it: 413.")
     max_tokens_per_request: int = Field(
         300_000, ge=1, description="Most tokens (as the model's tokenizer counts them) in one request."
@@ -136,6 +137,11 @@ class Settings(BaseSettings):
         True,
         description="Truncate inputs longer than the model's max length (sentence-transformers' behaviour); "
         "false answers OpenAI's context-length 400 instead.",
+    )
+    long_inputs: Literal["truncate", "chunk"] = Field(
+        "truncate",
+        description="Inputs over the model's max length: truncate (per `truncate`), or chunk into overlapping "
+        "windows embedded separately and averaged, token-weighted (a request's `long_inputs` overrides it).",
     )
     max_in_flight: int = Field(
         512, ge=1, description="Embedding requests handled at once; above it: 429 with Retry-After."

@@ -25,6 +25,8 @@ from triton_embeddings import contract
 from triton_embeddings.gateway.backend import (
     EmbedResult,
     ModelInfo,
+    RerankModelInfo,
+    RerankResult,
     TritonError,
     TritonTimeout,
     TritonUnavailable,
@@ -38,19 +40,25 @@ LOST_MODEL_GRACE_S = 300.0
 PROBE_TEXT = "readiness probe"
 
 
-def model_info_from_config(config: dict, created: int) -> ModelInfo | None:
-    """Read a model config (Triton's JSON form); None when it is not an embedding ensemble."""
-    if not contract.is_embedding_ensemble(config):
-        return None
+def _fingerprint(config: dict, params: contract.ParameterSet) -> str:
+    """The cache key's config part: every ensemble parameter, the model file's precision and hash included
+    (an int8 re-export under the same name must never be answered with cached fp32 results)."""
+    described = {**contract.parameters_of(config), **params.to_parameters()}
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def model_info_from_config(config: dict, created: int) -> ModelInfo | RerankModelInfo | None:
+    """Read a model config (Triton's JSON form); None when it is neither an embedding nor a rerank ensemble."""
     try:
+        if contract.is_rerank_ensemble(config):
+            return _rerank_info(config, created)
+        if not contract.is_embedding_ensemble(config):
+            return None
         params = contract.EnsembleParams.from_config(config)
     except contract.ContractError as e:
         log.warning("model %s not served: %s", config.get("name"), e)
         return None
-    # The cache key's config part: every ensemble parameter, the encoder's precision and file hash included
-    # (an int8 re-export under the same name must never be answered with cached fp32 vectors).
-    described = {**contract.parameters_of(config), **params.to_parameters()}
-    fingerprint = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
+    fingerprint = _fingerprint(config, params)
     return ModelInfo(
         name=config["name"],
         dimension=params.embedding_dimension,
@@ -60,6 +68,22 @@ def model_info_from_config(config: dict, created: int) -> ModelInfo | None:
         pooling_mode=params.pooling_mode,
         source_model=params.source_model,
         fingerprint=fingerprint,
+        created=created,
+        prompts=dict(params.prompts),
+        default_prompt_name=params.default_prompt_name,
+        quantization_ranges=dict(params.quantization_ranges),
+    )
+
+
+def _rerank_info(config: dict, created: int) -> RerankModelInfo:
+    params = contract.RerankParams.from_config(config)
+    return RerankModelInfo(
+        name=config["name"],
+        max_seq_length=params.max_seq_length,
+        max_batch_size=max(1, int(config.get("max_batch_size") or 1)),
+        activation=params.activation,
+        source_model=params.source_model,
+        fingerprint=_fingerprint(config, params),
         created=created,
     )
 
@@ -78,6 +102,13 @@ def _channel_args() -> list[tuple[str, int]]:
         ("grpc.min_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 1000),
     ]
+
+
+def _bytes_column(name: str, values: list[str]) -> InferInput:
+    """A [n, 1] BYTES input of UTF-8 strings."""
+    tensor = InferInput(name, [len(values), 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([v.encode("utf-8") for v in values], dtype=np.object_).reshape(-1, 1))
+    return tensor
 
 
 def _classify(exc: InferenceServerException, what: str) -> TritonError:
@@ -113,7 +144,7 @@ class TritonBackend:
         self.ready_timeout_s = ready_timeout_s
         self.refresh_interval_s = refresh_interval_s
         self.only_models = only_models
-        self.models: dict[str, ModelInfo] | None = None  # None: never discovered yet
+        self.models: dict[str, ModelInfo | RerankModelInfo] | None = None  # None: never discovered yet
         self.healthy = False
         self._client: InferenceServerClient | None = None
         self._refresh_task: asyncio.Task | None = None
@@ -171,13 +202,13 @@ class TritonBackend:
             except Exception:  # keep the loop alive whatever happens
                 log.exception("model refresh failed")
 
-    async def discover(self) -> dict[str, ModelInfo]:
-        """Read the loaded models (statistics API) and their configs; keep the embedding ensembles."""
+    async def discover(self) -> dict[str, ModelInfo | RerankModelInfo]:
+        """Read the loaded models (statistics API) and their configs; keep the embedding and rerank ensembles."""
         client = self._require_client()
         try:
             # Statistics list the loaded models; the repository index may be restricted (local/supervisor.py).
             stats = await client.get_inference_statistics("", as_json=True, client_timeout=self.ready_timeout_s)
-            found: dict[str, ModelInfo] = {}
+            found: dict[str, ModelInfo | RerankModelInfo] = {}
             for name in sorted({entry.get("name", "") for entry in stats.get("model_stats", [])}):
                 if self.only_models and name not in self.only_models:
                     continue
@@ -200,7 +231,7 @@ class TritonBackend:
         self.healthy = bool(found) and not lost and not self.broken and all(m in found for m in self.only_models or ())
         return self.models
 
-    def _lost_models(self, found: dict[str, ModelInfo]) -> dict[str, ModelInfo]:
+    def _lost_models(self, found: dict[str, ModelInfo | RerankModelInfo]) -> dict[str, ModelInfo | RerankModelInfo]:
         """Models served before and missing now, kept for LOST_MODEL_GRACE_S (then they are unknown: 404)."""
         now = time.monotonic()
         lost = {}
@@ -213,8 +244,12 @@ class TritonBackend:
     async def _probe_broken(self) -> None:
         """One short text through each model marked broken; a success clears the mark."""
         for name in list(self.broken):
+            info = (self.models or {}).get(name)
             try:
-                await self._infer(name, [PROBE_TEXT], "")
+                if info is not None and info.kind == "rerank":
+                    await self._rerank(name, [PROBE_TEXT], [PROBE_TEXT], "")
+                else:
+                    await self._embed(name, [PROBE_TEXT], "")
             except TritonError:
                 continue
             log.info("model %s serves again", name)
@@ -236,10 +271,19 @@ class TritonBackend:
             return False, str(_classify(e, "readiness"))
         return True, "ready"
 
-    async def embed(self, model: str, texts: list[str], request_id: str = "") -> EmbedResult:
-        """Run the ensemble on one batch (at most the model's max_batch_size texts)."""
+    async def embed(
+        self, model: str, texts: list[str], request_id: str = "", options: dict[str, list[str]] | None = None
+    ) -> EmbedResult:
+        """Run the ensemble on one batch (at most the model's max_batch_size texts).
+
+        `options`: optional per-row inputs by name (contract.PROMPT_NAME, contract.TRUNCATE).
+        """
+        return await self._guarded(model, self._embed(model, texts, request_id, options))
+
+    async def _guarded(self, model: str, call):
+        """Await one inference; a crashed worker marks the model broken (until a probe passes)."""
         try:
-            result = await self._infer(model, texts, request_id)
+            result = await call
         except TritonWorkerDown:
             self.broken[model] = "a Triton worker (Python-backend stub) crashed"
             self.request_refresh()
@@ -250,18 +294,14 @@ class TritonBackend:
         self.broken.pop(model, None)
         return result
 
-    async def _infer(self, model: str, texts: list[str], request_id: str) -> EmbedResult:
-        client = self._require_client()
+    async def _embed(
+        self, model: str, texts: list[str], request_id: str, options: dict[str, list[str]] | None = None
+    ) -> EmbedResult:
         n = len(texts)
-        inp = InferInput(contract.TEXT, [n, 1], "BYTES")
-        inp.set_data_from_numpy(np.array([t.encode("utf-8") for t in texts], dtype=np.object_).reshape(n, 1))
+        inputs = [_bytes_column(contract.TEXT, texts)]
+        inputs += [_bytes_column(name, values) for name, values in (options or {}).items()]
         outputs = [InferRequestedOutput(name) for name in contract.ENSEMBLE_OUTPUTS]
-        try:
-            res = await client.infer(
-                model, [inp], outputs=outputs, request_id=request_id, client_timeout=self.timeout_s
-            )
-        except InferenceServerException as e:
-            raise _classify(e, f"inference on {model}") from None
+        res = await self._call(model, inputs, outputs, request_id)
         emb, counts, truncated = (res.as_numpy(name) for name in contract.ENSEMBLE_OUTPUTS)
         if emb is None or counts is None or truncated is None or emb.shape[0] != n:
             raise TritonError(f"inference on {model}: unexpected outputs")
@@ -270,6 +310,47 @@ class TritonBackend:
             token_counts=counts.reshape(n).astype(np.int64),
             truncated=truncated.reshape(n).astype(bool),
         )
+
+    async def rerank(self, model: str, queries: list[str], documents: list[str], request_id: str = "") -> RerankResult:
+        """Run the rerank ensemble on one batch of pairs (at most the model's max_batch_size)."""
+        return await self._guarded(model, self._rerank(model, queries, documents, request_id))
+
+    async def _rerank(self, model: str, queries: list[str], documents: list[str], request_id: str) -> RerankResult:
+        n = len(documents)
+        inputs = [_bytes_column(contract.QUERY, queries), _bytes_column(contract.DOCUMENT, documents)]
+        outputs = [InferRequestedOutput(name) for name in contract.RERANK_OUTPUTS]
+        res = await self._call(model, inputs, outputs, request_id)
+        scores, logits, counts, truncated = (res.as_numpy(name) for name in contract.RERANK_OUTPUTS)
+        if any(a is None or a.shape[0] != n for a in (scores, logits, counts, truncated)):
+            raise TritonError(f"inference on {model}: unexpected outputs")
+        return RerankResult(
+            scores=scores.reshape(n).astype(np.float32),
+            logits=logits.reshape(n).astype(np.float32),
+            token_counts=counts.reshape(n).astype(np.int64),
+            truncated=truncated.reshape(n).astype(bool),
+        )
+
+    async def _call(self, model: str, inputs: list, outputs: list, request_id: str):
+        client = self._require_client()
+        try:
+            return await client.infer(model, inputs, outputs=outputs, request_id=request_id,
+                                      client_timeout=self.timeout_s)
+        except InferenceServerException as e:
+            raise _classify(e, f"inference on {model}") from None
+
+    async def windows(
+        self, model: str, texts: list[str], prompt_names: list[str] | None = None, request_id: str = ""
+    ) -> list[list[tuple[int, int, int]]]:
+        """Per text, the windows (start char, end char, tokens) that the tokenizer step cuts (WINDOW_SPANS)."""
+        inputs = [_bytes_column(contract.TEXT, texts)]
+        if prompt_names:
+            inputs.append(_bytes_column(contract.PROMPT_NAME, prompt_names))
+        step = contract.step_names(model)[0]
+        res = await self._call(step, inputs, [InferRequestedOutput(contract.WINDOW_SPANS)], request_id)
+        spans = res.as_numpy(contract.WINDOW_SPANS)
+        if spans is None or spans.shape[0] != len(texts):
+            raise TritonError(f"windows on {step}: unexpected outputs")
+        return [[(int(a), int(b), int(k)) for a, b, k in rows if k >= 0] for rows in spans]
 
     def _require_client(self) -> InferenceServerClient:
         if self._client is None:

@@ -17,7 +17,14 @@ from collections.abc import Callable
 import httpx
 import numpy as np
 
-from triton_embeddings.gateway.backend import EmbedResult, ModelInfo, TritonTimeout, TritonUnavailable
+from triton_embeddings.gateway.backend import (
+    EmbedResult,
+    ModelInfo,
+    RerankResult,
+    TritonError,
+    TritonTimeout,
+    TritonUnavailable,
+)
 from triton_embeddings.gateway.errors import APIError, ErrorKind
 from triton_embeddings.gateway.settings import UpstreamConfig
 
@@ -78,7 +85,10 @@ class UpstreamBackend:
     def unknown_model_seen(self) -> None:
         return None
 
-    async def embed(self, model: str, texts: list[str], request_id: str = "") -> EmbedResult:
+    async def embed(
+        self, model: str, texts: list[str], request_id: str = "", options: dict[str, list[str]] | None = None
+    ) -> EmbedResult:
+        # options never reach here: upstream models have no prompts, and START/chunk are refused (retrieval.py)
         config = self.configs[model]
         payload = {"model": config.model or model, "input": texts, "encoding_format": "base64"}
         t0 = time.perf_counter()
@@ -97,6 +107,14 @@ class UpstreamBackend:
             self.observe(self.name, time.perf_counter() - t0)
         tokens = int((body.get("usage") or {}).get("total_tokens") or 0)
         return EmbedResult(vectors, split_tokens(tokens, texts), np.zeros(len(texts), dtype=bool))
+
+    async def windows(
+        self, model: str, texts: list[str], prompt_names: list[str] | None = None, request_id: str = ""
+    ) -> list[list[tuple[int, int, int]]]:
+        raise TritonError(f"upstream {self.name} cannot cut windows")  # chunking is refused for upstream models
+
+    async def rerank(self, model: str, queries: list[str], documents: list[str], request_id: str = "") -> RerankResult:
+        raise TritonError(f"upstream {self.name} serves embedding models only")  # the registry never routes here
 
     def _checked(self, response: httpx.Response) -> dict:
         """The JSON body of a 200; any other status becomes the gateway's own error (no upstream text)."""

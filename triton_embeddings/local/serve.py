@@ -1,6 +1,8 @@
 """The whole stack locally, one command: export if needed, the embedded Triton, then the gateway on :8080.
 
     python -m triton_embeddings.local.serve            # what `make serve` runs; Ctrl-C stops both
+    python -m triton_embeddings.local.serve --models all-MiniLM-L6-v2 all-mpnet-base-v2   # the seed's line-up
+    python -m triton_embeddings.local.serve --reranker cross-encoder/ms-marco-MiniLM-L6-v2   # + /v1/rerank
 
 Gateway settings still come from `EMBEDDINGS_*` variables; the Triton URLs are the ones started here.
 """
@@ -14,17 +16,43 @@ import threading
 import time
 from pathlib import Path
 
-from triton_embeddings.defaults import DEFAULT_HUB_ID, DEFAULT_MODEL, DEFAULT_REPOSITORY, default_source
+from triton_embeddings.defaults import DEFAULT_MODEL, DEFAULT_REPOSITORY
+from triton_embeddings.local import models as seed
 
 
-def missing_weights(repository: Path, name: str) -> list[Path]:
-    """The exported files (not in git) that `repository` lacks for model `name`."""
+def missing_weights(repository: Path, name: str, last_step: str = "_pooler") -> list[Path]:
+    """The exported files (not in git) that `repository` lacks for model `name` (a reranker's last step: `_score`)."""
     needed = [
         repository / f"{name}_encoder" / "1" / "model.onnx",
-        repository / f"{name}_pooler" / "1" / "model.onnx",
+        repository / f"{name}{last_step}" / "1" / "model.onnx",
         repository / f"{name}_tokenizer" / "1" / "tokenizer.json",
     ]
     return [p for p in needed if not p.exists()]
+
+
+def ensure_reranker(repository: Path, source: str, name: str | None = None, exporter=None) -> bool:
+    """Export the cross-encoder `source` beside the embedding model when its weights are missing."""
+    from triton_embeddings.contract import SCORE_SUFFIX
+
+    name = name or Path(source.rstrip("/")).name
+    missing = missing_weights(repository, name, SCORE_SUFFIX)
+    if not missing:
+        return False
+    print(f"serve: {repository} lacks {missing[0].relative_to(repository)}; exporting reranker {name} ...", flush=True)
+    if exporter is None:
+        from triton_embeddings.export.options import ExportOptions
+        from triton_embeddings.export.rerank_exporter import export_reranker
+
+        def exporter(src: str, repo: Path, model_name: str) -> None:
+            print(export_reranker(src, repo, ExportOptions(name=model_name)).summary(), flush=True)
+
+    exporter(source, repository, name)
+    return True
+
+
+def default_source(name: str = DEFAULT_MODEL) -> str:
+    """The packaged copy of a seed model when installed (offline hosts), else its hub id."""
+    return seed.model_source(name)
 
 
 def ensure_exported(repository: Path, name: str, source: str | None, exporter=None) -> bool:
@@ -38,10 +66,11 @@ def ensure_exported(repository: Path, name: str, source: str | None, exporter=No
         from triton_embeddings.export.options import ExportOptions
 
         def exporter(src: str, repo: Path, model_name: str) -> None:
-            result = export_model(src, repo, ExportOptions(name=model_name, source_label=DEFAULT_HUB_ID))
+            label = seed.HUB_IDS.get(model_name, src)
+            result = export_model(src, repo, ExportOptions(name=model_name, source_label=label))
             print(result.summary(), flush=True)
 
-    exporter(source or default_source(), repository, name)
+    exporter(source or default_source(name), repository, name)
     return True
 
 
@@ -61,8 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="embeddings-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--model-repository", type=Path, default=Path(DEFAULT_REPOSITORY))
-    p.add_argument("--name", default=DEFAULT_MODEL, help="model to export when missing (default %(default)s)")
-    p.add_argument("--model", help=f"sentence-transformers folder or hub id to export (default: {DEFAULT_MODEL})")
+    p.add_argument("--models", nargs="+", metavar="NAME", default=None,
+                   help=f"models to serve, each exported when missing (default {DEFAULT_MODEL}); the seed's "
+                        f"{seed.MPNET} and {seed.MINILM} come from their offline packages when installed")
+    p.add_argument("--name", help="one model to serve (same as --models NAME)")
+    p.add_argument("--model", help="sentence-transformers folder or hub id to export for a single model")
+    p.add_argument("--reranker", help="also serve this cross-encoder (folder or hub id) on /v1/rerank; "
+                                      "exported when missing")
+    p.add_argument("--reranker-name", help="the reranker's model name (default: last part of --reranker)")
     p.add_argument("--host", default="127.0.0.1", help="gateway address (default %(default)s)")
     p.add_argument("--port", type=int, default=8080, help="gateway port (default %(default)s)")
     p.add_argument("--triton-http-port", type=int, default=8000)
@@ -120,8 +155,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"serve: gateway port {args.port} on {args.host} is already in use (use --port)", file=sys.stderr)
         return 1
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM before uvicorn runs: stop Triton too
+    names = args.models or [args.name or DEFAULT_MODEL]
+    if args.model and len(names) > 1:
+        print("serve: --model names the source of one model; with several, each comes from its name", file=sys.stderr)
+        return 2
+    args.name = names[0]  # the curl example's model
     try:
-        ensure_exported(args.model_repository, args.name, args.model)
+        for name in names:
+            ensure_exported(args.model_repository, name, args.model)
+        if args.reranker:
+            ensure_reranker(args.model_repository, args.reranker, args.reranker_name)
     except KeyboardInterrupt:
         return 130
     triton = TritonServer(

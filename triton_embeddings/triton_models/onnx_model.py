@@ -3,7 +3,8 @@
 It stands in for Triton's `onnxruntime_onnx` platform, which the embedded server lacks. Its inputs
 are declared `allow_ragged_batch`, so Triton hands it every queued request whatever their lengths:
 - `regroup_by_length: true` (the encoder): all rows are re-sorted by their real length (from the
-  attention mask) and run in groups of similar length, each padded only to its own longest row;
+  attention mask) and run in groups of similar length, each padded only to its own longest row
+  (for embeddings and for a reranker's (query, document) pairs alike);
 - otherwise (the pooler): requests of equal shape are concatenated and run together.
 Its knobs are `config.pbtxt` `parameters`, read as `contract.OnnxStepParams` (`session_from_config`;
 `intra_op_threads: 0` shares the cores out between the instances). Runs shrink ONNX Runtime's CPU arena
@@ -37,6 +38,8 @@ class TritonPythonModel:
         self.run_options = shrinking_run_options()
         self.inputs = [i["name"] for i in config["input"]]
         self.outputs = [o["name"] for o in config["output"]]
+        # An output declared [-1, ...] has one row per token (hidden states); [k] has one per text (logits).
+        self.per_token = [len(o["dims"]) >= 2 and int(o["dims"][0]) == -1 for o in config["output"]]
         self.regroup = params.regroup_by_length
         self.max_rows = int(config.get("max_batch_size") or 64)
         if self.regroup:
@@ -96,6 +99,11 @@ class TritonPythonModel:
                 i, r = rows[g]
                 n_rows, padded = arrays[i][mask_at].shape
                 for o, out in enumerate(outs):
+                    if not self.per_token[o]:  # one value per row (a cross-encoder's logits)
+                        if results[i][o] is None:
+                            results[i][o] = np.zeros((n_rows, *out.shape[1:]), dtype=out.dtype)
+                        results[i][o][r] = out[pos]
+                        continue
                     if results[i][o] is None:  # outputs keep the request's own padded length
                         results[i][o] = np.zeros((n_rows, padded, *out.shape[2:]), dtype=out.dtype)
                     n = min(length, padded)

@@ -13,6 +13,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from triton_embeddings.contract import TokenizerParams
+from triton_embeddings.triton_models import spans
 
 
 def bucket_length(length: int, max_length: int) -> int:
@@ -66,6 +67,9 @@ class TextTokenizer:
             padding = Tokenizer.from_file(tokenizer_file).padding
             pad_id = padding["pad_id"] if padding else 0
         self.pad_id = int(pad_id)
+        self.untruncated = Tokenizer.from_file(tokenizer_file)
+        self.untruncated.no_padding()
+        self.untruncated.no_truncation()
 
     @classmethod
     def from_params(cls, params: TokenizerParams, folder: str | Path) -> TextTokenizer:
@@ -78,16 +82,41 @@ class TextTokenizer:
         """The tokenizer a tokenizer step's config (Triton's JSON form) describes."""
         return cls.from_params(TokenizerParams.from_config(config), folder)
 
-    def encode(self, texts: list[str]) -> list:
-        """Tokenize (in parallel, in Rust); returns `tokenizers.Encoding`s, truncated to max_length.
-
-        Lower-cases the text (not the prompt) when the model does, then prepends the prompt.
-        """
+    def _full(self, texts: list[str], prompts: list[str] | None) -> tuple[list[str], list[str]]:
+        """Prompt + text (the text lower-cased when the model does), and the prompt of each."""
         if self.lowercase:
             texts = [t.lower() for t in texts]
-        if self.prompt:
-            texts = [self.prompt + t for t in texts]
-        return self.tokenizer.encode_batch(texts, add_special_tokens=True)
+        if prompts is None:
+            if not self.prompt:
+                return texts, [""] * len(texts)
+            prompts = [self.prompt] * len(texts)
+        return [p + t for p, t in zip(prompts, texts)], prompts
+
+    def encode(self, texts: list[str], prompts: list[str] | None = None, sides: list[str] | None = None) -> list:
+        """Tokenize (in parallel, in Rust), truncated to max_length.
+
+        `prompts`: per-text prompt (default: the model's default prompt); `sides`: per-text truncation
+        side, END (keep the start, the default) or START (keep the end; specials and prompt are kept).
+        """
+        full, prompts = self._full(texts, prompts)
+        out = self.tokenizer.encode_batch(full, add_special_tokens=True)
+        if not sides or "START" not in sides:
+            return out
+        starts = [i for i, s in enumerate(sides) if s == "START" and out[i].overflowing]
+        whole = self.untruncated.encode_batch([full[i] for i in starts], add_special_tokens=True)
+        for i, enc in zip(starts, whole):
+            out[i] = spans.keep_end(enc, len(prompts[i]), self.max_length)
+        return out
+
+    def windows(self, texts: list[str], prompts: list[str] | None = None) -> list[list[tuple[int, int, int]]]:
+        """Per text, the overlapping windows (start char, end char, tokens) that fit max_length.
+
+        Characters count in the text as given; lower-casing that changes a text's length (rare: `İ`)
+        shifts them.
+        """
+        full, prompts = self._full(texts, prompts)
+        whole = self.untruncated.encode_batch(full, add_special_tokens=True)
+        return [spans.windows(enc, len(p), self.max_length) for enc, p in zip(whole, prompts)]
 
     def pad(self, encodings: list, length: int | None = None) -> Encoded:
         """Pad encodings to `length` (default: the bucket of the longest)."""

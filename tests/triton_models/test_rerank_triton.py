@@ -91,3 +91,14 @@ def test_example_prints_documents_best_first(mixed_triton):
     assert out.returncode == 0, out.stderr[-2000:]
     printed = [float(line.split()[0]) for line in out.stdout.splitlines()]
     assert len(printed) == 3 and printed == sorted(printed, reverse=True)
+
+
+def test_bad_utf8_fails_that_request_with_the_row_named(client):
+    q = grpcclient.InferInput(c.QUERY, [2, 1], "BYTES")
+    q.set_data_from_numpy(np.array([[b"q"], [b"q"]], dtype=np.object_))
+    d = grpcclient.InferInput(c.DOCUMENT, [2, 1], "BYTES")
+    d.set_data_from_numpy(np.array([[b"ok"], [b"\xff\xfe bad"]], dtype=np.object_))
+    with pytest.raises(InferenceServerException, match=r"DOCUMENT\[1\] is not valid UTF-8 \(byte 0\)"):
+        client.infer(RERANK_MODEL, [q, d])
+    scores, _, _ = rerank(client, RERANK_MODEL, "q", ["a"])
+    assert scores.shape == (1,)

@@ -13,14 +13,11 @@ afterwards and large blocks go back to the OS, so memory stays bounded under eve
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from triton_embeddings.contract import ONNX_ATTENTION_MASK
-from triton_embeddings.triton_models.backend_utils import TokenCounters
+from triton_embeddings.triton_models.backend_utils import TokenCounters, model_config
 from triton_embeddings.triton_models.onnx_session import (
     return_large_blocks_to_the_os,
     session_from_config,
@@ -31,8 +28,7 @@ from triton_embeddings.triton_models.regroup import gather_rows, plan_groups
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        folder = Path(args["model_repository"]) / args["model_version"]
+        config, folder = model_config(args)
         return_large_blocks_to_the_os()  # this process holds only this step: bounded RSS under ragged shapes
         self.session, params = session_from_config(config, folder)
         self.run_options = shrinking_run_options()

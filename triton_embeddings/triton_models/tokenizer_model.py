@@ -8,44 +8,22 @@ output is computed only when a client requests it (docs/contract.md).
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from triton_embeddings import contract as c
-from triton_embeddings.triton_models.backend_utils import TokenCounters
+from triton_embeddings.triton_models import backend_utils as bu
 from triton_embeddings.triton_models.tokenize import TextTokenizer
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        folder = Path(args["model_repository"]) / args["model_version"]
+        config, folder = bu.model_config(args)
         self.tokenizer = TextTokenizer.from_config(config, folder)
         params = c.TokenizerParams.from_config(config)
         self.prompts, self.default_prompt_name = dict(params.prompts), params.default_prompt_name
-        self.with_token_types = any(o["name"] == c.TOKEN_TYPE_IDS for o in config["output"])
-        self.tokens = TokenCounters(
-            "embeddings_tokenizer_tokens_total",
-            "Tokens the tokenizer sent to the encoder: kind=real (text tokens) or padded (shape)",
-            config["name"],
-        )
-
-    def _texts(self, request) -> list[str]:
-        raw = pb_utils.get_input_tensor_by_name(request, c.TEXT).as_numpy().reshape(-1)
-        if raw.size == 0:
-            raise ValueError(f"{c.TEXT} is empty: send at least one text")
-        texts = []
-        for i, item in enumerate(raw):
-            if isinstance(item, bytes):
-                try:
-                    item = item.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise ValueError(f"{c.TEXT}[{i}] is not valid UTF-8 (byte {exc.start})") from None
-            texts.append(str(item))
-        return texts
+        self.with_token_types = bu.declares_token_types(config)
+        self.tokens = bu.tokenizer_counters(config)
 
     def _row_strings(self, request, name: str, n: int) -> list[str] | None:
         """An optional BYTES [n, 1] (or [1, 1], broadcast) input as strings; None when absent."""
@@ -69,7 +47,7 @@ class TritonPythonModel:
 
     def _prepare(self, request) -> tuple[list[str], list[str] | None, list[str] | None]:
         """Texts, per-row prompt texts and truncation sides (None: the defaults, as in plain requests)."""
-        texts = self._texts(request)
+        texts = bu.input_strings(request, c.TEXT, empty="send at least one text")
         names = self._row_strings(request, c.PROMPT_NAME, len(texts))
         sides = self._row_strings(request, c.TRUNCATE, len(texts))
         if sides is not None:
@@ -99,21 +77,14 @@ class TritonPythonModel:
     def _response(self, request, item, encodings) -> tuple[int, object, tuple[int, int]]:
         """(padded length, response, (real, padded) tokens) for one request."""
         if isinstance(item, Exception):
-            return 0, pb_utils.InferenceResponse(error=pb_utils.TritonError(str(item))), (0, 0)
+            return 0, bu.error_response(str(item)), (0, 0)
         texts, prompts, sides = item
         enc = self.tokenizer.pad([next(encodings) for _ in texts])
         if sides and any(t and s == "NONE" for t, s in zip(enc.truncated.reshape(-1), sides)):
             message = (f"an input is longer than the model's maximum of {self.tokenizer.max_length} tokens "
                        f"and {c.TRUNCATE} is NONE")
-            return 0, pb_utils.InferenceResponse(error=pb_utils.TritonError(message)), (0, 0)
-        outputs = [
-            pb_utils.Tensor(c.INPUT_IDS, enc.input_ids),
-            pb_utils.Tensor(c.ATTENTION_MASK, enc.attention_mask),
-            pb_utils.Tensor(c.TOKEN_COUNT, enc.token_count),
-            pb_utils.Tensor(c.TRUNCATED, enc.truncated),
-        ]
-        if self.with_token_types:
-            outputs.append(pb_utils.Tensor(c.TOKEN_TYPE_IDS, enc.token_type_ids))
+            return 0, bu.error_response(message), (0, 0)
+        outputs = bu.encoder_outputs(enc, self.with_token_types)
         if c.WINDOW_SPANS in request.requested_output_names():
             outputs.append(pb_utils.Tensor(c.WINDOW_SPANS, self._windows(texts, prompts)))
         return enc.input_ids.shape[1], pb_utils.InferenceResponse(outputs), (enc.real_tokens, enc.padded_tokens)

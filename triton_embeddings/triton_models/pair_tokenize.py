@@ -9,10 +9,6 @@ itself, so encoding pairs here gives the same ids. `only_second` (cut only the d
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from tokenizers import Tokenizer
-
 from triton_embeddings.contract import PairTokenizerParams
 from triton_embeddings.triton_models.tokenize import Encoded, TextTokenizer
 
@@ -21,6 +17,8 @@ TRUNCATION_STRATEGIES = ("longest_first", "only_second")
 
 class PairTokenizer(TextTokenizer):
     """Encodes (query, document) pairs: `[CLS] query [SEP] document [SEP]`, token types 0 then 1."""
+
+    params_type = PairTokenizerParams
 
     def __init__(self, tokenizer_file: str, max_length: int, truncation: str = "longest_first",
                  pad_id: int | None = None, lowercase: bool = False):
@@ -31,15 +29,8 @@ class PairTokenizer(TextTokenizer):
         self.tokenizer.enable_truncation(max_length=self.max_length, strategy=truncation)
 
     @classmethod
-    def from_params(cls, params: PairTokenizerParams, folder: str | Path) -> PairTokenizer:
-        """The tokenizer a pair tokenizer step's parameters describe; `folder` holds its `tokenizer_file`."""
-        return cls(str(Path(folder) / params.tokenizer_file), params.max_seq_length, truncation=params.truncation,
-                   pad_id=params.pad_id, lowercase=params.lowercase)
-
-    @classmethod
-    def from_config(cls, config: dict, folder: str | Path) -> PairTokenizer:
-        """The tokenizer a pair tokenizer step's config (Triton's JSON form) describes."""
-        return cls.from_params(PairTokenizerParams.from_config(config), folder)
+    def _options(cls, params: PairTokenizerParams) -> dict:
+        return {"truncation": params.truncation}
 
     def encode_pairs(self, queries: list[str], documents: list[str]) -> list:
         """Tokenize pairs (in parallel, in Rust); returns `tokenizers.Encoding`s cut to max_length."""
@@ -55,8 +46,3 @@ class PairTokenizer(TextTokenizer):
     def pairs(self, queries: list[str], documents: list[str]) -> Encoded:
         return self.pad(self.encode_pairs(queries, documents))
 
-
-def read_pad_id(tokenizer_file: str) -> int:
-    """The pad id a `tokenizer.json` declares (0 when it declares none)."""
-    padding = Tokenizer.from_file(tokenizer_file).padding
-    return int(padding["pad_id"]) if padding else 0

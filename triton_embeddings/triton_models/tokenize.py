@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from tokenizers import Tokenizer
 
-from triton_embeddings.contract import TokenizerParams
+from triton_embeddings.contract import ParameterSet, TokenizerParams
 from triton_embeddings.triton_models import spans
 
 
@@ -27,6 +28,12 @@ def bucket_length(length: int, max_length: int) -> int:
         return min(8, max_length)
     step = 8 if length <= 64 else 16 if length <= 128 else 32 if length <= 256 else 64
     return min(-(-length // step) * step, max_length)
+
+
+def read_pad_id(tokenizer_file: str) -> int:
+    """The pad id a `tokenizer.json` declares (0 when it declares none)."""
+    padding = Tokenizer.from_file(tokenizer_file).padding
+    return int(padding["pad_id"]) if padding else 0
 
 
 @dataclass
@@ -55,6 +62,8 @@ class TextTokenizer:
     128 while sentence-transformers uses max_seq_length 256): both are replaced here.
     """
 
+    params_type: ClassVar[type[ParameterSet]] = TokenizerParams  # what its step's config carries
+
     def __init__(self, tokenizer_file: str, max_length: int, prompt: str = "", pad_id: int | None = None,
                  lowercase: bool = False):
         self.tokenizer = Tokenizer.from_file(tokenizer_file)
@@ -63,24 +72,26 @@ class TextTokenizer:
         self.lowercase = lowercase
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=self.max_length)
-        if pad_id is None:
-            padding = Tokenizer.from_file(tokenizer_file).padding
-            pad_id = padding["pad_id"] if padding else 0
-        self.pad_id = int(pad_id)
+        self.pad_id = read_pad_id(tokenizer_file) if pad_id is None else int(pad_id)
         self.untruncated = Tokenizer.from_file(tokenizer_file)
         self.untruncated.no_padding()
         self.untruncated.no_truncation()
 
     @classmethod
-    def from_params(cls, params: TokenizerParams, folder: str | Path) -> TextTokenizer:
-        """The tokenizer a tokenizer step's parameters describe; `folder` holds its `tokenizer_file`."""
-        return cls(str(Path(folder) / params.tokenizer_file), params.max_seq_length, prompt=params.prompt,
-                   pad_id=params.pad_id, lowercase=params.lowercase)
+    def _options(cls, params: TokenizerParams) -> dict:
+        """The constructor's arguments of this kind of tokenizer alone."""
+        return {"prompt": params.prompt}
 
     @classmethod
-    def from_config(cls, config: dict, folder: str | Path) -> TextTokenizer:
+    def from_params(cls, params, folder: str | Path):
+        """The tokenizer a tokenizer step's parameters describe; `folder` holds its `tokenizer_file`."""
+        return cls(str(Path(folder) / params.tokenizer_file), params.max_seq_length, pad_id=params.pad_id,
+                   lowercase=params.lowercase, **cls._options(params))
+
+    @classmethod
+    def from_config(cls, config: dict, folder: str | Path):
         """The tokenizer a tokenizer step's config (Triton's JSON form) describes."""
-        return cls.from_params(TokenizerParams.from_config(config), folder)
+        return cls.from_params(cls.params_type.from_config(config), folder)
 
     def _full(self, texts: list[str], prompts: list[str] | None) -> tuple[list[str], list[str]]:
         """Prompt + text (the text lower-cased when the model does), and the prompt of each."""

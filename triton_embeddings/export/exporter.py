@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import onnx
 
-from triton_embeddings import contract, quantize
-from triton_embeddings.export import onnx_export, verify
+from triton_embeddings import quantize
+from triton_embeddings.export import onnx_export, steps, verify
 from triton_embeddings.export import triton_config as tc
 from triton_embeddings.export.cross_encoder import is_cross_encoder
 from triton_embeddings.export.model_spec import ModelSpec, UnsupportedModelError, read_spec, with_prompts
@@ -21,15 +19,10 @@ from triton_embeddings.export.options import ExportOptions
 from triton_embeddings.export.pipeline import OnnxPipeline
 from triton_embeddings.export.pooler import build_pooler
 from triton_embeddings.export.repository import Artifacts, write_model
+from triton_embeddings.export.steps import ExportError, Log, done, stderr, step
 from triton_embeddings.triton_models.tokenize import TextTokenizer
 
-Log = Callable[[str], None]
 Check = Callable[[Path], verify.Verification]
-
-
-class ExportError(RuntimeError):
-    """The export cannot produce a faithful repository; nothing was written."""
-
 
 @dataclass
 class ExportResult:
@@ -54,26 +47,13 @@ class ExportResult:
             f"  prompts          : {', '.join(self.spec.prompts) or '(none)'}"
             f"{f' (default {self.spec.default_prompt_name})' if self.spec.default_prompt_name else ''}",
         ]
-        if self.note:
-            lines.append(f"  note             : {self.note}")
-        lines.append(f"  repository       : {self.repository.resolve()}")
-        lines += [f"    {p.relative_to(self.repository)}" for p in self.files]
-        return "\n".join(lines)
-
-
-def _step(log: Log, text: str):
-    log(f"==> {text}")
-    return time.perf_counter()
-
-
-def _stderr(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+        return "\n".join(lines + steps.summary_tail(self.note, self.repository, self.files))
 
 
 def _load(source: str, options: ExportOptions, log: Log):
     from sentence_transformers import SentenceTransformer
 
-    t = _step(log, f"Loading {source}")
+    t = step(log, f"Loading {source}")
     if is_cross_encoder(source):  # SentenceTransformer would load it and mean-pool its hidden states
         raise UnsupportedModelError(f"{source} is a cross-encoder: export it as a reranker (export_reranker)")
     model = SentenceTransformer(source, device="cpu", trust_remote_code=False)
@@ -82,18 +62,17 @@ def _load(source: str, options: ExportOptions, log: Log):
     model.prompts, model.default_prompt_name = dict(spec.prompts), spec.default_prompt_name
     if options.max_seq_length:
         model.max_seq_length = options.max_seq_length
-    log(f"    {time.perf_counter() - t:.1f}s: dim {spec.dimension}, max length {spec.max_seq_length}, "
-        f"pooling {spec.pooling_mode}, normalize {spec.normalize}")
+    done(log, t, f"dim {spec.dimension}, max length {spec.max_seq_length}, pooling {spec.pooling_mode}, "
+                 f"normalize {spec.normalize}")
     return model, spec
 
 
 def _build(model, spec: ModelSpec, work: Path, log: Log) -> Artifacts:
     """The fp32 encoder, the pooler and the tokenizer file, in `work`."""
-    t = _step(log, "Exporting the transformer to ONNX")
+    t = step(log, "Exporting the transformer to ONNX")
     encoder = onnx_export.export_encoder(model, work / "fp32")
-    graph = onnx.load(str(encoder), load_external_data=False).graph
-    token_types = any(i.name == contract.ONNX_TOKEN_TYPE_IDS for i in graph.input)
-    log(f"    {time.perf_counter() - t:.1f}s")
+    token_types = steps.takes_token_types(encoder)
+    done(log, t)
     pooler = work / "pooler.onnx"
     onnx.save(build_pooler(spec.pooling_mode, spec.normalize, spec.dimension), str(pooler))
     tokenizer_json = work / tc.tokenizer_params(spec).tokenizer_file
@@ -104,28 +83,26 @@ def _build(model, spec: ModelSpec, work: Path, log: Log) -> Artifacts:
 def _choose(art: Artifacts, precision: str, check: Check, choose: Check, work: Path, log: Log):
     """The encoder of `precision` and its verification (int8: the fastest plan that passes `choose`,
     then verified by `check` on texts it was not chosen on)."""
-    if precision == "fp32":
-        return art.encoder_onnx, check(art.encoder_onnx), ""
-    if precision == "fp16":
-        chosen = onnx_export.to_fp16(art.encoder_onnx, work / "fp16.onnx")
-        return chosen, check(chosen), ""
-    found = onnx_export.search_int8(art.encoder_onnx, work / "int8.onnx", choose, log)
-    if found is None:
-        raise ExportError(
-            f"the int8 export is not faithful: no quantization plan reaches min cosine "
-            f"{verify.THRESHOLDS['int8']}; nothing was written (use fp32)"
-        )
-    chosen, plan, _ = found
-    return chosen, check(chosen), f"int8 plan: {plan.label} (chosen on other texts than it is verified on)"
+    def int8(src: Path):
+        found = onnx_export.search_int8(src, work / "int8.onnx", choose, log)
+        if found is None:
+            raise ExportError(
+                f"the int8 export is not faithful: no quantization plan reaches min cosine "
+                f"{verify.THRESHOLDS['int8']}; nothing was written (use fp32)"
+            )
+        chosen, plan, _ = found
+        return chosen, check(chosen), f"int8 plan: {plan.label} (chosen on other texts than it is verified on)"
+
+    return steps.at_precision(art.encoder_onnx, precision, work, check, int8)
 
 
 def _verified_encoder(model, spec: ModelSpec, art: Artifacts, precision: str, work: Path, log: Log):
     """Compare the served pipeline with sentence-transformers; raise ExportError when it is not faithful."""
     tokenizer = TextTokenizer.from_params(tc.tokenizer_params(spec), work)
-    t = _step(log, "Computing reference embeddings with sentence-transformers")
+    t = step(log, "Computing reference embeddings with sentence-transformers")
     texts = verify.verification_texts()
     reference = verify.reference_embeddings(model, texts)
-    log(f"    {time.perf_counter() - t:.1f}s")
+    done(log, t)
 
     def check(candidate: Path, on: dict[str, list[str]] = texts, ref=reference) -> verify.Verification:
         pipeline = OnnxPipeline(tokenizer, str(candidate), str(art.pooler_onnx))
@@ -140,15 +117,11 @@ def _verified_encoder(model, spec: ModelSpec, art: Artifacts, precision: str, wo
             result = check(candidate, selection, selection_ref)
             return replace(result, threshold=result.threshold + verify.SELECTION_MARGIN)
 
-    t = _step(log, f"Verifying the {precision} pipeline against the original model")
+    t = step(log, f"Verifying the {precision} pipeline against the original model")
     chosen, result, note = _choose(art, precision, check, choose, work, log)
-    log(result.table())
-    if not result.passed:
-        raise ExportError(
-            f"the {precision} export is not faithful (min cosine {result.min_cosine:.6f} < "
-            f"{result.threshold}); nothing was written"
-        )
-    log(f"    {time.perf_counter() - t:.1f}s")
+    steps.require_passed(result, log, f"the {precision} export is not faithful (min cosine "
+                                      f"{result.min_cosine:.6f} < {result.threshold})")
+    done(log, t)
     return chosen, result, note
 
 
@@ -176,14 +149,14 @@ def _check_prompts(model, spec: ModelSpec, art: Artifacts, encoder: Path, bar: f
 
 def _calibrate(spec: ModelSpec, art: Artifacts, encoder: Path, texts: list[str], log: Log) -> ModelSpec:
     """The spec with int8/uint8 ranges calibrated on the served pipeline's vectors."""
-    t = _step(log, "Calibrating the int8/uint8 output ranges")
+    t = step(log, "Calibrating the int8/uint8 output ranges")
     tokenizer = TextTokenizer.from_params(tc.tokenizer_params(spec), art.tokenizer_json.parent)
     vectors = OnnxPipeline(tokenizer, str(encoder), str(art.pooler_onnx)).embed(texts)
-    log(f"    {time.perf_counter() - t:.1f}s: {len(texts)} texts")
+    done(log, t, f"{len(texts)} texts")
     return dataclasses.replace(spec, quantization_ranges=quantize.calibrate(vectors))
 
 
-def export_model(source: str, repository: Path, options: ExportOptions, log: Log = _stderr) -> ExportResult:
+def export_model(source: str, repository: Path, options: ExportOptions, log: Log = stderr) -> ExportResult:
     """Export `source` (local folder or hub id), verify it, then write it into `repository`."""
     calibration = calibration_texts(options.calibration_file)  # a bad file fails before the long work
     model, spec = _load(source, options, log)
@@ -193,7 +166,7 @@ def export_model(source: str, repository: Path, options: ExportOptions, log: Log
         chosen, result, note = _verified_encoder(model, spec, art, options.precision, work, log)
         _check_prompts(model, spec, art, chosen, result.threshold, log)
         spec = _calibrate(spec, art, chosen, calibration, log)
-        t = _step(log, f"Writing the Triton models into {repository}")
+        t = step(log, f"Writing the Triton models into {repository}")
         files = write_model(Path(repository), options, spec, dataclasses.replace(art, encoder_onnx=chosen))
-        log(f"    {time.perf_counter() - t:.1f}s")
+        done(log, t)
     return ExportResult(spec, options, result, files, Path(repository), note)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 
-from triton_embeddings.export import onnx_export, rerank_verify
+from triton_embeddings.export import onnx_export, rerank_verify, steps
 from triton_embeddings.export.cross_encoder import RerankSpec, build_score_step, export_classifier, read_rerank_spec
 from triton_embeddings.export.options import ExportOptions
 from triton_embeddings.export.rerank_pipeline import RerankPipeline
@@ -46,11 +44,7 @@ class RerankExportResult:
             f"  score            : {self.spec.activation}(logit)",
             f"  max |difference| : {self.verification.max_diff:.2e} (bar {self.verification.threshold:.0e})",
         ]
-        if self.note:
-            lines.append(f"  note             : {self.note}")
-        lines.append(f"  repository       : {self.repository.resolve()}")
-        lines += [f"    {p.relative_to(self.repository)}" for p in self.files]
-        return "\n".join(lines)
+        return "\n".join(lines + steps.summary_tail(self.note, self.repository, self.files))
 
 
 def load_cross_encoder(source: str, max_seq_length: int | None = None):
@@ -62,8 +56,7 @@ def load_cross_encoder(source: str, max_seq_length: int | None = None):
 def build_candidates(model, spec: RerankSpec, work: Path) -> tuple[RerankArtifacts, Callable]:
     """Export the fp32 classifier, the score step and the tokenizer into `work`; return them and a checker."""
     classifier = export_classifier(model, work / "fp32")
-    graph = onnx.load(str(classifier), load_external_data=False).graph
-    token_types = any(i.name == "token_type_ids" for i in graph.input)
+    token_types = steps.takes_token_types(classifier)
     score = work / "score.onnx"
     onnx.save(build_score_step(spec.activation), str(score))
     tokenizer_json = work / "tokenizer.json"
@@ -80,52 +73,38 @@ def build_candidates(model, spec: RerankSpec, work: Path) -> tuple[RerankArtifac
 
 def choose_precision(art: RerankArtifacts, precision: str, work: Path, check: Callable, log: Callable):
     """The classifier at `precision` that passes verification: (path, result, note); result may fail."""
-    src = art.classifier_onnx
-    if precision == "fp32":
-        return src, check(src, "fp32"), ""
-    if precision == "fp16":
-        path = onnx_export.to_fp16(src, work / "fp16.onnx")
-        return path, check(path, "fp16"), ""
-    plans = [onnx_export.Int8Plan("per-channel, all MatMul"),
-             onnx_export.Int8Plan("per-channel, FFN outputs fp32", tuple(onnx_export.ffn_output_matmuls(src)))]
-    for plan in plans:
-        path = onnx_export.to_int8(src, work / "int8.onnx", plan)
-        result = check(path, "int8")
-        log(f"    int8 plan '{plan.label}': max |score difference| {result.max_diff:.2e}")
-        if result.passed:
-            break
-    return path, result, f"int8 plan: {plan.label}"
+    def int8(src: Path):
+        plans = [onnx_export.Int8Plan("per-channel, all MatMul"),
+                 onnx_export.Int8Plan("per-channel, FFN outputs fp32", tuple(onnx_export.ffn_output_matmuls(src)))]
+        for plan in plans:
+            path = onnx_export.to_int8(src, work / "int8.onnx", plan)
+            result = check(path, "int8")
+            log(f"    int8 plan '{plan.label}': max |score difference| {result.max_diff:.2e}")
+            if result.passed:
+                break
+        return path, result, f"int8 plan: {plan.label}"
+
+    return steps.at_precision(art.classifier_onnx, precision, work, lambda path: check(path, precision), int8)
 
 
-def _stderr(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def export_reranker(source: str, repository: Path, options: ExportOptions, log: Callable[[str], None] = _stderr,
+def export_reranker(source: str, repository: Path, options: ExportOptions, log: steps.Log = steps.stderr,
                     write: Callable | None = None) -> RerankExportResult:
     """Export the cross-encoder `source`, verify it against CrossEncoder.predict, then write it."""
     precision = options.precision
-    t = time.perf_counter()
-    log(f"==> Loading cross-encoder {source}")
+    t = steps.step(log, f"Loading cross-encoder {source}")
     model = load_cross_encoder(source, options.max_seq_length)
     spec = read_rerank_spec(model, options.source_label or source, options.max_seq_length)
-    log(f"    {time.perf_counter() - t:.1f}s: max length {spec.max_seq_length}, activation {spec.activation}")
+    steps.done(log, t, f"max length {spec.max_seq_length}, activation {spec.activation}")
     with tempfile.TemporaryDirectory(prefix="rerank-export-") as tmp:
         work = Path(tmp)
-        log("==> Exporting the classifier to ONNX; reference scores with CrossEncoder.predict")
+        steps.step(log, "Exporting the classifier to ONNX; reference scores with CrossEncoder.predict")
         art, check = build_candidates(model, spec, work)
-        log(f"==> Verifying the {precision} pipeline against CrossEncoder.predict")
+        steps.step(log, f"Verifying the {precision} pipeline against CrossEncoder.predict")
         chosen, result, note = choose_precision(art, precision, work, check, log)
-        log(result.table())
-        if not result.passed:
-            from triton_embeddings.export.exporter import ExportError
-
-            raise ExportError(
-                f"the {precision} rerank export is not faithful (max |score difference| {result.max_diff:.2e} > "
-                f"{result.threshold:.0e}); nothing was written"
-            )
+        steps.require_passed(result, log, f"the {precision} rerank export is not faithful (max |score difference| "
+                                          f"{result.max_diff:.2e} > {result.threshold:.0e})")
         art.classifier_onnx = chosen
-        log(f"==> Writing the Triton models into {repository}")
+        steps.step(log, f"Writing the Triton models into {repository}")
         files = (write or _default_writer)(Path(repository), options, spec, art)
     return RerankExportResult(spec, options.name, str(options.target), precision, result, files,
                               Path(repository), note)

@@ -1,0 +1,63 @@
+"""What the embedding and the rerank export share: step logging, the precision choice, the failure, the summary."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import onnx
+
+from triton_embeddings import contract
+from triton_embeddings.export import onnx_export
+
+Log = Callable[[str], None]
+
+
+class ExportError(RuntimeError):
+    """The export cannot produce a faithful repository; nothing was written."""
+
+
+def stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def step(log: Log, text: str) -> float:
+    """Log the start of a step; returns its start time for `done`."""
+    log(f"==> {text}")
+    return time.perf_counter()
+
+
+def done(log: Log, started: float, detail: str = "") -> None:
+    log(f"    {time.perf_counter() - started:.1f}s" + (f": {detail}" if detail else ""))
+
+
+def takes_token_types(onnx_file: Path) -> bool:
+    """Whether an exported transformer has a `token_type_ids` input."""
+    graph = onnx.load(str(onnx_file), load_external_data=False).graph
+    return any(i.name == contract.ONNX_TOKEN_TYPE_IDS for i in graph.input)
+
+
+def at_precision(src: Path, precision: str, work: Path, check: Callable, int8: Callable):
+    """(file, verification, note) of the fp32 `src` at `precision`; `int8(src)` gives the int8 triple."""
+    if precision == "fp32":
+        return src, check(src), ""
+    if precision == "fp16":
+        path = onnx_export.to_fp16(src, work / "fp16.onnx")
+        return path, check(path), ""
+    return int8(src)
+
+
+def require_passed(result, log: Log, shortfall: str) -> None:
+    """Log the verification table; raise ExportError (`shortfall`: what fell short) unless it passed."""
+    log(result.table())
+    if not result.passed:
+        raise ExportError(f"{shortfall}; nothing was written")
+
+
+def summary_tail(note: str, repository: Path, files: list[Path]) -> list[str]:
+    """The summary's last lines: the note, the repository and the files written."""
+    lines = [f"  note             : {note}"] if note else []
+    lines.append(f"  repository       : {repository.resolve()}")
+    return lines + [f"    {p.relative_to(repository)}" for p in files]

@@ -174,17 +174,23 @@ class EnsembleParams(ParameterSet):
 
 
 @dataclass(frozen=True)
-class TokenizerParams(ParameterSet):
+class TokenizerStepParams(ParameterSet):
+    """Knobs every tokenizer step has (single texts and pairs); Triton writes the keys sorted."""
+
+    max_seq_length: int = param("max_seq_length")
+    tokenizer_file: str = param("tokenizer_file", "tokenizer.json")
+    lowercase: bool = param("lowercase", False)
+    pad_id: int = param("pad_id", 0)
+
+
+@dataclass(frozen=True)
+class TokenizerParams(TokenizerStepParams):
     """Knobs of the tokenizer step."""
 
     what: ClassVar[str] = "tokenizer"
-    max_seq_length: int = param("max_seq_length")
-    tokenizer_file: str = param("tokenizer_file", "tokenizer.json")
     prompt: str = param("prompt", "")  # the default prompt's text
     prompts: dict = param("prompts", {})
     default_prompt_name: str = param("default_prompt_name", "")
-    lowercase: bool = param("lowercase", False)
-    pad_id: int = param("pad_id", 0)
 
 
 @dataclass(frozen=True)
@@ -241,15 +247,11 @@ class RerankParams(ParameterSet):
 
 
 @dataclass(frozen=True)
-class PairTokenizerParams(ParameterSet):
+class PairTokenizerParams(TokenizerStepParams):
     """Knobs of the rerank ensemble's pair tokenizer step."""
 
     what: ClassVar[str] = "pair tokenizer"
-    max_seq_length: int = param("max_seq_length")
-    tokenizer_file: str = param("tokenizer_file", "tokenizer.json")
     truncation: str = param("truncation", "longest_first")
-    lowercase: bool = param("lowercase", False)
-    pad_id: int = param("pad_id", 0)
 
 
 def is_rerank_ensemble(config: dict) -> bool:

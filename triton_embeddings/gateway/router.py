@@ -74,46 +74,45 @@ async def check_metrics_key(request: Request) -> None:
         await check_api_key(request)
 
 
-@router.post(
-    "/v1/embeddings",
-    response_model=EmbeddingResponse,
-    responses=ERRORS,
-    dependencies=[Depends(check_api_key)],
-)
-@router.post(
-    "/embeddings",
-    response_model=EmbeddingResponse,
-    responses=ERRORS,
-    dependencies=[Depends(check_api_key)],
-    include_in_schema=False,
-)
+def _api(method: str, path: str, *aliases: str, **kwargs):
+    """An authenticated route at `path` and at `aliases` (the same handler, left out of the OpenAPI schema)."""
+    kwargs["dependencies"] = [Depends(check_api_key)]
+
+    def register(handler):
+        for alias in aliases:
+            router.api_route(alias, methods=[method], include_in_schema=False, **kwargs)(handler)
+        return router.api_route(path, methods=[method], **kwargs)(handler)
+
+    return register
+
+
+async def _answer(request: Request, call, body, info) -> Response:
+    """The common skeleton of the model endpoints: label the request's metrics, call the service, render."""
+    request.state.model_label = info.name  # bounded label for the request metrics
+    return json_response(await call(body, info, request.state.request_id))
+
+
+@_api("POST", "/v1/embeddings", "/embeddings", response_model=EmbeddingResponse, responses=ERRORS)
 async def create_embeddings(body: EmbeddingRequest, request: Request) -> Response:
     """OpenAI's `POST /v1/embeddings`."""
     info = registry_of(request).resolve(body.model, EMBEDDING)
-    request.state.model_label = info.name  # bounded label for the request metrics
     service = service_of(request)
-    response = json_response(await service.embed(body, info, request.state.request_id))
+    response = await _answer(request, service.embed, body, info)
     upstream = request.app.state.settings.upstreams.get(info.name)
     if upstream is not None and upstream.shadow is not None:  # runs after the response has been sent
         response.background = request.app.state.shadow.task(info.name, upstream.shadow, service.texts_of(body))
     return response
 
 
-@router.post("/v1/rerank", response_model=RerankResponse, responses=ERRORS, dependencies=[Depends(check_api_key)])
-@router.post(
-    "/v2/rerank", response_model=RerankResponse, responses=ERRORS, dependencies=[Depends(check_api_key)],
-    include_in_schema=False,
-)
+@_api("POST", "/v1/rerank", "/v2/rerank", response_model=RerankResponse, responses=ERRORS)
 async def create_rerank(body: RerankRequest, request: Request) -> Response:
     """Rerank documents against a query, in the Cohere/Jina shape (Cohere's v1 and v2 clients, Jina's API)."""
     info = registry_of(request).resolve(body.model, RERANK)
-    request.state.model_label = info.name
-    return json_response(await request.app.state.rerank.rerank(body, info, request.state.request_id))
+    return await _answer(request, request.app.state.rerank.rerank, body, info)
 
 
-@router.post(
-    "/rerank", response_model=RerankResponse | list[TEIRerankItem], responses=ERRORS,
-    dependencies=[Depends(check_api_key)],
+@_api(
+    "POST", "/rerank", response_model=RerankResponse | list[TEIRerankItem], responses=ERRORS,
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
         {"$ref": "#/components/schemas/RerankRequest"}, TEIRerankRequest.model_json_schema()]}}}}},
 )
@@ -123,12 +122,9 @@ async def rerank_any_shape(request: Request, body: dict = Body(...)) -> Response
     if "texts" in body:
         tei = _validated(TEIRerankRequest, body)
         info = registry.resolve(tei.model, RERANK) if tei.model else registry.default_reranker()
-        request.state.model_label = info.name
-        return json_response(await service.rerank_tei(tei, info, request.state.request_id))
+        return await _answer(request, service.rerank_tei, tei, info)
     cohere = _validated(RerankRequest, body)
-    info = registry.resolve(cohere.model, RERANK)
-    request.state.model_label = info.name
-    return json_response(await service.rerank(cohere, info, request.state.request_id))
+    return await _answer(request, service.rerank, cohere, registry.resolve(cohere.model, RERANK))
 
 
 def _validated(model: type[BaseModel], body: dict):
@@ -139,26 +135,13 @@ def _validated(model: type[BaseModel], body: dict):
         raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from None
 
 
-@router.get("/v1/models", response_model=ModelList, dependencies=[Depends(check_api_key)])
-@router.get("/models", response_model=ModelList, dependencies=[Depends(check_api_key)], include_in_schema=False)
+@_api("GET", "/v1/models", "/models", response_model=ModelList)
 async def list_models(request: Request) -> Response:
     """Every served model plus its aliases."""
     return json_response(registry_of(request).list())
 
 
-@router.get(
-    "/v1/models/{model_id:path}",
-    response_model=ModelWithPrompts,
-    responses=ERRORS,
-    dependencies=[Depends(check_api_key)],
-)
-@router.get(
-    "/models/{model_id:path}",
-    response_model=ModelWithPrompts,
-    responses=ERRORS,
-    dependencies=[Depends(check_api_key)],
-    include_in_schema=False,
-)
+@_api("GET", "/v1/models/{model_id:path}", "/models/{model_id:path}", response_model=ModelWithPrompts, responses=ERRORS)
 async def get_model(model_id: str, request: Request) -> Response:
     """One model or alias; unknown: 404 `model_not_found`."""
     return json_response(registry_of(request).get(model_id))

@@ -37,94 +37,61 @@ class GatewayMetrics:
     """The gateway's own metrics, in a registry of their own (one per app)."""
 
     def __init__(self, triton_metrics_url: str | None = None, triton_timeout_s: float = 0.5):
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.requests = Counter(
-            "gateway_requests",
-            "HTTP requests answered, by route, model and status code.",
-            ["route", "model", "status"],
-            registry=r,
-        )
-        self.latency = Histogram(
+        self.registry = r = CollectorRegistry()
+        self.requests = self._counter("gateway_requests", "HTTP requests answered, by route, model and status code.",
+                                      "route", "model", "status")
+        self.latency = self._histogram(
             "gateway_request_duration_seconds",
-            "Time to answer an embeddings or rerank request, by model and kind (embedding, rerank).",
-            ["model", "kind"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.inputs = Histogram(
-            "gateway_request_inputs",
-            "Inputs per embeddings request, documents per rerank request; by model and kind.",
-            ["model", "kind"],
-            buckets=INPUT_BUCKETS,
-            registry=r,
-        )
-        self.cache_hits = Counter("gateway_cache_hits", "Inputs answered from the cache.", registry=r)
-        self.cache_misses = Counter("gateway_cache_misses", "Inputs not in the cache.", registry=r)
-        self.cache_errors = Counter("gateway_cache_errors", "Failed cache (Redis) calls.", registry=r)
+            "Time to answer an embeddings or rerank request, by model and kind (embedding, rerank).", "model", "kind")
+        self.inputs = self._histogram(
+            "gateway_request_inputs", "Inputs per embeddings request, documents per rerank request; by model and kind.",
+            "model", "kind", buckets=INPUT_BUCKETS)
+        self.cache_hits = self._counter("gateway_cache_hits", "Inputs answered from the cache.")
+        self.cache_misses = self._counter("gateway_cache_misses", "Inputs not in the cache.")
+        self.cache_errors = self._counter("gateway_cache_errors", "Failed cache (Redis) calls.")
         self.in_flight = Gauge("gateway_in_flight_requests", "Embedding and rerank requests in progress.", registry=r)
-        self.triton_latency = Histogram(
-            "gateway_triton_request_duration_seconds",
-            "Time of one Triton inference call (one chunk).",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.triton_errors = Counter(
+        self.triton_latency = self._histogram(
+            "gateway_triton_request_duration_seconds", "Time of one Triton inference call (one chunk).", "model")
+        self.triton_errors = self._counter(
             "gateway_triton_errors",
             "Failed Triton calls by kind (unavailable, stub_unhealthy: a crashed Triton worker, timeout, error); "
-            "deadline: requests past their own deadline.",
-            ["kind"],
-            registry=r,
-        )
+            "deadline: requests past their own deadline.", "kind")
         for kind in TRITON_ERROR_KINDS:  # exposed at 0, so that increase() sees the first error
             self.triton_errors.labels(kind)
-        self._backend_metrics(r)
+        self._backend_metrics()
         ProcessCollector(registry=r)
         if triton_metrics_url:
             r.register(TritonMetricsCollector(triton_metrics_url, triton_timeout_s))
 
-    def _backend_metrics(self, r: CollectorRegistry) -> None:
+    def _counter(self, name: str, documentation: str, *labels: str) -> Counter:
+        return Counter(name, documentation, labels, registry=self.registry)
+
+    def _histogram(self, name: str, documentation: str, *labels: str, buckets=LATENCY_BUCKETS) -> Histogram:
+        return Histogram(name, documentation, labels, buckets=buckets, registry=self.registry)
+
+    def _backend_metrics(self) -> None:
         """Tokens by backend, and the metrics of upstream APIs (EMBEDDINGS_UPSTREAMS) and shadow copies."""
-        self.tokens = Counter(
+        self.tokens = self._counter(
             "gateway_tokens",
             "Tokens answered (usage, cache hits included), by model, kind (embedding, rerank) and backend "
-            "(local or an upstream).",
-            ["model", "kind", "backend"],
-            registry=r,
-        )
-        self.upstream_tokens = Counter(
+            "(local or an upstream).", "model", "kind", "backend")
+        self.upstream_tokens = self._counter(
             "gateway_upstream_tokens",
             "Tokens an upstream API billed (its usage for the texts not in the cache), by upstream and model.",
-            ["backend", "model"],
-            registry=r,
-        )
-        self.upstream_latency = Histogram(
-            "gateway_upstream_request_duration_seconds",
-            "Time of one call to an upstream API.",
-            ["backend"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.upstream_errors = Counter(
+            "backend", "model")
+        self.upstream_latency = self._histogram(
+            "gateway_upstream_request_duration_seconds", "Time of one call to an upstream API.", "backend")
+        self.upstream_errors = self._counter(
             "gateway_upstream_errors",
             "Failed upstream calls by kind (unavailable, timeout, rejected: the upstream refused the input, error).",
-            ["backend", "kind"],
-            registry=r,
-        )
-        self.shadow_requests = Counter(
+            "backend", "kind")
+        self.shadow_requests = self._counter(
             "gateway_shadow_requests",
             "Shadow copies of upstream requests sent to a local model, by outcome (ok, dropped, or an error code).",
-            ["model", "target", "outcome"],
-            registry=r,
-        )
-        self.shadow_duration = Histogram(
+            "model", "target", "outcome")
+        self.shadow_duration = self._histogram(
             "gateway_shadow_duration_seconds",
-            "Time the local model took for a shadow copy (the client did not wait for it).",
-            ["target"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
+            "Time the local model took for a shadow copy (the client did not wait for it).", "target")
 
     def exposition(self) -> bytes:
         """The text exposition of everything (blocking: Triton is scraped; run it in a thread)."""

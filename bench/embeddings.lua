@@ -1,4 +1,4 @@
--- wrk script for bench/bench.py: every request carries texts no request has carried before.
+-- wrk script for bench/bench.py and bench/soak.py: every request carries texts no request has carried before.
 -- Configured through the environment:
 --   BENCH_SHORT, BENCH_LONG  files of texts, one a line
 --   BENCH_API                openai (POST /v1/embeddings) or triton (Triton's HTTP/JSON infer endpoint)
@@ -6,7 +6,8 @@
 --   BENCH_PER_REQUEST        texts per request
 --   BENCH_LONG_EVERY         0: short texts only; 1: long only; 5: every 5th text is long (4 short : 1 long)
 --   BENCH_PREFIX             prefix that keeps this run's texts distinct from every other run's
--- Texts are "<prefix>-<thread>-<counter> <text from the file>". Prints one BENCH_RESULT JSON line.
+-- Texts are "<prefix>-<thread>-<counter> <text from the file>". Prints one BENCH_RESULT JSON line (wrk's
+-- error counts by kind, latencies in microseconds).
 
 local threads = {}
 
@@ -64,7 +65,9 @@ function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
     'BENCH_RESULT {"requests":%d,"duration_us":%d,"errors":%d,"status_errors":%d,' ..
-    '"mean_us":%.1f,"p50_us":%d,"p90_us":%d,"p99_us":%d}\n',
+    '"connect_errors":%d,"read_errors":%d,"write_errors":%d,"timeout_errors":%d,' ..
+    '"mean_us":%.1f,"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d}\n',
     summary.requests, summary.duration, e.connect + e.read + e.write + e.status + e.timeout, e.status,
-    latency.mean, latency:percentile(50), latency:percentile(90), latency:percentile(99)))
+    e.connect, e.read, e.write, e.timeout,
+    latency.mean, latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
 end

@@ -3,7 +3,7 @@
     make soak                                    # 10 minutes (not in CI)
     HF_HUB_OFFLINE=1 python bench/soak.py --minutes 1
 
-32 keep-alive clients (wrk, bench/soak.lua) send single-text requests, 4 short (10-15 words) to 1 long
+32 keep-alive clients (wrk, bench/embeddings.lua) send single-text requests, 4 short (10-15 words) to 1 long
 (~220 words), every text distinct, to a gateway (default settings, access log off) over the embedded
 Triton. After a warm-up run it prints each process's RSS (gateway, tritonserver, each Python-backend stub
 by model), again at the end, and the error counts of both runs.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,23 @@ from triton_embeddings.local.launcher import TritonServer
 from triton_embeddings.local.processes import free_port, stop_process, wait_http
 from triton_embeddings.local.supervisor import live_stubs
 
-LUA = Path(__file__).with_name("soak.lua")
+LUA = Path(__file__).with_name("embeddings.lua")
+WORDS = (
+    "the of and to in is was for on that with as by at from his her an were are which this be have had one "
+    "their has but not they all when there can who been more its would up so out into if about some time "
+    "than other them only these two may first then could any like new our over such after most also made "
+    "many years where before must through back much should well people very still between under last "
+    "city world state water music river house school system group number night market science history"
+).split()
+
+
+def write_texts(workdir: Path) -> tuple[Path, Path]:
+    """Files of short (10-15 words) and long (200-230 words: near MiniLM's 256 tokens) texts, new each run."""
+    rng = random.Random()
+    files = (workdir / "short.txt", workdir / "long.txt")
+    for file, (low, high), n in zip(files, ((10, 15), (200, 230)), (4096, 1024)):
+        file.write_text("".join(" ".join(rng.choices(WORDS, k=rng.randint(low, high))) + "\n" for _ in range(n)))
+    return files
 
 
 def rss_mb(pid: int) -> float:
@@ -44,26 +61,27 @@ def memory(gateway_pid: int, triton_pid: int) -> dict[str, float]:
     return out
 
 
-def run_wrk(url: str, seconds: int, clients: int, threads: int, prefix: str) -> dict:
-    """One wrk run; returns the JSON line soak.lua's done() prints."""
+def run_wrk(url: str, seconds: int, clients: int, threads: int, prefix: str, files: tuple[Path, Path]) -> dict:
+    """One wrk run, single texts, 4 short : 1 long; returns the JSON line the Lua script's done() prints."""
+    env = dict(os.environ, BENCH_SHORT=str(files[0]), BENCH_LONG=str(files[1]), BENCH_API="openai",
+               BENCH_MODEL=MODEL, BENCH_PER_REQUEST="1", BENCH_LONG_EVERY="5", BENCH_PREFIX=prefix)
     cmd = [shutil.which("wrk") or "wrk", f"-t{threads}", f"-c{clients}", f"-d{seconds}s", "--timeout", "30s",
-           "-s", str(LUA), url, "--", MODEL, prefix]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    line = next(line for line in out.splitlines() if line.startswith("SOAK "))
-    return json.loads(line[len("SOAK "):])
+           "-s", str(LUA), url]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
+    line = next(line for line in out.splitlines() if line.startswith("BENCH_RESULT "))
+    return json.loads(line[len("BENCH_RESULT "):])
 
 
 def errors(run: dict) -> int:
-    return sum(run[k] for k in ("connect", "read", "write", "status", "timeout"))
+    return run["errors"]
 
 
 def report(warm: dict, end: dict, warm_run: dict, main_run: dict, minutes: float) -> None:
+    kinds = "/".join(str(main_run[f"{k}_errors"]) for k in ("connect", "read", "write", "status", "timeout"))
     print(f"\nsoak: {minutes:.1f} min, wrk {main_run['requests']} requests "
-          f"({main_run['requests'] / main_run['seconds']:.1f}/s), p50 {main_run['p50_ms']:.1f} ms, "
-          f"p99 {main_run['p99_ms']:.1f} ms, max {main_run['max_ms']:.0f} ms")
-    print(f"errors: warm-up {errors(warm_run)}, soak {errors(main_run)} "
-          f"(connect/read/write/status/timeout: {main_run['connect']}/{main_run['read']}/{main_run['write']}/"
-          f"{main_run['status']}/{main_run['timeout']})")
+          f"({main_run['requests'] / (main_run['duration_us'] / 1e6):.1f}/s), p50 {main_run['p50_us'] / 1e3:.1f} ms, "
+          f"p99 {main_run['p99_us'] / 1e3:.1f} ms, max {main_run['max_us'] / 1e3:.0f} ms")
+    print(f"errors: warm-up {errors(warm_run)}, soak {errors(main_run)} (connect/read/write/status/timeout: {kinds})")
     print(f"\n{'process':<44}{'RSS after warm-up':>18}{'RSS at end':>12}{'growth':>9}")
     for name in dict.fromkeys([*warm, *end]):
         a, b = warm.get(name, 0.0), end.get(name, 0.0)
@@ -72,6 +90,7 @@ def report(warm: dict, end: dict, warm_run: dict, main_run: dict, minutes: float
 
 def soak(args, repo: Path, workdir: Path) -> int:
     triton = TritonServer.on_free_ports(repo, log_file=workdir / "triton.log")
+    files = write_texts(workdir)
     with triton:
         port = free_port()
         env = dict(os.environ, PYTHONPATH=str(ROOT), EMBEDDINGS_TRITON_GRPC_URL=triton.grpc_url,
@@ -83,11 +102,11 @@ def soak(args, repo: Path, workdir: Path) -> int:
             try:
                 url = f"http://127.0.0.1:{port}"
                 wait_http(url + "/ready")
-                warm_run = run_wrk(url, args.warmup_seconds, args.clients, args.threads, "warm")
+                warm_run = run_wrk(url, args.warmup_seconds, args.clients, args.threads, "warm", files)
                 warm = memory(gw.pid, triton.process.pid)
                 print(f"warm-up done ({args.warmup_seconds} s); soaking {args.minutes:g} min ...", flush=True)
                 t0 = time.monotonic()
-                main_run = run_wrk(url, int(args.minutes * 60), args.clients, args.threads, "soak")
+                main_run = run_wrk(url, int(args.minutes * 60), args.clients, args.threads, "soak", files)
                 end = memory(gw.pid, triton.process.pid)
                 if gw.poll() is not None:
                     print(f"the gateway exited with {gw.returncode}; log: {workdir / 'gateway.log'}")

@@ -7,11 +7,14 @@ Fixtures other test packages build on:
 - `fp16_repository`, `int8_repository`: the same model exported by the CLI as gpu fp16 (TensorRT) and int8
   (`.repo`, `.log`: what the CLI printed)
 - `triton`: a running `triton_embeddings.local.launcher.TritonServer` over that repository (`.grpc_url`, `.metrics_url`)
+Helpers for more: `exported_repository` (a copy of a repository plus one export), `served` (Triton over one).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -37,19 +40,37 @@ def st_model(default_model_source):
     return SentenceTransformer(default_model_source, device="cpu")
 
 
-@pytest.fixture(scope="session")
-def model_repository(tmp_path_factory, default_model_source) -> Path:
+def exported_repository(tmp_path_factory, folder: str, source: str, base: Path | None = None, *, rerank=False,
+                        **options) -> Path:
+    """A new repository: a copy of `base` (if given) plus `source` exported (embedding or rerank) with `options`."""
     from triton_embeddings.export.exporter import export_model
     from triton_embeddings.export.options import ExportOptions
+    from triton_embeddings.export.rerank_exporter import export_reranker
 
-    repo = tmp_path_factory.mktemp("model_repository")
-    export_model(default_model_source, repo, ExportOptions(name=DEFAULT_MODEL, source_label=DEFAULT_SOURCE_LABEL),
-                 log=lambda _: None)
+    repo = tmp_path_factory.mktemp(folder)
+    if base is not None:
+        shutil.copytree(base, repo, dirs_exist_ok=True)
+    (export_reranker if rerank else export_model)(source, repo, ExportOptions(**options), log=lambda _: None)
     return repo
 
 
+@contextlib.contextmanager
+def served(repository: Path, tmp_path_factory, folder: str):
+    """A real tritonserver over `repository`, its log in a new folder `folder`."""
+    from triton_embeddings.local.launcher import TritonServer
+
+    log = tmp_path_factory.mktemp(folder) / "tritonserver.log"
+    with TritonServer.on_free_ports(repository, log_file=log) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def model_repository(tmp_path_factory, default_model_source) -> Path:
+    return exported_repository(tmp_path_factory, "model_repository", default_model_source, name=DEFAULT_MODEL,
+                               source_label=DEFAULT_SOURCE_LABEL)
+
+
 def _cli_export(tmp_path_factory, source: str, name: str, *args: str):
-    import contextlib
     import io
     from types import SimpleNamespace
 
@@ -76,11 +97,7 @@ def int8_repository(tmp_path_factory, default_model_source):
 
 @pytest.fixture(scope="session")
 def triton(model_repository, tmp_path_factory):
-    from triton_embeddings.local.launcher import TritonServer
-
-    log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
-    server = TritonServer.on_free_ports(model_repository, log_file=log)
-    with server:
+    with served(model_repository, tmp_path_factory, "triton") as server:
         yield server
 
 
@@ -106,21 +123,11 @@ def cross_encoder(cross_encoder_source):
 @pytest.fixture(scope="session")
 def mixed_repository(tmp_path_factory, model_repository, cross_encoder_source) -> Path:
     """One repository serving the default embedding model and RERANK_MODEL (embedded, fp32)."""
-    import shutil
-
-    from triton_embeddings.export.options import ExportOptions
-    from triton_embeddings.export.rerank_exporter import export_reranker
-
-    repo = tmp_path_factory.mktemp("mixed_repository")
-    shutil.copytree(model_repository, repo, dirs_exist_ok=True)
-    export_reranker(cross_encoder_source, repo, ExportOptions(name=RERANK_MODEL), log=lambda _: None)
-    return repo
+    return exported_repository(tmp_path_factory, "mixed_repository", cross_encoder_source, model_repository,
+                               rerank=True, name=RERANK_MODEL)
 
 
 @pytest.fixture(scope="session")
 def mixed_triton(mixed_repository, tmp_path_factory):
-    from triton_embeddings.local.launcher import TritonServer
-
-    log = tmp_path_factory.mktemp("mixed_triton") / "tritonserver.log"
-    with TritonServer.on_free_ports(mixed_repository, log_file=log) as server:
+    with served(mixed_repository, tmp_path_factory, "mixed_triton") as server:
         yield server

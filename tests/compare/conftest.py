@@ -3,12 +3,11 @@ the session's repository) and an int8 export of it, behind one real gateway proc
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import DEFAULT_MODEL, DEFAULT_SOURCE_LABEL
+from tests.conftest import DEFAULT_MODEL, DEFAULT_SOURCE_LABEL, exported_repository, served
 from tests.gw_helpers import running_gateway
 
 DATA = Path(__file__).parent / "data"
@@ -17,22 +16,13 @@ INT8_MODEL = f"{DEFAULT_MODEL}-int8"
 
 @pytest.fixture(scope="session")
 def two_model_repository(model_repository, default_model_source, tmp_path_factory) -> Path:
-    from triton_embeddings.export.exporter import export_model
-    from triton_embeddings.export.options import ExportOptions
-
-    repo = tmp_path_factory.mktemp("two_models")
-    shutil.copytree(model_repository, repo, dirs_exist_ok=True)
-    options = ExportOptions(name=INT8_MODEL, precision="int8", source_label=DEFAULT_SOURCE_LABEL)
-    export_model(default_model_source, repo, options, log=lambda _: None)
-    return repo
+    return exported_repository(tmp_path_factory, "two_models", default_model_source, model_repository,
+                               name=INT8_MODEL, precision="int8", source_label=DEFAULT_SOURCE_LABEL)
 
 
 @pytest.fixture(scope="session")
 def two_model_triton(two_model_repository, tmp_path_factory):
-    from triton_embeddings.local.launcher import TritonServer
-
-    log = tmp_path_factory.mktemp("triton2") / "tritonserver.log"
-    with TritonServer.on_free_ports(two_model_repository, log_file=log) as server:
+    with served(two_model_repository, tmp_path_factory, "triton2") as server:
         yield server
 
 

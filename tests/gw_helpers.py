@@ -6,12 +6,15 @@ import asyncio
 import hashlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 from triton_embeddings.defaults import DEFAULT_MODEL
@@ -19,8 +22,8 @@ from triton_embeddings.gateway.backend import EmbedResult, ModelInfo, RerankMode
 from triton_embeddings.local.processes import free_port, stop_process, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
-__all__ = ["DEFAULT_MODEL", "ROOT", "FakeBackend", "GatewayProcess", "fake_vector", "free_port", "running_gateway",
-           "wait_http"]
+__all__ = ["DEFAULT_MODEL", "ROOT", "FakeBackend", "GatewayProcess", "concurrently_while_frozen", "fake_vector",
+           "free_port", "inference_count", "running_gateway", "wait_http"]
 
 
 def fake_vector(text: str, dim: int) -> np.ndarray:
@@ -172,3 +175,35 @@ def triton_error_counts(exposition: str) -> dict[str, float]:
             kind = line.split('kind="', 1)[1].split('"', 1)[0]
             out[kind] = float(line.split()[-1])
     return out
+
+
+def inference_count(metrics_url: str, model: str = DEFAULT_MODEL) -> float:
+    """Triton's `nv_inference_count` of `model`: the rows (texts, pairs) it has run."""
+    prefix = f'nv_inference_count{{model="{model}",'
+    for line in httpx.get(metrics_url, timeout=5).text.splitlines():
+        if line.startswith(prefix):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def gauge(client: httpx.Client, name: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not exposed")
+
+
+def concurrently_while_frozen(triton, gateway_url: str, path: str, body: dict, n: int) -> list[httpx.Response]:
+    """`n` identical requests, all inside the gateway while Triton is frozen (SIGSTOP), so that every one of them
+    misses at once; the answers once Triton runs again."""
+    with httpx.Client(base_url=gateway_url, timeout=30) as c, ThreadPoolExecutor(n) as pool:
+        os.kill(triton.process.pid, signal.SIGSTOP)
+        try:
+            futures = [pool.submit(httpx.post, gateway_url + path, json=body, timeout=30) for _ in range(n)]
+            deadline = time.monotonic() + 10
+            while gauge(c, "gateway_in_flight_requests") < n:
+                assert time.monotonic() < deadline, "the requests never all reached the gateway"
+                time.sleep(0.05)
+        finally:
+            os.kill(triton.process.pid, signal.SIGCONT)
+        return [f.result() for f in futures]

@@ -5,32 +5,12 @@ Triton's own counter `nv_inference_count` of the ensemble says how many texts it
 
 from __future__ import annotations
 
-import os
-import signal
-import time
-from concurrent.futures import ThreadPoolExecutor
-
 import httpx
 import pytest
 
-from tests.gw_helpers import DEFAULT_MODEL, running_gateway
+from tests.gw_helpers import DEFAULT_MODEL, concurrently_while_frozen, inference_count, running_gateway
 
 pytestmark = pytest.mark.slow
-
-
-def _inference_count(metrics_url: str) -> float:
-    prefix = f'nv_inference_count{{model="{DEFAULT_MODEL}",'
-    for line in httpx.get(metrics_url, timeout=5).text.splitlines():
-        if line.startswith(prefix):
-            return float(line.split()[-1])
-    return 0.0
-
-
-def _gauge(c: httpx.Client, name: str) -> float:
-    for line in c.get("/metrics").text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    raise AssertionError(f"{name} not exposed")
 
 
 def test_duplicates_in_a_request_are_embedded_once(triton, tmp_path):
@@ -39,10 +19,10 @@ def test_duplicates_in_a_request_are_embedded_once(triton, tmp_path):
         httpx.Client(base_url=gw.url, timeout=30) as c,
     ):
         texts = ["apple pie", "green tea", "apple pie", "apple pie", "green tea"]  # 4 tokens each
-        before = _inference_count(triton.metrics_url)
+        before = inference_count(triton.metrics_url)
         r = c.post("/v1/embeddings", json={"model": DEFAULT_MODEL, "input": texts})
         assert r.status_code == 200, r.text
-        assert _inference_count(triton.metrics_url) - before == 2
+        assert inference_count(triton.metrics_url) - before == 2
         data = r.json()["data"]
         assert [d["index"] for d in data] == list(range(5))
         assert data[0]["embedding"] == data[2]["embedding"] == data[3]["embedding"] != data[1]["embedding"]
@@ -64,24 +44,14 @@ def test_concurrent_identical_misses_are_embedded_once(own_triton, tmp_path):
     with (
         running_gateway(tmp_path, triton_grpc_url=own_triton.grpc_url, triton_metrics_url="", cache="memory") as gw,
         httpx.Client(base_url=gw.url, timeout=30) as c,
-        ThreadPoolExecutor(n) as pool,
     ):
         assert c.post("/v1/embeddings", json={"model": DEFAULT_MODEL, "input": "warm"}).status_code == 200
-        before = _inference_count(own_triton.metrics_url)
+        before = inference_count(own_triton.metrics_url)
         body = {"model": DEFAULT_MODEL, "input": "the same text from six clients at once"}
-        os.kill(own_triton.process.pid, signal.SIGSTOP)  # every request waits on the first one's Triton call
-        try:
-            futures = [pool.submit(httpx.post, gw.url + "/v1/embeddings", json=body, timeout=30) for _ in range(n)]
-            deadline = time.monotonic() + 10
-            while _gauge(c, "gateway_in_flight_requests") < n:
-                assert time.monotonic() < deadline, "the requests never all reached the gateway"
-                time.sleep(0.05)
-        finally:
-            os.kill(own_triton.process.pid, signal.SIGCONT)
-        answers = [f.result() for f in futures]
+        answers = concurrently_while_frozen(own_triton, gw.url, "/v1/embeddings", body, n)
     assert [a.status_code for a in answers] == [200] * n
     assert len({str(a.json()["data"]) for a in answers}) == 1
-    assert _inference_count(own_triton.metrics_url) - before == 1
+    assert inference_count(own_triton.metrics_url) - before == 1
 
 
 def test_token_cap_counts_the_models_tokens(triton, tmp_path):

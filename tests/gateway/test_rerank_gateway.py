@@ -12,7 +12,7 @@ from langchain_cohere import CohereRerank
 from langchain_core.documents import Document
 
 from tests.conftest import DEFAULT_MODEL, RERANK_MODEL
-from tests.gw_helpers import running_gateway
+from tests.gw_helpers import concurrently_while_frozen, inference_count, running_gateway
 
 QUERY = "How do I reset my password?"
 DOCS = [
@@ -130,3 +130,30 @@ def test_cache_keys_on_query_and_document(gateway):
     other = httpx.post(gateway.url + "/v1/rerank", json={**body, "query": "another probe"}, headers=headers).json()
     assert hits() == before + 2  # the same documents under another query are scored again
     assert other["results"] != first["results"]
+
+
+@pytest.fixture
+def own_mixed_triton(mixed_repository, tmp_path):
+    """A Triton of this test's own over the mixed repository: it is frozen (SIGSTOP) for a while."""
+    from triton_embeddings.local.launcher import TritonServer
+
+    with TritonServer.on_free_ports(mixed_repository, log_file=tmp_path / "triton.log") as server:
+        yield server
+
+
+@pytest.mark.slow
+def test_concurrent_identical_misses_are_scored_once(own_mixed_triton, tmp_path, cross_encoder):
+    """Six requests missing the same (model, query, document) at once: one row through Triton, one score for all
+    (Triton's `nv_inference_count` of the rerank ensemble counts its pairs)."""
+    triton, n, doc = own_mixed_triton, 6, "the same document from six clients at once"
+    with running_gateway(tmp_path, triton_grpc_url=triton.grpc_url, triton_metrics_url="", cache="none") as gw:
+        warm = httpx.post(gw.url + "/v1/rerank", json={"model": RERANK_MODEL, "query": "warm", "documents": ["up"]})
+        assert warm.status_code == 200, warm.text
+        before = inference_count(triton.metrics_url, RERANK_MODEL)
+        body = {"model": RERANK_MODEL, "query": QUERY, "documents": [doc]}
+        answers = concurrently_while_frozen(triton, gw.url, "/v1/rerank", body, n)
+    assert [a.status_code for a in answers] == [200] * n
+    scores = {a.json()["results"][0]["relevance_score"] for a in answers}
+    assert len(scores) == 1
+    np.testing.assert_allclose(scores.pop(), cross_encoder.predict([(QUERY, doc)])[0], atol=1e-4)
+    assert inference_count(triton.metrics_url, RERANK_MODEL) - before == 1

@@ -142,6 +142,29 @@ def test_concurrent_requests_share_triton_calls(backend):
     assert any(len({q for q, _ in call}) > 1 for call in backend.calls)  # one call, several requests' queries
 
 
+def test_concurrent_identical_misses_make_one_row(backend):
+    """Requests missing the same (model, query, document) at once share one scoring, as embeddings share texts."""
+    backend.delay = 0.05
+    app = create_app(Settings(triton_metrics_url="", cache="none"), backend=backend)
+
+    async def run():
+        transport = httpx.ASGITransport(app=app)
+        async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            bodies = [{"model": "fake-reranker", "query": QUERY, "documents": ["the shared station", f"own {i}"]}
+                      for i in range(6)]
+            bodies.append({"model": "fake-reranker", "query": "another query", "documents": ["the shared station"]})
+            return await asyncio.gather(*(c.post("/v1/rerank", json=b) for b in bodies))
+
+    responses = asyncio.run(run())
+    assert [r.status_code for r in responses] == [200] * 7
+    rows = [pair for call in backend.calls for pair in call]
+    assert rows.count((QUERY, "the shared station")) == 1, backend.calls
+    assert rows.count(("another query", "the shared station")) == 1, "another query is another pair"
+    assert sorted(d for q, d in rows if d.startswith("own")) == [f"own {i}" for i in range(6)]
+    shared = {next(r["relevance_score"] for r in resp.json()["results"] if r["index"] == 0) for resp in responses[:6]}
+    assert len(shared) == 1  # every request got the shared row's score
+
+
 def test_models_list_the_kind(client):
     data = {m["id"]: m["kind"] for m in client.get("/v1/models").json()["data"]}
     assert data["fake-model"] == "embedding" and data["fake-reranker"] == "rerank"

@@ -12,6 +12,7 @@ from triton_embeddings.gateway.backend import RerankModelInfo
 from triton_embeddings.gateway.batcher import Batcher
 from triton_embeddings.gateway.cache import Cache, CacheEntry, pair_key
 from triton_embeddings.gateway.errors import APIError, ErrorKind
+from triton_embeddings.gateway.lookup import SharedLookup
 from triton_embeddings.gateway.metrics import GatewayMetrics
 from triton_embeddings.gateway.protocol import (
     RerankRequest,
@@ -55,6 +56,7 @@ class RerankService:
         self.cache = cache
         self.metrics = metrics
         self._in_flight = 0
+        self._lookup = SharedLookup(cache, metrics)
 
     def check_inputs(self, query: str, documents: list[str], param: str) -> None:
         """Empty query, no or too many documents: 400 naming the parameter."""
@@ -145,27 +147,19 @@ class RerankService:
 
     async def _entries(self, info: RerankModelInfo, query: str, documents: list[str],
                        request_id: str) -> list[CacheEntry]:
-        """One entry per document: cached pairs from the cache, the missing unique ones from Triton."""
-        unique = list(dict.fromkeys(documents))
-        found: dict[str, CacheEntry] = {}
-        keys: dict[str, str] = {}
-        if self.cache.enabled:
-            keys = {d: pair_key(info.name, info.fingerprint, query, d) for d in unique}
-            cached = await self.cache.get_many([keys[d] for d in unique])
-            found = {d: e for d, e in zip(unique, cached, strict=True) if e is not None}
-            self.metrics.cache_hits.inc(len(found))
-            self.metrics.cache_misses.inc(len(unique) - len(found))
-        missing = [d for d in unique if d not in found]
-        if missing:
-            pairs = [(query, d) for d in missing]
-            computed = await upstream(
-                info, self.batcher.rerank(info, pairs, request_id), self.metrics, self.settings
-            )
-            new = dict(zip(missing, computed, strict=True))
-            found.update(new)
-            if self.cache.enabled:
-                await self.cache.set_many({keys[d]: e for d, e in new.items()})
-        return [found[d] for d in documents]
+        """One entry per document: cached pairs from the cache, the missing unique ones from Triton, once per
+        (model, query, document) however many requests miss it at the same time."""
+
+        async def compute(missing: list[str]) -> dict[str, CacheEntry]:
+            call = self.batcher.rerank(info, [(query, d) for d in missing], request_id)
+            return dict(zip(missing, await upstream(info, call, self.metrics, self.settings), strict=True))
+
+        return await self._lookup.entries(
+            documents,
+            lambda d: pair_key(info.name, info.fingerprint, query, d),
+            lambda d: (info.name, info.fingerprint, query, d),
+            compute,
+        )
 
 
 def _best_first(scores: np.ndarray) -> list[int]:

@@ -21,10 +21,10 @@ from triton_embeddings.gateway.backend import (
 from triton_embeddings.gateway.batcher import Batcher, DeadlineExceeded
 from triton_embeddings.gateway.cache import Cache, CacheEntry, cache_key
 from triton_embeddings.gateway.errors import APIError, ErrorKind
+from triton_embeddings.gateway.lookup import SharedLookup
 from triton_embeddings.gateway.metrics import GatewayMetrics
 from triton_embeddings.gateway.protocol import EmbeddingRequest, EmbeddingResponse, embedding_response
 from triton_embeddings.gateway.settings import Settings
-from triton_embeddings.gateway.singleflight import SharedCallCancelled, SingleFlight
 from triton_embeddings.gateway.token_ids import TokenDecoder
 
 log = logging.getLogger("gateway.service")
@@ -55,7 +55,7 @@ class EmbeddingService:
         )
         self._upstream_models = set(settings.upstreams)
         self._in_flight = 0
-        self._flights: SingleFlight[tuple[str, str, str], CacheEntry] = SingleFlight()
+        self._lookup = SharedLookup(cache, metrics)
 
     def _observe_call(self, model: str, seconds: float) -> None:
         if model not in self._upstream_models:  # upstream calls: gateway_upstream_request_duration_seconds
@@ -185,45 +185,19 @@ class EmbeddingService:
     async def _entries(
         self, info: ModelInfo, texts: list[str], opts: retrieval.Options, request_id: str
     ) -> list[CacheEntry]:
-        """One entry per input: cached ones from the cache, the missing unique texts from Triton."""
-        unique = list(dict.fromkeys(texts))
-        found: dict[str, CacheEntry] = {}
-        keys: dict[str, str] = {}
+        """One entry per input: cached ones from the cache, the missing unique texts from Triton, once per
+        (model, options, text) however many requests miss it at the same time."""
         prefix = retrieval.cache_prefix(opts, info)  # prompt and side; "" for plain requests
-        if self.cache.enabled:
-            keys = {t: cache_key(info.name, info.fingerprint, prefix + t) for t in unique}
-            cached = await self.cache.get_many([keys[t] for t in unique])
-            found = {t: e for t, e in zip(unique, cached, strict=True) if e is not None}
-            self.metrics.cache_hits.inc(len(found))
-            self.metrics.cache_misses.inc(len(unique) - len(found))
-        missing = [t for t in unique if t not in found]
-        if missing:
-            found.update(await self._compute(info, missing, opts, prefix, request_id))
-        return [found[t] for t in texts]
+        return await self._lookup.entries(
+            texts,
+            lambda t: cache_key(info.name, info.fingerprint, prefix + t),
+            lambda t: (info.name, info.fingerprint, prefix + t),
+            lambda missing: self._infer(info, missing, opts, request_id),
+        )
 
     async def embed_uncached(self, info: ModelInfo, texts: list[str]) -> None:
         """The backend path alone, cache bypassed (shadow copies measure the work, not the cache)."""
         await self._infer(info, texts, retrieval.Options(), "")
-
-    async def _compute(
-        self, info: ModelInfo, texts: list[str], opts: retrieval.Options, prefix: str, request_id: str
-    ) -> dict[str, CacheEntry]:
-        """Missing texts from Triton, once per (model, options, text) however many requests miss it at the same
-        time; the request that computes a text also caches it."""
-
-        async def compute(keys: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], CacheEntry]:
-            computed = await self._infer(info, [k[2][len(prefix):] for k in keys], opts, request_id)
-            if self.cache.enabled:
-                await self.cache.set_many(
-                    {cache_key(info.name, info.fingerprint, prefix + t): e for t, e in computed.items()})
-            return {(info.name, info.fingerprint, prefix + t): e for t, e in computed.items()}
-
-        try:
-            shared = await self._flights.run([(info.name, info.fingerprint, prefix + t) for t in texts], compute)
-        except SharedCallCancelled:
-            message = "The inference server did not answer; retry shortly."
-            raise APIError(ErrorKind.UPSTREAM_UNAVAILABLE, message) from None
-        return {k[2][len(prefix):]: e for k, e in shared.items()}
 
     async def _infer(
         self, info: ModelInfo, texts: list[str], opts: retrieval.Options, request_id: str

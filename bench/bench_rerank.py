@@ -1,38 +1,39 @@
 """Rerank benchmark: pairs/s through the gateway, against the same ONNX model in-process and a seed-style server.
 
-    HF_HUB_OFFLINE=1 python bench/bench_rerank.py            # a few minutes on 2 cores
-    HF_HUB_OFFLINE=1 python bench/bench_rerank.py --quick    # smoke run
+    HF_HUB_OFFLINE=1 python bench/bench_rerank.py            # ~5 minutes on 2 cores
+    HF_HUB_OFFLINE=1 python bench/bench_rerank.py --quick    # smoke run (CI), with the tiny cross-encoder
 
-In one run, on the same requests (a query and 32 documents of 3-150 words each) and the same cross-encoder
-(the tiny one built here, or --model FOLDER for a real one):
-- in-process: the exported pipeline (pair tokenizer -> ONNX classifier -> score step) with ONNX Runtime,
-  every pair of every request sorted by length and run in batches of 32: the best the ONNX model does alone;
-- gateway: concurrent `POST /v1/rerank` requests through the gateway (cache off) and the embedded Triton;
-- reference: concurrent requests to an async FastAPI handler calling `CrossEncoder.predict`.
-Rounds alternate the three; the medians and the ratios gateway/in-process (goal >= 0.8) and gateway/reference
-(goal >= 3) are printed.
+In one run, on requests of one query and 32 documents (3-150 words each, every request distinct) and the
+same cross-encoder on every path:
+- in-process: the exported pipeline (pair tokenizer -> ONNX classifier -> score step) with ONNX Runtime on
+  every core, all pairs sorted by length and run in batches of 32: the ceiling;
+- gateway: `POST /v1/rerank` through the gateway (cache off) and the embedded Triton, driven by wrk;
+- reference: the seed style, an async FastAPI handler calling `CrossEncoder.predict`, driven by wrk.
+Rounds alternate the three; medians, ratios and per-process CPU are printed.
+
+The default model has the shape of cross-encoder/ms-marco-MiniLM-L6-v2 (BERT, 6 layers, hidden 384, one
+label): all-MiniLM-L6-v2's encoder weights with a random score head, since no cross-encoder's weights can be
+downloaded here; throughput depends on the shape, not on the trained values. `--model` takes a real one.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
-import random
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.append(str(ROOT / "bench"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench_gateway import start  # noqa: E402
+import procstat  # noqa: E402
 
+from bench import Load, Run, spawn, wrk  # noqa: E402  (bench/bench.py)
 from triton_embeddings.local.launcher import TritonServer  # noqa: E402
 from triton_embeddings.local.processes import free_port, stop_process, wait_http  # noqa: E402
 
@@ -41,26 +42,54 @@ WORDS = ("password reset login account email server batch token model query docu
          "music history science market night water house school system group number world state").split()
 
 
-def workload(requests: int, docs: int, seed: int = 0) -> list[tuple[str, list[str]]]:
+def make_texts(n_queries: int = 256, n_docs: int = 512, seed: int = 0) -> tuple[list[str], list[str]]:
+    import random
+
     rng = random.Random(seed)
 
     def text(lo: int, hi: int) -> str:
         return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
 
-    return [(f"{i} {text(3, 8)}", [f"{j} {text(3, 150)}" for j in range(docs)]) for i in range(requests)]
+    return [text(3, 8) for _ in range(n_queries)], [text(3, 150) for _ in range(n_docs)]
 
 
-def export(source: str) -> Path:
+def lua_pairs(queries: list[str], docs: list[str], requests: int, per_request: int, prefix: str) -> list:
+    """The (query, document) pairs bench/embeddings.lua sends for `requests` rerank requests."""
+    pairs = []
+    for n in range(1, requests + 1):
+        query = f"{prefix}-1-{n} {queries[n % len(queries)]}"
+        pairs += [(query, f"{prefix}-1-{n}-{k} {docs[(n * per_request + k) % len(docs)]}")
+                  for k in range(1, per_request + 1)]
+    return pairs
+
+
+def build_minilm_cross_encoder(folder: Path) -> Path:
+    """A CrossEncoder of ms-marco-MiniLM-L6-v2's shape: all-MiniLM-L6-v2's encoder plus a random score head."""
+    import torch
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from triton_embeddings.defaults import default_source
+
+    torch.manual_seed(0)
+    staging = folder.with_name(folder.name + ".hf")
+    BertForSequenceClassification.from_pretrained(default_source(), num_labels=1).save_pretrained(staging)
+    AutoTokenizer.from_pretrained(default_source()).save_pretrained(staging)
+    CrossEncoder(str(staging), device="cpu", max_length=512).save(str(folder))
+    return folder
+
+
+def export(source: str, work: Path) -> Path:
     from triton_embeddings.export.options import ExportOptions
     from triton_embeddings.export.rerank_exporter import export_reranker
 
-    repo = Path(tempfile.mkdtemp(prefix="bench-rerank-repo-"))
+    repo = work / "repository"
     export_reranker(source, repo, ExportOptions(name=MODEL), log=lambda _: None)
     return repo
 
 
-def in_process(repo: Path, load) -> float:
-    """Pairs/s of the exported pipeline run in-process, all pairs sorted by length, batches of 32."""
+def in_process(repo: Path, pairs: list) -> Run:
+    """The ceiling: the exported pipeline in this process, every pair sorted by length, batches of 32."""
     from triton_embeddings import contract as c
     from triton_embeddings.export.rerank_pipeline import RerankPipeline
     from triton_embeddings.export.triton_config import load as load_config
@@ -69,97 +98,123 @@ def in_process(repo: Path, load) -> float:
     tok_dir, enc_dir, score_dir = (repo / n / "1" for n in c.rerank_step_names(MODEL))
     tokenizer = PairTokenizer.from_config(load_config(tok_dir.parent / "config.pbtxt"), tok_dir)
     pipe = RerankPipeline(tokenizer, str(enc_dir / "model.onnx"), str(score_dir / "model.onnx"))
-    pairs = [(q, d) for q, docs in load for d in docs]
     pipe.predict(pairs[:64])  # warm-up
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     pipe.predict(pairs, batch_size=32)
-    return len(pairs) / (time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    return Run(len(pairs) / wall, 0.0, 0.0, 0, {"bench": (time.process_time() - c0) / wall})
 
 
-async def over_http(url: str, load, concurrency: int) -> tuple[float, int]:
-    """Pairs/s of `POST url` with `concurrency` clients; returns (pairs/s, failed requests)."""
-    queue = list(reversed(load))
-    failed = 0
-
-    async def worker(client: httpx.AsyncClient):
-        nonlocal failed
-        while queue:
-            query, docs = queue.pop()
-            r = await client.post(url, json={"model": MODEL, "query": query, "documents": docs})
-            failed += r.status_code != 200 or len(r.json()["results"]) != len(docs)
-
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - t0
-    return sum(len(d) for _, d in load) / elapsed, failed
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="CrossEncoder folder or hub id (default: the tiny one built here)")
-    p.add_argument("--requests", type=int, default=48)
-    p.add_argument("--docs", type=int, default=32)
-    p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--quick", action="store_true", help="smoke run: 8 requests, 1 round")
-    args = p.parse_args()
-    if args.quick:
-        args.requests, args.rounds = 8, 1
-    source = args.model
-    if source is None:
-        from tests.tiny_models import build_cross_encoder
-
-        source = str(build_cross_encoder(Path(tempfile.mkdtemp(prefix="bench-ce-")) / "tiny-cross-encoder"))
-    repo = export(source)
-    load = workload(args.requests, args.docs)
+def start(source: str, repo: Path, work: Path):
+    """Triton, the gateway and the reference server; returns (triton, {path: (url, process)})."""
+    triton = TritonServer.on_free_ports(repo, log_file=work / "triton.log").start()
+    gw_port, ref_port = free_port(), free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    with TritonServer.on_free_ports(repo, log_file=repo / "triton.log") as triton:
-        gw_port, ref_port = free_port(), free_port()
-        procs = [
-            start([sys.executable, "-m", "triton_embeddings.gateway"], dict(
-                env, EMBEDDINGS_PORT=str(gw_port), EMBEDDINGS_TRITON_GRPC_URL=triton.grpc_url, EMBEDDINGS_CACHE="none",
-                EMBEDDINGS_TRITON_METRICS_URL="", EMBEDDINGS_ACCESS_LOG="false")),
-            start([sys.executable, "-m", "uvicorn", "bench.reference_rerank_server:app", "--port", str(ref_port),
-                   "--log-level", "warning"], dict(env, REFERENCE_RERANKER=source)),
-        ]
-        try:
-            wait_http(f"http://127.0.0.1:{gw_port}/ready", timeout=120, proc=procs[0])
-            wait_http(f"http://127.0.0.1:{ref_port}/docs", timeout=120, proc=procs[1])
-            results = run_rounds(args, repo, load, gw_port, ref_port)
-        finally:
-            for proc in procs:
-                stop_process(proc)
-    report(args, results)
+    gw = spawn([sys.executable, "-m", "triton_embeddings.gateway"], dict(
+        env, EMBEDDINGS_PORT=str(gw_port), EMBEDDINGS_TRITON_GRPC_URL=triton.grpc_url, EMBEDDINGS_CACHE="none",
+        EMBEDDINGS_TRITON_METRICS_URL="", EMBEDDINGS_ACCESS_LOG="false", EMBEDDINGS_LOG_LEVEL="warning"),
+        work / "gateway.log")
+    ref = spawn([sys.executable, "-m", "uvicorn", "bench.reference_rerank_server:app", "--port", str(ref_port),
+                 "--log-level", "warning", "--no-access-log"], dict(env, REFERENCE_RERANKER=source),
+                work / "reference.log")
+    servers = {"gateway": (f"http://127.0.0.1:{gw_port}", gw), "reference": (f"http://127.0.0.1:{ref_port}", ref)}
+    try:
+        wait_http(servers["gateway"][0] + "/ready", 180, gw)
+        wait_http(servers["reference"][0] + "/docs", 180, ref)
+    except BaseException:
+        stop(triton, servers)
+        raise
+    return triton, servers
 
 
-def run_rounds(args, repo: Path, load, gw_port: int, ref_port: int) -> dict[str, list[float]]:
-    gw_url, ref_url = f"http://127.0.0.1:{gw_port}/v1/rerank", f"http://127.0.0.1:{ref_port}/v1/rerank"
-    warm = workload(4, args.docs, seed=99)
-    asyncio.run(over_http(gw_url, warm, 4))
-    asyncio.run(over_http(ref_url, warm, 4))
-    results: dict[str, list[float]] = {"in-process": [], "gateway": [], "reference": [], "failed": []}
-    for _ in range(args.rounds):
-        results["in-process"].append(in_process(repo, load))
-        gw, gw_failed = asyncio.run(over_http(gw_url, load, args.concurrency))
-        ref, ref_failed = asyncio.run(over_http(ref_url, load, args.concurrency))
-        results["gateway"].append(gw)
-        results["reference"].append(ref)
-        results["failed"].append(gw_failed + ref_failed)
-    return results
+def stop(triton, servers: dict) -> None:
+    for _, proc in servers.values():
+        stop_process(proc)
+    triton.stop()
 
 
-def report(args, results: dict[str, list[float]]) -> None:
-    med = {k: statistics.median(v) for k, v in results.items() if k != "failed"}
-    pairs = args.requests * args.docs
-    print(f"rerank: {args.requests} requests x {args.docs} documents ({pairs} pairs), concurrency "
-          f"{args.concurrency}, {args.rounds} round(s), medians; failed requests: {int(sum(results['failed']))}")
+def run_rounds(args, repo: Path, triton, servers: dict, files) -> list[dict[str, Run]]:
+    groups = procstat.triton_groups(triton.process.pid)
+    groups.update({name: [proc.pid] for name, (_, proc) in servers.items()})
+    load = Load("R", args.clients, args.docs, 0, f"{args.clients} clients x 1 query + {args.docs} documents")
+    queries, docs = (Path(f).read_text().splitlines() for f in files)
+    for name, (url, _) in servers.items():  # warm-up
+        wrk(url, "rerank", MODEL, load, 1.0, f"warm{name}", files, groups, None)
+    rounds = []
+    for r in range(args.rounds):
+        pairs = lua_pairs(queries, docs, args.raw_requests, args.docs, f"r{r}raw")
+        out = {"in-process": in_process(repo, pairs)}
+        for name, (url, _) in servers.items():
+            metrics = triton.metrics_url if name == "gateway" else None
+            out[name] = wrk(url, "rerank", MODEL, load, args.seconds, f"r{r}{name}", files, groups, metrics)
+        print("round", r + 1, "  ".join(f"{k} {v.texts_per_s:.0f} pairs/s" for k, v in out.items()),
+              file=sys.stderr, flush=True)
+        rounds.append(out)
+    return rounds
+
+
+def report(args, rounds: list[dict[str, Run]]) -> int:
+    def med(values) -> float:
+        return statistics.median(list(values))
+
+    errors = sum(run.errors for r in rounds for run in r.values())
+    print(f"rerank: {args.clients} clients x (1 query + {args.docs} documents of 3-150 words), model {args.label}; "
+          f"medians of {len(rounds)} alternating round(s), {args.seconds:g} s per server run; errors {errors}")
     for name in ("in-process", "gateway", "reference"):
-        print(f"  {name:<11} {med[name]:9.0f} pairs/s   rounds: {', '.join(f'{x:.0f}' for x in results[name])}")
-    print(f"  gateway / in-process ONNX (sorted, batched): {med['gateway'] / med['in-process']:.2f}x (goal >= 0.8)")
-    print(f"  gateway / FastAPI + CrossEncoder.predict   : {med['gateway'] / med['reference']:.2f}x (goal >= 3)")
+        runs = [r[name] for r in rounds]
+        cores = {k: med(run.cores.get(k, 0.0) for run in runs) for k in sorted({k for run in runs for k in run.cores})}
+        cpu = " ".join(f"{k} {v:.2f}" for k, v in cores.items() if v >= 0.005)
+        lat = "" if name == "in-process" else f"  p50 {med(x.p50_ms for x in runs):7.1f} ms"
+        print(f"  {name:<11}{med(x.texts_per_s for x in runs):9.0f} pairs/s{lat:<18}  CPU cores: {cpu}")
+    ceiling = med(r["gateway"].texts_per_s / r["in-process"].texts_per_s for r in rounds)
+    seed = med(r["gateway"].texts_per_s / r["reference"].texts_per_s for r in rounds)
+    bound = med(r["in-process"].texts_per_s / r["reference"].texts_per_s for r in rounds)
+    print(f"  gateway / in-process ONNX (sorted, batched): {ceiling:.2f}x (goal >= 0.8)")
+    print(f"  gateway / FastAPI + CrossEncoder.predict   : {seed:.2f}x (goal >= 3)")
+    print(f"  in-process ONNX / CrossEncoder.predict     : {bound:.2f}x (what any server on this ONNX model can reach)")
+    return 1 if errors else 0
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="CrossEncoder folder or hub id (default: ms-marco-MiniLM-L6-v2's shape, built here)")
+    p.add_argument("--tiny", action="store_true", help="the 2-layer test cross-encoder (per-request overhead only)")
+    p.add_argument("--clients", type=int, default=4)
+    p.add_argument("--docs", type=int, default=32, help="documents per request")
+    p.add_argument("--rounds", type=int, help="alternating rounds (default 3; --quick 1)")
+    p.add_argument("--seconds", type=float, help="seconds per server run (default 20; --quick 2)")
+    p.add_argument("--quick", action="store_true", help="smoke run (CI): the tiny model, 1 short round")
+    args = p.parse_args(argv)
+    args.tiny = args.tiny or (args.quick and not args.model)
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.seconds = args.seconds or (2.0 if args.quick else 20.0)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-rerank-") as tmp:
+        work = Path(tmp)
+        source = args.model
+        if source is None and args.tiny:
+            from tests.tiny_models import build_cross_encoder
+
+            source = str(build_cross_encoder(work / "tiny-cross-encoder"))
+        elif source is None:
+            source = str(build_minilm_cross_encoder(work / "minilm-l6-cross-encoder"))
+        args.label = args.model or ("tiny (2 layers, hidden 32)" if args.tiny else "MiniLM-L6 shape (6 layers, 384)")
+        args.raw_requests = 8 if args.tiny or args.quick else 24
+        files = (work / "queries.txt", work / "documents.txt")
+        for f, texts in zip(files, make_texts()):
+            f.write_text("\n".join(texts) + "\n")
+        repo = export(source, work)
+        triton, servers = start(source, repo, work)
+        try:
+            rounds = run_rounds(args, repo, triton, servers, files)
+        finally:
+            stop(triton, servers)
+    return report(args, rounds)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,7 +1,8 @@
 -- wrk script for bench/bench.py and bench/soak.py: every request carries texts no request has carried before.
 -- Configured through the environment:
 --   BENCH_SHORT, BENCH_LONG  files of texts, one a line
---   BENCH_API                openai (POST /v1/embeddings) or triton (Triton's HTTP/JSON infer endpoint)
+--   BENCH_API                openai (POST /v1/embeddings), triton (Triton's HTTP/JSON infer endpoint) or
+--                            rerank (POST /v1/rerank: a query from BENCH_SHORT, documents from BENCH_LONG)
 --   BENCH_MODEL              model (openai) or ensemble name (triton)
 --   BENCH_PER_REQUEST        texts per request
 --   BENCH_LONG_EVERY         0: short texts only; 1: long only; 5: every 5th text is long (4 short : 1 long)
@@ -34,6 +35,8 @@ function init(args)
   headers = { ["Content-Type"] = "application/json" }
   if api == "triton" then
     path = "/v2/models/" .. model .. "/infer"
+  elseif api == "rerank" then
+    path = "/v1/rerank"
   else
     path = "/v1/embeddings"
   end
@@ -46,7 +49,18 @@ local function next_text()
   return '"' .. prefix .. counter .. " " .. pool[counter % #pool + 1] .. '"'
 end
 
+local function rerank_body()
+  counter = counter + 1
+  local docs = {}
+  for k = 1, per_request do
+    docs[k] = '"' .. prefix .. counter .. "-" .. k .. " " .. long[(counter * per_request + k) % #long + 1] .. '"'
+  end
+  local query = '"' .. prefix .. counter .. " " .. short[counter % #short + 1] .. '"'
+  return '{"model":"' .. model .. '","query":' .. query .. ',"documents":[' .. table.concat(docs, ",") .. ']}'
+end
+
 function request()
+  if api == "rerank" then return wrk.format("POST", path, headers, rerank_body()) end
   local items = {}
   for k = 1, per_request do items[k] = next_text() end
   local texts = table.concat(items, ",")

@@ -1,5 +1,5 @@
--- wrk script for bench/bench.py and bench/soak.py: every request carries texts no request has carried before.
--- Configured through the environment:
+-- wrk script for bench/bench.py, bench/bench_rerank.py and bench/soak.py: every request carries texts no request has
+-- carried before. Configured through the environment:
 --   BENCH_SHORT, BENCH_LONG  files of texts, one a line
 --   BENCH_API                openai (POST /v1/embeddings), triton (Triton's HTTP/JSON infer endpoint) or
 --                            rerank (POST /v1/rerank: a query from BENCH_SHORT, documents from BENCH_LONG)

@@ -38,16 +38,15 @@ class ExportResult:
         return self.options.precision
 
     def summary(self) -> str:
-        lines = [
-            f"Exported {self.spec.source} as '{self.options.name}' ({self.options.target}, {self.precision})",
-            f"  output dimension : {self.spec.dimension}",
-            f"  max length       : {self.spec.max_seq_length} tokens",
-            f"  pooling          : {self.spec.pooling_mode}{' + normalize' if self.spec.normalize else ''}",
-            f"  min cosine       : {self.verification.min_cosine:.6f} (bar {self.verification.threshold})",
-            f"  prompts          : {', '.join(self.spec.prompts) or '(none)'}"
-            f"{f' (default {self.spec.default_prompt_name})' if self.spec.default_prompt_name else ''}",
-        ]
-        return "\n".join(lines + steps.summary_tail(self.note, self.repository, self.files))
+        spec, check = self.spec, self.verification
+        default = f" (default {spec.default_prompt_name})" if spec.default_prompt_name else ""
+        return steps.summary(
+            f"Exported {spec.source} as '{self.options.name}' ({self.options.target}, {self.precision})",
+            {"output dimension": spec.dimension, "max length": f"{spec.max_seq_length} tokens",
+             "pooling": f"{spec.pooling_mode}{' + normalize' if spec.normalize else ''}",
+             "min cosine": f"{check.min_cosine:.6f} (bar {check.threshold})",
+             "prompts": f"{', '.join(spec.prompts) or '(none)'}{default}"},
+            self.note, self.repository, self.files)
 
 
 def _load(source: str, options: ExportOptions, log: Log):

@@ -38,13 +38,13 @@ class RerankExportResult:
     note: str = ""
 
     def summary(self) -> str:
-        lines = [
-            f"Exported {self.spec.source} as rerank model '{self.name}' ({self.target}, {self.precision})",
-            f"  max length       : {self.spec.max_seq_length} tokens per pair ({self.spec.truncation})",
-            f"  score            : {self.spec.activation}(logit)",
-            f"  max |difference| : {self.verification.max_diff:.2e} (bar {self.verification.threshold:.0e})",
-        ]
-        return "\n".join(lines + steps.summary_tail(self.note, self.repository, self.files))
+        spec, check = self.spec, self.verification
+        return steps.summary(
+            f"Exported {spec.source} as rerank model '{self.name}' ({self.target}, {self.precision})",
+            {"max length": f"{spec.max_seq_length} tokens per pair ({spec.truncation})",
+             "score": f"{spec.activation}(logit)",
+             "max |difference|": f"{check.max_diff:.2e} (bar {check.threshold:.0e})"},
+            self.note, self.repository, self.files)
 
 
 def load_cross_encoder(source: str, max_seq_length: int | None = None):

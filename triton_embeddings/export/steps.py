@@ -56,8 +56,8 @@ def require_passed(result, log: Log, shortfall: str) -> None:
         raise ExportError(f"{shortfall}; nothing was written")
 
 
-def summary_tail(note: str, repository: Path, files: list[Path]) -> list[str]:
-    """The summary's last lines: the note, the repository and the files written."""
-    lines = [f"  note             : {note}"] if note else []
-    lines.append(f"  repository       : {repository.resolve()}")
-    return lines + [f"    {p.relative_to(repository)}" for p in files]
+def summary(title: str, rows: dict[str, object], note: str, repository: Path, files: list[Path]) -> str:
+    """An export's summary: the title, aligned `label : value` rows, the note, the repository and its files."""
+    rows = {**rows, **({"note": note} if note else {}), "repository": repository.resolve()}
+    lines = [title] + [f"  {label:<17}: {value}" for label, value in rows.items()]
+    return "\n".join(lines + [f"    {p.relative_to(repository)}" for p in files])

@@ -45,6 +45,10 @@ class TritonPythonModel:
                 config["name"],
             )
 
+    def finalize(self):
+        if self.regroup:
+            self.tokens.flush()
+
     def execute(self, requests):
         arrays = [[pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in self.inputs] for r in requests]
         try:
@@ -104,5 +108,5 @@ class TritonPythonModel:
                         results[i][o] = np.zeros((n_rows, padded, *out.shape[2:]), dtype=out.dtype)
                     n = min(length, padded)
                     results[i][o][r, :n] = out[pos, :n]
-        self.tokens.add(real, padded_total)  # one metric update per execution: each is a round trip to Triton
+        self.tokens.add(real, padded_total)  # sent to Triton at most once a second
         return results

@@ -34,6 +34,9 @@ class TritonPythonModel:
         self.tokens.add(enc.real_tokens, enc.padded_tokens)
         return pb_utils.InferenceResponse(bu.encoder_outputs(enc, self.with_token_types))
 
+    def finalize(self):
+        self.tokens.flush()
+
     def execute(self, requests):
         responses = []
         for request in requests:

@@ -89,6 +89,9 @@ class TritonPythonModel:
             outputs.append(pb_utils.Tensor(c.WINDOW_SPANS, self._windows(texts, prompts)))
         return enc.input_ids.shape[1], pb_utils.InferenceResponse(outputs), (enc.real_tokens, enc.padded_tokens)
 
+    def finalize(self):
+        self.tokens.flush()
+
     def execute(self, requests):
         prepared: list = []
         for request in requests:
@@ -104,7 +107,7 @@ class TritonPythonModel:
             ready.append((length, request.get_response_sender(), response))
             real, padded = real + tokens[0], padded + tokens[1]
 
-        self.tokens.add(real, padded)  # one metric update per execution: each is a round trip to Triton
+        self.tokens.add(real, padded)  # sent to Triton at most once a second
         # Send responses grouped by padded length: the encoder's dynamic batcher merges consecutive
         # requests of equal shape and cuts a batch at the first different one, so arrival order
         # decides how well it batches.

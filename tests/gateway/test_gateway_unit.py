@@ -18,6 +18,7 @@ from tritonclient.utils import InferenceServerException
 from tests.gw_helpers import ROOT, FakeBackend, fake_vector, free_port, triton_error_counts
 from tests.tools import require
 from triton_embeddings.gateway.app import create_app
+from triton_embeddings.gateway.batcher import Batcher
 from triton_embeddings.gateway.cache import CacheEntry, MemoryCache, RedisCache, cache_key
 from triton_embeddings.gateway.metrics import GatewayMetrics, translate_family
 from triton_embeddings.gateway.settings import Settings
@@ -370,6 +371,25 @@ async def test_concurrent_requests_share_bounded_batches(cl100k):
         np.testing.assert_allclose(r.json()["data"][0]["embedding"], fake_vector(f"text {i}", 8), rtol=1e-6)
     assert backend.max_in_flight_seen <= 2
     assert len(backend.calls) < 20 and all(len(call) <= 8 for call in backend.calls)
+
+
+async def test_calls_share_the_outstanding_texts_evenly():
+    backend = FakeBackend(max_batch_size=64)
+    backend.delay = 0.05
+    info = backend.models["fake-model"]
+    batcher = Batcher(backend, max_calls=4)
+    # Idle, 100 texts: four calls of 25 side by side, not 64 + 36 (one Triton request runs on one instance).
+    await batcher.embed(info, [f"t{i}" for i in range(100)])
+    assert sorted(len(call) for call in backend.calls) == [25, 25, 25, 25]
+    backend.calls.clear()
+    # Four single-text calls hold every slot when 27 texts arrive together: as the slots free up, the 27 leave
+    # in shares of at most ceil((27 + 3) / 4) = 8, not as one call of 27 beside calls of one.
+    singles = [asyncio.create_task(batcher.embed(info, [f"s{i}"])) for i in range(4)]
+    await asyncio.sleep(0.01)
+    burst = asyncio.create_task(batcher.embed(info, [f"b{i}" for i in range(27)]))
+    await asyncio.gather(*singles, burst)
+    sizes = [len(call) for call in backend.calls]
+    assert sizes[:4] == [1, 1, 1, 1] and sum(sizes[4:]) == 27 and max(sizes[4:]) <= 8, sizes
 
 
 # ---- auth, request ids, logs ---------------------------------------------------------------------------

@@ -7,7 +7,8 @@ def test_groups_are_sorted_and_cover_every_row():
     lengths = [200, 10, 12, 180, 11, 50, 190, 9]
     groups = plan_groups(lengths)
     assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
-    assert [sorted(lengths[i] for i in g) for g in groups] == [[9, 10, 11, 12], [50], [180, 190, 200]]
+    # 180 + 190 + 200 would pad to 600 tokens, past the default budget of 512
+    assert [sorted(lengths[i] for i in g) for g in groups] == [[9, 10, 11, 12], [50], [180, 190], [200]]
 
 
 def test_padding_within_groups_is_bounded():
@@ -27,3 +28,5 @@ def test_gather_rows_cuts_and_pads():
 def test_token_budget_caps_long_groups():
     groups = plan_groups([256] * 100, max_rows=64, max_tokens=8192)
     assert [len(g) for g in groups] == [32, 32, 32, 4]
+    assert {len(g) for g in plan_groups([256] * 10)} == {2}  # the default: 512 padded tokens a run
+    assert [len(g) for g in plan_groups([16] * 40)] == [32, 8]

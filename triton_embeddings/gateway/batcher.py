@@ -5,6 +5,11 @@ are queued sorted by length and cut into chunks the ensemble accepts. At most
 `max_calls` Triton calls per model run at once; texts that arrive meanwhile (from any request) wait and
 leave together in the next call. An idle gateway sends at once (no added latency); a busy one sends fewer,
 fuller batches, which is cheaper for Triton than many single-text calls.
+
+Each call carries at most an even share of the items outstanding (queued and in flight) over `max_calls`,
+but at least `MIN_SHARE`. One Triton request runs on one model instance, so a call holding most of the work
+would leave the other instances idle while its clients wait (32 single-text clients: one call of ~27 texts
+beside calls of 1); below `MIN_SHARE` the per-call overhead outweighs spreading.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from triton_embeddings.gateway.backend import Backend, ModelInfo, RerankModelInf
 from triton_embeddings.gateway.cache import CacheEntry
 
 Pair = tuple[str, str]
+MIN_SHARE = 4
 
 log = logging.getLogger("gateway.batcher")
 
@@ -69,6 +75,7 @@ class Batcher:
         self.observe_call = observe_call
         self._queues: dict[str, deque[_Item]] = {}
         self._calls: dict[str, int] = {}
+        self._in_flight: dict[str, int] = {}  # items in calls now running, per model
         self._tasks: set[asyncio.Task] = set()
 
     async def embed(
@@ -103,16 +110,22 @@ class Batcher:
         queue = self._queues[info.name]
         while queue and self._calls.get(info.name, 0) < self.max_calls:
             batch: list[_Item] = []
-            while queue and len(batch) < info.max_batch_size:
+            size = min(info.max_batch_size, self._share(info.name, len(queue)))
+            while queue and len(batch) < size:
                 item = queue.popleft()
                 if not item.future.done():  # skip texts of requests that went away
                     batch.append(item)
             if not batch:
                 return
             self._calls[info.name] = self._calls.get(info.name, 0) + 1
+            self._in_flight[info.name] = self._in_flight.get(info.name, 0) + len(batch)
             task = asyncio.create_task(self._run(info, batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _share(self, model: str, queued: int) -> int:
+        """Items for the next call: an even share of those outstanding over `max_calls`, at least MIN_SHARE."""
+        return max(MIN_SHARE, -(-(queued + self._in_flight.get(model, 0)) // self.max_calls))
 
     async def _call(self, info, batch: list[_Item]) -> list[CacheEntry]:
         """One backend call for a batch; one entry per item."""
@@ -148,4 +161,5 @@ class Batcher:
         finally:
             self.observe_call(info.name, time.perf_counter() - t0)
             self._calls[info.name] -= 1
+            self._in_flight[info.name] -= len(batch)
             self._pump(info)

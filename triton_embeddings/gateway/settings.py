@@ -150,7 +150,8 @@ class Settings(BaseSettings):
         4,
         ge=1,
         description="Triton calls in flight per model. Texts arriving meanwhile, from any request, are "
-        "sent together in the next call (at most the model's max_batch_size each).",
+        "sent together in the next call: at most an even share of the texts outstanding (queued and in "
+        "flight) over this number, at least 4, at most the model's max_batch_size.",
     )
 
     # --- Security ---

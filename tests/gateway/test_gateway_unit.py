@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import logging
 import subprocess
@@ -390,6 +391,13 @@ async def test_calls_share_the_outstanding_texts_evenly():
     await asyncio.gather(*singles, burst)
     sizes = [len(call) for call in backend.calls]
     assert sizes[:4] == [1, 1, 1, 1] and sum(sizes[4:]) == 27 and max(sizes[4:]) <= 8, sizes
+
+
+async def test_upstream_models_get_full_calls():
+    backend = FakeBackend(max_batch_size=64)
+    cloud = dataclasses.replace(backend.models["fake-model"], backend="teamcloud")  # no instances; bills requests
+    await Batcher(backend, max_calls=4).embed(cloud, [f"t{i}" for i in range(100)])
+    assert sorted(len(call) for call in backend.calls) == [36, 64]
 
 
 # ---- auth, request ids, logs ---------------------------------------------------------------------------

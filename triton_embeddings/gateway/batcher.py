@@ -6,10 +6,11 @@ are queued sorted by length and cut into chunks the ensemble accepts. At most
 leave together in the next call. An idle gateway sends at once (no added latency); a busy one sends fewer,
 fuller batches, which is cheaper for Triton than many single-text calls.
 
-Each call carries at most an even share of the items outstanding (queued and in flight) over `max_calls`,
-but at least `MIN_SHARE`. One Triton request runs on one model instance, so a call holding most of the work
-would leave the other instances idle while its clients wait (32 single-text clients: one call of ~27 texts
-beside calls of 1); below `MIN_SHARE` the per-call overhead outweighs spreading.
+Each call to Triton carries at most an even share of the items outstanding (queued and in flight) over
+`max_calls`, but at least `MIN_SHARE`; upstream APIs get full calls. One Triton request runs on one model
+instance, so a call holding most of the work would leave the other instances idle while its clients wait
+(32 single-text clients: one call of ~27 texts beside calls of 1); below `MIN_SHARE` the per-call overhead
+outweighs spreading.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Callable
 import numpy as np
 
 from triton_embeddings import contract
-from triton_embeddings.gateway.backend import Backend, ModelInfo, RerankModelInfo
+from triton_embeddings.gateway.backend import LOCAL, Backend, ModelInfo, RerankModelInfo
 from triton_embeddings.gateway.cache import CacheEntry
 
 Pair = tuple[str, str]
@@ -110,7 +111,7 @@ class Batcher:
         queue = self._queues[info.name]
         while queue and self._calls.get(info.name, 0) < self.max_calls:
             batch: list[_Item] = []
-            size = min(info.max_batch_size, self._share(info.name, len(queue)))
+            size = min(info.max_batch_size, self._share(info, len(queue)))
             while queue and len(batch) < size:
                 item = queue.popleft()
                 if not item.future.done():  # skip texts of requests that went away
@@ -123,9 +124,12 @@ class Batcher:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _share(self, model: str, queued: int) -> int:
-        """Items for the next call: an even share of those outstanding over `max_calls`, at least MIN_SHARE."""
-        return max(MIN_SHARE, -(-(queued + self._in_flight.get(model, 0)) // self.max_calls))
+    def _share(self, info: ModelInfo | RerankModelInfo, queued: int) -> int:
+        """Items for the next call to Triton: an even share of those outstanding over `max_calls`, at least
+        MIN_SHARE. An upstream API gets full calls: it has no instances to spread over, and counts requests."""
+        if info.backend != LOCAL:
+            return info.max_batch_size
+        return max(MIN_SHARE, -(-(queued + self._in_flight.get(info.name, 0)) // self.max_calls))
 
     async def _call(self, info, batch: list[_Item]) -> list[CacheEntry]:
         """One backend call for a batch; one entry per item."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import tritonclient.grpc as grpcclient
 
@@ -89,7 +90,11 @@ def test_int8_export_holds_the_bar(int8_repository):
     assert "PASS: min cosine" in err
     floor = float(err.split("PASS: min cosine ")[1].split()[0])
     assert floor >= verify.THRESHOLDS["int8"]
-    assert (int8_repository.repo / "q_encoder" / "1" / "model.onnx").exists()
+    assert "int8 plan: smoothed, outliers split, per-channel, all MatMul" in err  # no whole MatMul left fp32
+    graph = onnx.load(str(int8_repository.repo / "q_encoder" / "1" / "model.onnx")).graph
+    weights = {t.name for t in graph.initializer}
+    fp32 = [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    assert len(fp32) == 6 and all(name.endswith("_outliers") for name in fp32)  # 4 channels per down-projection
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ from triton_embeddings.export import triton_config as tc
 from triton_embeddings.export.cross_encoder import is_cross_encoder
 from triton_embeddings.export.model_spec import ModelSpec, UnsupportedModelError, read_spec, with_prompts
 from triton_embeddings.export.options import ExportOptions
-from triton_embeddings.export.pipeline import OnnxPipeline
+from triton_embeddings.export.pipeline import OnnxPipeline, calibration_feeds
 from triton_embeddings.export.pooler import build_pooler
 from triton_embeddings.export.repository import Artifacts, write_model
 from triton_embeddings.export.steps import ExportError, Log, done, stderr, step
@@ -79,11 +79,11 @@ def _build(model, spec: ModelSpec, work: Path, log: Log) -> Artifacts:
     return Artifacts(encoder, pooler, tokenizer_json, token_types, spec.dimension)
 
 
-def _choose(art: Artifacts, precision: str, check: Check, choose: Check, work: Path, log: Log):
-    """The encoder of `precision` and its verification (int8: the fastest plan that passes `choose`,
-    then verified by `check` on texts it was not chosen on)."""
+def _choose(art: Artifacts, precision: str, check: Check, choose: Check, feeds: list[dict], work: Path, log: Log):
+    """The encoder of `precision` and its verification (int8: rewritten with the calibration `feeds`, the
+    fastest plan that passes `choose`, then verified by `check` on texts it was not chosen on)."""
     def int8(src: Path):
-        found = onnx_export.search_int8(src, work / "int8.onnx", choose, log)
+        found = onnx_export.search_int8(src, work / "int8.onnx", choose, log, feeds)
         if found is None:
             raise ExportError(
                 f"the int8 export is not faithful: no quantization plan reaches min cosine "
@@ -95,7 +95,8 @@ def _choose(art: Artifacts, precision: str, check: Check, choose: Check, work: P
     return steps.at_precision(art.encoder_onnx, precision, work, check, int8)
 
 
-def _verified_encoder(model, spec: ModelSpec, art: Artifacts, precision: str, work: Path, log: Log):
+def _verified_encoder(model, spec: ModelSpec, art: Artifacts, precision: str, calibration: list[str], work: Path,
+                      log: Log):
     """Compare the served pipeline with sentence-transformers; raise ExportError when it is not faithful."""
     tokenizer = TextTokenizer.from_params(tc.tokenizer_params(spec), work)
     t = step(log, "Computing reference embeddings with sentence-transformers")
@@ -117,7 +118,8 @@ def _verified_encoder(model, spec: ModelSpec, art: Artifacts, precision: str, wo
             return replace(result, threshold=result.threshold + verify.SELECTION_MARGIN)
 
     t = step(log, f"Verifying the {precision} pipeline against the original model")
-    chosen, result, note = _choose(art, precision, check, choose, work, log)
+    feeds = calibration_feeds(tokenizer, calibration) if precision == "int8" else []
+    chosen, result, note = _choose(art, precision, check, choose, feeds, work, log)
     steps.require_passed(result, log, f"the {precision} export is not faithful (min cosine "
                                       f"{result.min_cosine:.6f} < {result.threshold})")
     done(log, t)
@@ -162,7 +164,7 @@ def export_model(source: str, repository: Path, options: ExportOptions, log: Log
     with tempfile.TemporaryDirectory(prefix="embeddings-export-") as tmp:
         work = Path(tmp)
         art = _build(model, spec, work, log)
-        chosen, result, note = _verified_encoder(model, spec, art, options.precision, work, log)
+        chosen, result, note = _verified_encoder(model, spec, art, options.precision, calibration, work, log)
         _check_prompts(model, spec, art, chosen, result.threshold, log)
         spec = _calibrate(spec, art, chosen, calibration, log)
         t = step(log, f"Writing the Triton models into {repository}")

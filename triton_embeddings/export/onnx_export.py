@@ -11,6 +11,7 @@ from pathlib import Path
 import onnx
 
 from triton_embeddings.contract import ENCODER_INPUTS, ENCODER_OUTPUT
+from triton_embeddings.export import int8_rewrite
 
 log = logging.getLogger(__name__)
 
@@ -110,32 +111,36 @@ def ffn_input_matmuls(src: Path) -> list[str]:
     return [n.name for n in graph.node if n.op_type == "MatMul" and "intermediate/dense" in n.name]
 
 
-def search_int8(src: Path, dst: Path, check: Callable[[Path], object], log: Callable[[str], None]):
+def search_int8(src: Path, dst: Path, check: Callable[[Path], object], log: Callable[[str], None],
+                feeds: list[dict] | None = None):
     """Find the fastest int8 plan whose pipeline passes `check`; return (path, plan, result) or None.
 
-    Per-tensor quantization of every MatMul is far off on MiniLM (min cosine ~0.9); per-channel
-    weights help but are not enough. So: try everything quantized; then measure how much keeping each
-    feed-forward MatMul (down-projections first, then up-projections) in fp32 helps on its own, and keep
-    the most helpful ones in fp32, one more at a time, until `check` passes. (On MiniLM the
-    down-projections alone reach 0.983 on the texts they were ranked on but 0.975 on others.)
+    With `feeds` (calibration inputs), the encoder is first rewritten for int8 (`int8_rewrite`: smoothing
+    and outlier split, exact in fp32), which lets MiniLM pass with every MatMul quantized. Then: try
+    everything quantized; if that falls short, measure how much keeping each feed-forward MatMul
+    (down-projections first, then up-projections) in fp32 helps on its own, and keep the most helpful
+    ones in fp32, one more at a time, until `check` passes. (Without the rewrite, MiniLM needed five of
+    its six down-projections in fp32.)
     """
-    def attempt(plan: Int8Plan):
-        result = check(to_int8(src, dst, plan))
-        log(f"    int8 plan '{plan.label}': min cosine {result.min_cosine:.4f}")
-        return result
+    base, keep, prefix = src, (), "per-channel"
+    if feeds is not None:
+        rewritten = int8_rewrite.rewrite_for_int8(src, dst.with_name("rewritten.onnx"), feeds, ffn_output_matmuls(src))
+        base, keep, prefix = rewritten.path, rewritten.keep_fp32, "smoothed, outliers split, per-channel"
 
-    everything = Int8Plan("per-channel, all MatMul")
-    result = attempt(everything)
+    def attempt(label: str, fp32: tuple[str, ...] = ()):
+        plan = Int8Plan(f"{prefix}, {label}", keep + fp32)
+        result = check(to_int8(base, dst, plan))
+        log(f"    int8 plan '{plan.label}': min cosine {result.min_cosine:.4f}")
+        return plan, result
+
+    plan, result = attempt("all MatMul")
     if result.passed:
-        return dst, everything, result
+        return dst, plan, result
     candidates = ffn_output_matmuls(src) + ffn_input_matmuls(src)
-    gain = {}
-    for name in candidates:
-        gain[name] = attempt(Int8Plan(f"fp32: {name}", (name,))).min_cosine
+    gain = {name: attempt(f"fp32: {name}", (name,))[1].min_cosine for name in candidates}
     ranked = sorted(candidates, key=gain.__getitem__, reverse=True)
     for k in range(1, len(ranked) + 1):
-        plan = Int8Plan(f"per-channel, {k} most sensitive FFN MatMul(s) fp32", tuple(ranked[:k]))
-        result = attempt(plan)
+        plan, result = attempt(f"{k} most sensitive FFN MatMul(s) fp32", tuple(ranked[:k]))
         if result.passed:
             return dst, plan, result
     return None

@@ -102,7 +102,8 @@ class ExportOptions:
         None, "prompt applied when a request names none (default: the model's own, if any)", type=str,
         metavar="NAME")
     calibration_file: str | None = option(
-        None, "texts, one per line, that calibrate the int8/uint8 output ranges (default: a packaged set)",
+        None, "texts, one per line, that calibrate the int8 encoder rewrite and the int8/uint8 output ranges "
+        "(default: a packaged set)",
         type=str)
 
     def __post_init__(self):

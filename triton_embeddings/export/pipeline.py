@@ -22,11 +22,7 @@ class OnnxPipeline:
 
     def embed_batch(self, texts: list[str]) -> np.ndarray:
         enc = self.tokenizer(texts)
-        feed = {
-            c.ONNX_INPUT_IDS: enc.input_ids,
-            c.ONNX_ATTENTION_MASK: enc.attention_mask,
-            c.ONNX_TOKEN_TYPE_IDS: enc.token_type_ids,
-        }
+        feed = encoder_feed(enc)
         (hidden,) = self.encoder.run(None, {k: feed[k] for k in self.encoder_inputs})
         (pooled,) = self.pooler.run(None, {c.TOKEN_EMBEDDINGS: hidden, c.ATTENTION_MASK: enc.attention_mask})
         return pooled
@@ -41,3 +37,15 @@ class OnnxPipeline:
             idx = order[start : start + batch_size]
             out[idx] = self.embed_batch([texts[i] for i in idx])
         return out
+
+
+def encoder_feed(enc) -> dict[str, np.ndarray]:
+    """The encoder's ONNX inputs for a tokenized batch (`token_type_ids` too: drop it if the model lacks it)."""
+    return {c.ONNX_INPUT_IDS: enc.input_ids, c.ONNX_ATTENTION_MASK: enc.attention_mask,
+            c.ONNX_TOKEN_TYPE_IDS: enc.token_type_ids}
+
+
+def calibration_feeds(tokenizer: TextTokenizer, texts: list[str], batch_size: int = 16):
+    """Encoder inputs for `texts`, sorted by length, in batches."""
+    texts = sorted(texts, key=len)
+    return [encoder_feed(tokenizer(texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)]

@@ -66,7 +66,7 @@ lint: $(VENV)/.installed
 # (bench/bench.py; BENCH_ARGS="--quick" for a seconds-long smoke, "--peer URL" to add another server).
 bench: $(REPO)/$(NAME)_encoder/1/model.onnx
 	HF_HUB_OFFLINE=1 $(PY) bench/bench.py --repository $(REPO) $(BENCH_ARGS)
-	HF_HUB_OFFLINE=1 $(PY) bench/bench_rerank.py $(filter --quick,$(BENCH_ARGS))
+	HF_HUB_OFFLINE=1 $(PY) bench/bench_rerank.py --int8 $(filter --quick,$(BENCH_ARGS))
 
 # A 10-minute mixed soak through the gateway (wrk); not part of CI. `make soak MINUTES=1` for a short one.
 MINUTES ?= 10

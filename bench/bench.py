@@ -1,6 +1,6 @@
 """`make bench`: the serving path against the raw ONNX Runtime ceiling, side by side in one run.
 
-    HF_HUB_OFFLINE=1 python bench/bench.py [--quick] [--repository DIR] [--peer URL] [--json FILE]
+    HF_HUB_OFFLINE=1 python bench/bench.py [--quick] [--model all-mpnet-base-v2] [--repository DIR] [--peer URL]
 
 Loads (every text distinct, the gateway's cache off):
   S32  32 clients x 1 short text    B32  4 clients x 32 short texts
@@ -50,7 +50,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import procstat  # noqa: E402
 
 from triton_embeddings import contract  # noqa: E402
-from triton_embeddings.defaults import DEFAULT_HUB_ID, DEFAULT_MODEL, default_source  # noqa: E402
+from triton_embeddings.defaults import DEFAULT_MODEL  # noqa: E402
+from triton_embeddings.local.models import HUB_IDS, model_source  # noqa: E402
 from triton_embeddings.local.processes import free_port, stop_process, wait_http  # noqa: E402
 
 MODEL = DEFAULT_MODEL
@@ -227,6 +228,7 @@ class Plan:
     rounds: int
     raw_texts: dict[str, int]  # load name -> texts the raw path embeds per round
     int8_loads: tuple[str, ...] = ("S32", "L32")
+    model: str = MODEL
 
 
 def path_target(stack: Stack, path: str, model: str, peer: tuple[str, str] | None) -> tuple[str, str, str]:
@@ -257,7 +259,7 @@ def one_round(r: int, plan: Plan, stack: Stack, raw: dict, files, peer, log) -> 
                 texts = load_texts(load, short, long, plan.raw_texts[load.name], prefix)
                 res = raw_run(raw["int8" if path == "raw-int8" else "fp32"], texts)
             else:
-                url, api, model = path_target(stack, path, MODEL, peer)
+                url, api, model = path_target(stack, path, plan.model, peer)
                 metrics = stack.triton.metrics_url if path in TRITON_PATHS or path.startswith("gw:") else None
                 res = wrk(url, api, model, load, plan.seconds, prefix, files, groups, metrics)
             out[(load.name, path)] = res
@@ -271,7 +273,7 @@ def latency_round(r: int, plan: Plan, stack: Stack, raw: dict, files) -> dict:
     short = Path(files[0]).read_text().splitlines()
     out = {"raw": raw_latency_ms(raw["fp32"], [f"lat{r}-{k} {short[k]}" for k in range(100)])}
     for path in ["triton", "gateway"] + [p for p in plan.paths if p.startswith("gw:")]:
-        url, api, model = path_target(stack, path, MODEL, None)
+        url, api, model = path_target(stack, path, plan.model, None)
         out[path] = wrk(url, api, model, load, plan.seconds, f"lat{r}{path}", files, {}, None).p50_ms
     return out
 
@@ -383,9 +385,10 @@ def ensure_repository(given: Path | None, work: Path, name: str, precision: str)
     from triton_embeddings.export.options import ExportOptions
 
     repo = work / precision
+    model = name.removesuffix("-int8")
     print(f"exporting {name} ({precision}) into {repo} ...", file=sys.stderr, flush=True)
-    opts = ExportOptions(name=name, precision=precision, source_label=DEFAULT_HUB_ID)
-    export_model(default_source(), repo, opts, log=lambda _: None)
+    opts = ExportOptions(name=name, precision=precision, source_label=HUB_IDS.get(model, model))
+    export_model(model_source(model), repo, opts, log=lambda _: None)
     return repo
 
 
@@ -410,12 +413,14 @@ def raw_pipeline(repo: Path, name: str = MODEL, threads: int = 0):
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="one short round: proves the bench works (CI)")
-    p.add_argument("--repository", type=Path, help=f"repository holding {MODEL} (default: export to a temp dir)")
-    p.add_argument("--int8-repository", type=Path, help=f"repository holding {MODEL}-int8 (default: export one)")
+    p.add_argument("--model", default=MODEL, choices=sorted(HUB_IDS),
+                   help="the seed model to serve and compare (its packaged copy when installed, else its hub id)")
+    p.add_argument("--repository", type=Path, help="repository holding MODEL (default: export to a temp dir)")
+    p.add_argument("--int8-repository", type=Path, help="repository holding MODEL-int8 (default: export one)")
     p.add_argument("--no-int8", action="store_true", help="skip the int8 line")
     p.add_argument("--no-reference", action="store_true", help="skip the seed-style reference server")
     p.add_argument("--peer", help="another OpenAI-compatible server (base URL) to add to the table")
-    p.add_argument("--peer-model", default=MODEL, help="model name to send to --peer")
+    p.add_argument("--peer-model", help="model name to send to --peer (default: MODEL)")
     p.add_argument("--compare-repository", type=Path, action="append", default=[],
                    help="another exported model (any name), served by the same Triton and gateway: path gw:<name>")
     p.add_argument("--loads", default="S32,B32,L32,M32", help="comma-separated loads")
@@ -436,7 +441,7 @@ def make_plan(args) -> Plan:
     paths += [f"gw:{ensemble_name(r)}" for r in args.compare_repository]
     raw_texts = {"S32": 128, "B32": 128, "L32": 16, "M32": 40} if args.quick else \
         {"S32": 1024, "B32": 1024, "L32": 128, "M32": 320}
-    return Plan(loads, paths, args.seconds, args.rounds, raw_texts)
+    return Plan(loads, paths, args.seconds, args.rounds, raw_texts, model=args.model)
 
 
 def machine() -> str:
@@ -466,13 +471,14 @@ def main(argv=None) -> int:
         short, long = make_texts()
         files[0].write_text("\n".join(short) + "\n")
         files[1].write_text("\n".join(long) + "\n")
-        repos = [ensure_repository(args.repository, work, MODEL, "fp32")]
-        raw = {"fp32": raw_pipeline(repos[0], MODEL, args.threads)}
+        name = plan.model
+        repos = [ensure_repository(args.repository, work, name, "fp32")]
+        raw = {"fp32": raw_pipeline(repos[0], name, args.threads)}
         if not args.no_int8:
-            repos.append(ensure_repository(args.int8_repository, work, MODEL + "-int8", "int8"))
-            raw["int8"] = raw_pipeline(repos[1], MODEL + "-int8", args.threads)
+            repos.append(ensure_repository(args.int8_repository, work, name + "-int8", "int8"))
+            raw["int8"] = raw_pipeline(repos[1], name + "-int8", args.threads)
         repos += args.compare_repository
-        stack = start_stack(repos, work, default_source(), not args.no_reference)
+        stack = start_stack(repos, work, model_source(name), not args.no_reference)
         try:
             rss0 = procstat.rss_of(stack.pids())
             rounds, latency = measure(args, plan, stack, raw, files)
@@ -490,8 +496,8 @@ def measure(args, plan: Plan, stack: Stack, raw: dict, files) -> tuple[list[dict
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    peer = (args.peer.rstrip("/").removesuffix("/v1/embeddings"), args.peer_model) if args.peer else None
-    warm = Plan(plan.loads, plan.paths, 1.0, 1, {k: 32 for k in plan.raw_texts})
+    peer = (args.peer.rstrip("/").removesuffix("/v1/embeddings"), args.peer_model or plan.model) if args.peer else None
+    warm = Plan(plan.loads, plan.paths, 1.0, 1, {k: 32 for k in plan.raw_texts}, model=plan.model)
     one_round(-1, warm, stack, raw, files, peer, lambda _: None)  # warm every path and shape
     rounds, latency = [], []
     for r in range(plan.rounds):

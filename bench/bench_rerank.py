@@ -9,7 +9,9 @@ same cross-encoder on every path:
   every core, all pairs sorted by length and run in batches of 32: the ceiling;
 - gateway: `POST /v1/rerank` through the gateway (cache off) and the embedded Triton, driven by wrk;
 - reference: the seed style, an async FastAPI handler calling `CrossEncoder.predict`, driven by wrk.
-Rounds alternate the three; medians, ratios and per-process CPU are printed.
+Rounds alternate the three; medians, ratios and per-process CPU are printed. `--int8` adds the same
+cross-encoder's int8 export (verified against CrossEncoder.predict like any export), in-process and
+through the gateway, beside the fp32 paths.
 
 The default model has the shape of cross-encoder/ms-marco-MiniLM-L6-v2 (BERT, 6 layers, hidden 384, one
 label): all-MiniLM-L6-v2's encoder weights with a random score head, since no cross-encoder's weights can be
@@ -38,6 +40,7 @@ from triton_embeddings.local.launcher import TritonServer  # noqa: E402
 from triton_embeddings.local.processes import free_port, stop_process, wait_http  # noqa: E402
 
 MODEL = "bench-reranker"
+INT8 = "-int8"  # suffix of the int8 export's name; its paths: in-process-int8, gateway-int8
 WORDS = ("password reset login account email server batch token model query document river station city "
          "music history science market night water house school system group number world state").split()
 
@@ -79,23 +82,26 @@ def build_minilm_cross_encoder(folder: Path) -> Path:
     return folder
 
 
-def export(source: str, work: Path) -> Path:
+def export(source: str, work: Path, int8: bool) -> Path:
+    """MODEL (fp32) and, with `int8`, MODEL-int8 (same cross-encoder, int8 export) in one repository."""
     from triton_embeddings.export.options import ExportOptions
     from triton_embeddings.export.rerank_exporter import export_reranker
 
     repo = work / "repository"
     export_reranker(source, repo, ExportOptions(name=MODEL), log=lambda _: None)
+    if int8:
+        export_reranker(source, repo, ExportOptions(name=MODEL + INT8, precision="int8"), log=lambda _: None)
     return repo
 
 
-def in_process(repo: Path, pairs: list) -> Run:
+def in_process(repo: Path, pairs: list, name: str = MODEL) -> Run:
     """The ceiling: the exported pipeline in this process, every pair sorted by length, batches of 32."""
     from triton_embeddings import contract as c
     from triton_embeddings.export.rerank_pipeline import RerankPipeline
     from triton_embeddings.export.triton_config import load as load_config
     from triton_embeddings.triton_models.pair_tokenize import PairTokenizer
 
-    tok_dir, enc_dir, score_dir = (repo / n / "1" for n in c.rerank_step_names(MODEL))
+    tok_dir, enc_dir, score_dir = (repo / n / "1" for n in c.rerank_step_names(name))
     tokenizer = PairTokenizer.from_config(load_config(tok_dir.parent / "config.pbtxt"), tok_dir)
     pipe = RerankPipeline(tokenizer, str(enc_dir / "model.onnx"), str(score_dir / "model.onnx"))
     pipe.predict(pairs[:64])  # warm-up
@@ -138,15 +144,20 @@ def run_rounds(args, repo: Path, triton, servers: dict, files) -> list[dict[str,
     groups.update({name: [proc.pid] for name, (_, proc) in servers.items()})
     load = Load("R", args.clients, args.docs, 0, f"{args.clients} clients x 1 query + {args.docs} documents")
     queries, docs = (Path(f).read_text().splitlines() for f in files)
-    for name, (url, _) in servers.items():  # warm-up
-        wrk(url, "rerank", MODEL, load, 1.0, f"warm{name}", files, groups, None)
+    targets = {name: (url, MODEL) for name, (url, _) in servers.items()}
+    if args.int8:
+        targets["gateway-int8"] = (servers["gateway"][0], MODEL + INT8)
+    for name, (url, model) in targets.items():  # warm-up
+        wrk(url, "rerank", model, load, 1.0, f"warm{name}", files, groups, None)
     rounds = []
     for r in range(args.rounds):
         pairs = lua_pairs(queries, docs, args.raw_requests, args.docs, f"r{r}raw")
         out = {"in-process": in_process(repo, pairs)}
-        for name, (url, _) in servers.items():
-            metrics = triton.metrics_url if name == "gateway" else None
-            out[name] = wrk(url, "rerank", MODEL, load, args.seconds, f"r{r}{name}", files, groups, metrics)
+        if args.int8:
+            out["in-process-int8"] = in_process(repo, pairs, MODEL + INT8)
+        for name, (url, model) in targets.items():
+            metrics = triton.metrics_url if name.startswith("gateway") else None
+            out[name] = wrk(url, "rerank", model, load, args.seconds, f"r{r}{name}", files, groups, metrics)
         print("round", r + 1, "  ".join(f"{k} {v.texts_per_s:.0f} pairs/s" for k, v in out.items()),
               file=sys.stderr, flush=True)
         rounds.append(out)
@@ -157,21 +168,26 @@ def report(args, rounds: list[dict[str, Run]]) -> int:
     def med(values) -> float:
         return statistics.median(list(values))
 
+    def ratio(a: str, b: str) -> float:
+        return med(r[a].texts_per_s / r[b].texts_per_s for r in rounds)
+
     errors = sum(run.errors for r in rounds for run in r.values())
     print(f"rerank: {args.clients} clients x (1 query + {args.docs} documents of 3-150 words), model {args.label}; "
           f"medians of {len(rounds)} alternating round(s), {args.seconds:g} s per server run; errors {errors}")
-    for name in ("in-process", "gateway", "reference"):
+    for name in rounds[0]:
         runs = [r[name] for r in rounds]
         cores = {k: med(run.cores.get(k, 0.0) for run in runs) for k in sorted({k for run in runs for k in run.cores})}
         cpu = " ".join(f"{k} {v:.2f}" for k, v in cores.items() if v >= 0.005)
-        lat = "" if name == "in-process" else f"  p50 {med(x.p50_ms for x in runs):7.1f} ms"
-        print(f"  {name:<11}{med(x.texts_per_s for x in runs):9.0f} pairs/s{lat:<18}  CPU cores: {cpu}")
-    ceiling = med(r["gateway"].texts_per_s / r["in-process"].texts_per_s for r in rounds)
-    seed = med(r["gateway"].texts_per_s / r["reference"].texts_per_s for r in rounds)
-    bound = med(r["in-process"].texts_per_s / r["reference"].texts_per_s for r in rounds)
-    print(f"  gateway / in-process ONNX (sorted, batched): {ceiling:.2f}x (goal >= 0.8)")
-    print(f"  gateway / FastAPI + CrossEncoder.predict   : {seed:.2f}x (goal >= 3)")
-    print(f"  in-process ONNX / CrossEncoder.predict     : {bound:.2f}x (what any server on this ONNX model can reach)")
+        lat = "" if name.startswith("in-process") else f"  p50 {med(x.p50_ms for x in runs):7.1f} ms"
+        print(f"  {name:<16}{med(x.texts_per_s for x in runs):9.0f} pairs/s{lat:<18}  CPU cores: {cpu}")
+    print(f"  gateway / in-process ONNX (sorted, batched): {ratio('gateway', 'in-process'):.2f}x (goal >= 0.8)")
+    print(f"  gateway / FastAPI + CrossEncoder.predict   : {ratio('gateway', 'reference'):.2f}x (goal >= 3)")
+    print(f"  in-process ONNX / CrossEncoder.predict     : {ratio('in-process', 'reference'):.2f}x "
+          "(what any server on this fp32 ONNX model can reach)")
+    if args.int8:
+        print(f"  int8 export: gateway-int8 / in-process-int8 {ratio('gateway-int8', 'in-process-int8'):.2f}x; "
+              f"gateway-int8 / FastAPI + CrossEncoder.predict (fp32) {ratio('gateway-int8', 'reference'):.2f}x; "
+              f"gateway-int8 / gateway {ratio('gateway-int8', 'gateway'):.2f}x")
     return 1 if errors else 0
 
 
@@ -183,6 +199,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--docs", type=int, default=32, help="documents per request")
     p.add_argument("--rounds", type=int, help="alternating rounds (default 3; --quick 1)")
     p.add_argument("--seconds", type=float, help="seconds per server run (default 20; --quick 2)")
+    p.add_argument("--int8", action="store_true",
+                   help="also the same cross-encoder's int8 export, in-process and through the gateway")
     p.add_argument("--quick", action="store_true", help="smoke run (CI): the tiny model, 1 short round")
     args = p.parse_args(argv)
     args.tiny = args.tiny or (args.quick and not args.model)
@@ -207,7 +225,7 @@ def main(argv=None) -> int:
         files = (work / "queries.txt", work / "documents.txt")
         for f, texts in zip(files, make_texts()):
             f.write_text("\n".join(texts) + "\n")
-        repo = export(source, work)
+        repo = export(source, work, args.int8)
         triton, servers = start(source, repo, work)
         try:
             rounds = run_rounds(args, repo, triton, servers, files)

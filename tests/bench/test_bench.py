@@ -48,12 +48,14 @@ def test_quick_bench_prints_a_full_table_without_errors(model_repository, tmp_pa
 def test_quick_rerank_bench_prints_every_path_without_errors():
     require("wrk")
     proc = subprocess.run(
-        [sys.executable, "bench/bench_rerank.py", "--quick"],
+        [sys.executable, "bench/bench_rerank.py", "--quick", "--int8"],
         cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "errors 0" in proc.stdout, proc.stdout
     rows = {line.split()[0]: float(line.split()[1]) for line in proc.stdout.splitlines()
-            if "pairs/s" in line and line.split()[0] in ("in-process", "gateway", "reference")}
-    assert set(rows) == {"in-process", "gateway", "reference"} and all(v > 0 for v in rows.values()), proc.stdout
+            if "pairs/s" in line and not line.startswith("round")}
+    paths = {"in-process", "gateway", "reference", "in-process-int8", "gateway-int8"}
+    assert set(rows) == paths and all(v > 0 for v in rows.values()), proc.stdout
     assert "gateway / FastAPI + CrossEncoder.predict" in proc.stdout
+    assert "gateway-int8 / in-process-int8" in proc.stdout

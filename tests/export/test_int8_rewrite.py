@@ -8,8 +8,9 @@ import pytest
 from onnx import numpy_helper
 
 from triton_embeddings import contract
-from triton_embeddings.export import exporter, int8_rewrite, onnx_export, verify
+from triton_embeddings.export import int8_rewrite, onnx_export, verify
 from triton_embeddings.export.pipeline import OnnxPipeline, calibration_feeds
+from triton_embeddings.export.steps import calibration_texts
 from triton_embeddings.export.triton_config import load
 from triton_embeddings.triton_models.onnx_session import make_session
 from triton_embeddings.triton_models.tokenize import TextTokenizer
@@ -26,7 +27,7 @@ def steps(model_repository):
 @pytest.fixture(scope="module")
 def rewritten(steps, tmp_path_factory):
     tokenizer, encoder, _ = steps
-    feeds = calibration_feeds(tokenizer, exporter.calibration_texts(None))
+    feeds = calibration_feeds(tokenizer, calibration_texts(None))
     dst = tmp_path_factory.mktemp("rewrite") / "rewritten.onnx"
     return int8_rewrite.rewrite_for_int8(encoder, dst, feeds, onnx_export.ffn_output_matmuls(encoder))
 

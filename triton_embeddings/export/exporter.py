@@ -126,15 +126,6 @@ def _verified_encoder(model, spec: ModelSpec, art: Artifacts, precision: str, ca
     return chosen, result, note
 
 
-def calibration_texts(path: str | None) -> list[str]:
-    """The texts of `--calibration-file`, else the packaged set (varied topics, lengths and languages)."""
-    file = Path(path) if path else Path(__file__).with_name("data") / "calibration.txt"
-    texts = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if len(texts) < 2:
-        raise ExportError(f"{file}: calibration needs at least two non-empty lines")
-    return texts
-
-
 def _check_prompts(model, spec: ModelSpec, art: Artifacts, encoder: Path, bar: float, log: Log) -> None:
     """Every prompt of the model gives sentence-transformers' vectors (`encode(..., prompt_name=...)`)."""
     texts = verify.verification_texts()["short"]
@@ -159,7 +150,7 @@ def _calibrate(spec: ModelSpec, art: Artifacts, encoder: Path, texts: list[str],
 
 def export_model(source: str, repository: Path, options: ExportOptions, log: Log = stderr) -> ExportResult:
     """Export `source` (local folder or hub id), verify it, then write it into `repository`."""
-    calibration = calibration_texts(options.calibration_file)  # a bad file fails before the long work
+    calibration = steps.calibration_texts(options.calibration_file)  # a bad file fails before the long work
     model, spec = _load(source, options, log)
     with tempfile.TemporaryDirectory(prefix="embeddings-export-") as tmp:
         work = Path(tmp)

@@ -115,6 +115,8 @@ def search_int8(src: Path, dst: Path, check: Callable[[Path], object], log: Call
                 feeds: list[dict] | None = None):
     """Find the fastest int8 plan whose pipeline passes `check`; return (path, plan, result) or None.
 
+    `check` returns a verification (`verify` or `rerank_verify`) with `passed`, `margin` and `headline`.
+
     With `feeds` (calibration inputs), the encoder is first rewritten for int8 (`int8_rewrite`: smoothing
     and outlier split, exact in fp32), which lets MiniLM pass with every MatMul quantized. Then: try
     everything quantized; if that falls short, measure how much keeping each feed-forward MatMul
@@ -130,14 +132,14 @@ def search_int8(src: Path, dst: Path, check: Callable[[Path], object], log: Call
     def attempt(label: str, fp32: tuple[str, ...] = ()):
         plan = Int8Plan(f"{prefix}, {label}", keep + fp32)
         result = check(to_int8(base, dst, plan))
-        log(f"    int8 plan '{plan.label}': min cosine {result.min_cosine:.4f}")
+        log(f"    int8 plan '{plan.label}': {result.headline}")
         return plan, result
 
     plan, result = attempt("all MatMul")
     if result.passed:
         return dst, plan, result
     candidates = ffn_output_matmuls(src) + ffn_input_matmuls(src)
-    gain = {name: attempt(f"fp32: {name}", (name,))[1].min_cosine for name in candidates}
+    gain = {name: attempt(f"fp32: {name}", (name,))[1].margin for name in candidates}
     ranked = sorted(candidates, key=gain.__getitem__, reverse=True)
     for k in range(1, len(ranked) + 1):
         plan, result = attempt(f"{k} most sensitive FFN MatMul(s) fp32", tuple(ranked[:k]))

@@ -12,7 +12,7 @@ import onnx
 from triton_embeddings.export import onnx_export, rerank_verify, steps
 from triton_embeddings.export.cross_encoder import RerankSpec, build_score_step, export_classifier, read_rerank_spec
 from triton_embeddings.export.options import ExportOptions
-from triton_embeddings.export.rerank_pipeline import RerankPipeline
+from triton_embeddings.export.rerank_pipeline import RerankPipeline, calibration_pair_feeds
 from triton_embeddings.triton_models.pair_tokenize import PairTokenizer
 
 
@@ -53,8 +53,9 @@ def load_cross_encoder(source: str, max_seq_length: int | None = None):
     return CrossEncoder(source, device="cpu", trust_remote_code=False, max_length=max_seq_length)
 
 
-def build_candidates(model, spec: RerankSpec, work: Path) -> tuple[RerankArtifacts, Callable]:
-    """Export the fp32 classifier, the score step and the tokenizer into `work`; return them and a checker."""
+def build_candidates(model, spec: RerankSpec, work: Path) -> tuple[RerankArtifacts, Callable, PairTokenizer]:
+    """Export the fp32 classifier, the score step and the tokenizer into `work`; return them, a checker and
+    the pair tokenizer."""
     classifier = export_classifier(model, work / "fp32")
     token_types = steps.takes_token_types(classifier)
     score = work / "score.onnx"
@@ -68,20 +69,20 @@ def build_candidates(model, spec: RerankSpec, work: Path) -> tuple[RerankArtifac
     def check(candidate: Path, precision: str) -> rerank_verify.RerankVerification:
         return rerank_verify.verify(RerankPipeline(tokenizer, str(candidate), str(score)), reference, pairs, precision)
 
-    return RerankArtifacts(classifier, score, tokenizer_json, token_types), check
+    return RerankArtifacts(classifier, score, tokenizer_json, token_types), check, tokenizer
 
 
-def choose_precision(art: RerankArtifacts, precision: str, work: Path, check: Callable, log: Callable):
-    """The classifier at `precision` that passes verification: (path, result, note); result may fail."""
+def choose_precision(art: RerankArtifacts, precision: str, work: Path, check: Callable, log: Callable,
+                     feeds: list[dict] | None = None):
+    """The classifier at `precision` that passes verification: (path, result, note); result may fail.
+    int8: the fastest plan of `onnx_export.search_int8`, rewritten with the calibration `feeds` when given."""
     def int8(src: Path):
-        plans = [onnx_export.Int8Plan("per-channel, all MatMul"),
-                 onnx_export.Int8Plan("per-channel, FFN outputs fp32", tuple(onnx_export.ffn_output_matmuls(src)))]
-        for plan in plans:
-            path = onnx_export.to_int8(src, work / "int8.onnx", plan)
-            result = check(path, "int8")
-            log(f"    int8 plan '{plan.label}': max |score difference| {result.max_diff:.2e}")
-            if result.passed:
-                break
+        found = onnx_export.search_int8(src, work / "int8.onnx", lambda path: check(path, "int8"), log, feeds)
+        if found is None:
+            raise steps.ExportError(
+                f"the int8 rerank export is not faithful: no quantization plan keeps the max |score difference| "
+                f"within {rerank_verify.THRESHOLDS['int8']:.0e}; nothing was written (use fp32)")
+        path, plan, result = found
         return path, result, f"int8 plan: {plan.label}"
 
     return steps.at_precision(art.classifier_onnx, precision, work, lambda path: check(path, precision), int8)
@@ -91,6 +92,7 @@ def export_reranker(source: str, repository: Path, options: ExportOptions, log: 
                     write: Callable | None = None) -> RerankExportResult:
     """Export the cross-encoder `source`, verify it against CrossEncoder.predict, then write it."""
     precision = options.precision
+    calibration = steps.calibration_texts(options.calibration_file)  # a bad file fails before the long work
     t = steps.step(log, f"Loading cross-encoder {source}")
     model = load_cross_encoder(source, options.max_seq_length)
     spec = read_rerank_spec(model, options.source_label or source, options.max_seq_length)
@@ -98,9 +100,10 @@ def export_reranker(source: str, repository: Path, options: ExportOptions, log: 
     with tempfile.TemporaryDirectory(prefix="rerank-export-") as tmp:
         work = Path(tmp)
         steps.step(log, "Exporting the classifier to ONNX; reference scores with CrossEncoder.predict")
-        art, check = build_candidates(model, spec, work)
+        art, check, tokenizer = build_candidates(model, spec, work)
         steps.step(log, f"Verifying the {precision} pipeline against CrossEncoder.predict")
-        chosen, result, note = choose_precision(art, precision, work, check, log)
+        feeds = calibration_pair_feeds(tokenizer, calibration) if precision == "int8" else None
+        chosen, result, note = choose_precision(art, precision, work, check, log, feeds)
         steps.require_passed(result, log, f"the {precision} rerank export is not faithful (max |score difference| "
                                           f"{result.max_diff:.2e} > {result.threshold:.0e})")
         art.classifier_onnx = chosen

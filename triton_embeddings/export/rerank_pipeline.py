@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from triton_embeddings import contract as c
+from triton_embeddings.export.pipeline import encoder_feed
 from triton_embeddings.triton_models.onnx_session import make_session
 from triton_embeddings.triton_models.pair_tokenize import PairTokenizer
 
@@ -22,9 +23,7 @@ class RerankPipeline:
 
     def score_batch(self, query: list[str], documents: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(scores, logits), each float32 [n], for pairs padded together."""
-        enc = self.tokenizer.pairs(query, documents)
-        feed = {c.ONNX_INPUT_IDS: enc.input_ids, c.ONNX_ATTENTION_MASK: enc.attention_mask,
-                c.ONNX_TOKEN_TYPE_IDS: enc.token_type_ids}
+        feed = encoder_feed(self.tokenizer.pairs(query, documents))
         (logits,) = self.classifier.run(None, {k: feed[k] for k in self.inputs})
         score, logit = self.score_step.run([c.SCORE, c.LOGIT], {c.SCORE_STEP_INPUT: logits.astype(np.float32)})
         return score.reshape(-1), logit.reshape(-1)
@@ -38,3 +37,10 @@ class RerankPipeline:
             idx = order[start : start + batch_size]
             scores[idx], logits[idx] = self.score_batch([pairs[i][0] for i in idx], [pairs[i][1] for i in idx])
         return scores, logits
+
+
+def calibration_pair_feeds(tokenizer: PairTokenizer, texts: list[str], batch_size: int = 16) -> list[dict]:
+    """Classifier inputs for pairs of neighbouring calibration texts (query, document), in batches."""
+    pairs = sorted(zip(texts, texts[1:] + texts[:1]), key=lambda p: len(p[0]) + len(p[1]))
+    return [encoder_feed(tokenizer.pairs([q for q, _ in chunk], [d for _, d in chunk]))
+            for chunk in (pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size))]

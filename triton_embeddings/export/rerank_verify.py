@@ -56,6 +56,15 @@ class RerankVerification:
     def passed(self) -> bool:
         return self.max_diff <= self.threshold
 
+    @property
+    def margin(self) -> float:
+        """How far it clears the bar (negative: short of it); the int8 search ranks plans by it."""
+        return self.threshold - self.max_diff
+
+    @property
+    def headline(self) -> str:
+        return f"max |score difference| {self.max_diff:.2e}"
+
     def table(self) -> str:
         lines = [f"{'pairs':<12} {'n':>3} {'max |dscore|':>13} {'max |dlogit|':>13}"]
         lines += [f"{cat:<12} {n:>3} {ds:>13.2e} {dl:>13.2e}" for cat, n, ds, dl in self.rows]

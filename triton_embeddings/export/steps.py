@@ -49,6 +49,15 @@ def at_precision(src: Path, precision: str, work: Path, check: Callable, int8: C
     return int8(src)
 
 
+def calibration_texts(path: str | None) -> list[str]:
+    """The texts of `--calibration-file`, else the packaged set (varied topics, lengths and languages)."""
+    file = Path(path) if path else Path(__file__).with_name("data") / "calibration.txt"
+    texts = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(texts) < 2:
+        raise ExportError(f"{file}: calibration needs at least two non-empty lines")
+    return texts
+
+
 def require_passed(result, log: Log, shortfall: str) -> None:
     """Log the verification table; raise ExportError (`shortfall`: what fell short) unless it passed."""
     log(result.table())

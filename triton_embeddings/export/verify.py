@@ -79,6 +79,15 @@ class Verification:
     def passed(self) -> bool:
         return self.min_cosine >= self.threshold
 
+    @property
+    def margin(self) -> float:
+        """How far it clears the bar (negative: short of it); the int8 search ranks plans by it."""
+        return self.min_cosine - self.threshold
+
+    @property
+    def headline(self) -> str:
+        return f"min cosine {self.min_cosine:.4f}"
+
     def table(self) -> str:
         lines = [f"{'texts':<12} {'n':>3} {'min cos':>10} {'mean cos':>10}"]
         lines += [f"{c:<12} {n:>3} {lo:>10.6f} {mean:>10.6f}" for c, n, lo, mean in self.rows]

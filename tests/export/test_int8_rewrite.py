@@ -66,3 +66,29 @@ def test_rewrite_is_what_lets_every_matmul_be_int8(steps, rewritten, st_model, t
     smoothed = min_cosine(rewritten.path, rewritten.keep_fp32, "rewritten.onnx")
     assert plain < verify.THRESHOLDS["int8"] <= verify.THRESHOLDS["int8"] + verify.SELECTION_MARGIN <= smoothed, \
         (plain, smoothed)
+
+
+def test_a_channel_silent_in_calibration_is_not_blown_up(tmp_path):
+    """LayerNorm -> MatMul where one channel is always 0 in calibration (gamma 0): its smoothing factor is
+    floored, so a value it carries at serving time is not multiplied by ~1/sqrt(1e-5)."""
+    from onnx import TensorProto, helper
+
+    gamma = np.array([1.0, 1.0, 0.0, 1.0], np.float32)
+    w = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["h"], axis=-1),
+         helper.make_node("MatMul", ["h", "w"], ["y"], name="proj")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None, 3])],
+        [numpy_helper.from_array(gamma, "gamma"), numpy_helper.from_array(np.zeros(4, np.float32), "beta"),
+         numpy_helper.from_array(w, "w")])
+    src = tmp_path / "ln.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    x = np.random.default_rng(1).normal(size=(2, 5, 4)).astype(np.float32)
+    feeds = [{"x": x, contract.ONNX_ATTENTION_MASK: np.ones((2, 5), np.int64)}]
+    out = int8_rewrite.rewrite_for_int8(src, tmp_path / "rw.onnx", feeds, [])
+    inverse = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out.path)).graph.initializer}["h_smoothing"]
+    assert out.smoothed == 1
+    assert inverse[2] <= 10 * np.median(inverse), inverse
+    (a,), (b,) = (make_session(str(p)).run(None, {"x": x}) for p in (src, out.path))
+    np.testing.assert_allclose(a, b, atol=1e-5)

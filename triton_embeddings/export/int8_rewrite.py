@@ -28,6 +28,7 @@ from triton_embeddings.triton_models.onnx_session import make_session
 
 ALPHA = 0.5  # SmoothQuant's migration strength: the share of each channel's range moved into the weights
 OUTLIER_CHANNELS = 4  # input channels per down-projection that stay fp32 (of 1536 on MiniLM)
+RANGE_FLOOR = 0.1  # of the median channel range: a channel near 0 in calibration is not blown up at serving
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,8 @@ def activation_ranges(src: Path, feeds: Iterable[dict], names: set[str]) -> dict
             mask = feed[ONNX_ATTENTION_MASK].astype(bool)
             for name, value in zip(outputs, values):
                 if name in names:
-                    rows = value[mask] if value.shape[:2] == mask.shape else value.reshape(-1, value.shape[-1])
+                    per_token = value.ndim == mask.ndim + 1 and value.shape[:2] == mask.shape
+                    rows = value[mask] if per_token else value.reshape(-1, value.shape[-1])
                     ranges[name] = np.maximum(ranges.get(name, 0.0), np.abs(rows).max(axis=0))
     return ranges
 
@@ -83,7 +85,8 @@ def activation_ranges(src: Path, feeds: Iterable[dict], names: set[str]) -> dict
 def _smooth(graph, weights: dict, x: str, members: list, x_range: np.ndarray, after: dict) -> None:
     """x @ W -> (x * 1/s) @ (s * W) for every MatMul in `members` (they share the input `x`)."""
     w_range = np.max([np.abs(numpy_helper.to_array(weights[n.input[1]])).max(axis=1) for n in members], axis=0)
-    s = (np.maximum(x_range, 1e-5) ** ALPHA / np.maximum(w_range, 1e-5) ** (1 - ALPHA)).astype(np.float32)
+    x_range = np.maximum(x_range, RANGE_FLOOR * np.median(x_range) + 1e-6)
+    s = (x_range**ALPHA / np.maximum(w_range, 1e-6) ** (1 - ALPHA)).astype(np.float32)
     for n in members:
         _set(weights, n.input[1], numpy_helper.to_array(weights[n.input[1]]) * s[:, None])
         n.input[0] = f"{x}_smoothed"

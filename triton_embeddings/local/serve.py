@@ -149,8 +149,13 @@ def _serve(args, triton) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from triton_embeddings.local.launcher import TritonLaunchError, TritonServer, port_in_use
+    from triton_embeddings.local.launcher import TritonLaunchError, TritonServer, libpython_dir, port_in_use
 
+    try:
+        libpython_dir()  # before exporting: without it no model would load
+    except TritonLaunchError as e:
+        print(f"serve: {e}", file=sys.stderr)
+        return 1
     if port_in_use(args.port, args.host):
         print(f"serve: gateway port {args.port} on {args.host} is already in use (use --port)", file=sys.stderr)
         return 1

@@ -76,11 +76,12 @@ def test_written_parameters_read_back_equal(repo, cls, model):
     assert cls.from_config(config) == expected
 
 
-@pytest.mark.parametrize(("model", "regroup"), [("m_encoder", True), ("m_pooler", False)])
-def test_onnx_step_reader_agrees_with_the_writer(repo, model, regroup):
+@pytest.mark.parametrize(("model", "regroup", "threads"), [("m_encoder", True, 2), ("m_pooler", False, 1)])
+def test_onnx_step_reader_agrees_with_the_writer(repo, model, regroup, threads):
+    """`--intra-op-threads 2` is the encoder's; the pooler runs one thread."""
     session, params = session_from_config(read(repo, model), repo / model / "1")
-    assert params == c.OnnxStepParams(onnx_file="model.onnx", intra_op_threads=2, regroup_by_length=regroup)
-    assert session.get_session_options().intra_op_num_threads == 2
+    assert params == c.OnnxStepParams(onnx_file="model.onnx", intra_op_threads=threads, regroup_by_length=regroup)
+    assert session.get_session_options().intra_op_num_threads == threads
     assert [i.name for i in session.get_inputs()] == [c.TOKEN_EMBEDDINGS, c.ATTENTION_MASK]
 
 
@@ -109,9 +110,9 @@ def test_gateway_reader_agrees_with_the_writer(repo):
 
 def test_cpu_target_writes_the_onnxruntime_backend_knobs(tmp_path, tokenizer_json):
     repo = write_repository(tmp_path, tokenizer_json, target="cpu")
-    expected = {c.ORT_BACKEND_INTRA_OP_THREADS: "2", c.ORT_ARENA_SHRINKAGE: "cpu:0"}
-    for step in ("m_encoder", "m_pooler"):
-        assert c.parameters_of(read(repo, step)) == expected
+    for step, threads in (("m_encoder", "2"), ("m_pooler", "1")):  # the pooler: no second all-core pool
+        assert c.parameters_of(read(repo, step)) == {c.ORT_BACKEND_INTRA_OP_THREADS: threads,
+                                                     c.ORT_ARENA_SHRINKAGE: "cpu:0"}
 
 
 def test_a_missing_required_key_is_an_error_not_a_default(repo):

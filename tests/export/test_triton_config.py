@@ -109,3 +109,12 @@ def test_embedded_encoder_runs_two_instances_and_no_step_waits_by_default():
     assert tuned["minilm_tokenizer"].dynamic_batching.max_queue_delay_microseconds == 0
     gpu = configs(ExportOptions(name="minilm", target="gpu"), SPEC, True, 384)
     assert gpu["minilm_encoder"].instance_group[0].count == 1
+
+
+@pytest.mark.parametrize("threads", [0, 4])
+def test_cpu_pooler_runs_one_thread_whatever_the_encoder_takes(threads):
+    """Both steps run in Triton's process: ORT's 0 would size a second pool, the pooler's, to every core."""
+    cfg = configs(ExportOptions(name="minilm", target="cpu", intra_op_threads=threads), SPEC, True, 384)
+    knob = tc.c.ORT_BACKEND_INTRA_OP_THREADS
+    assert cfg["minilm_encoder"].parameters[knob].string_value == str(threads)
+    assert cfg["minilm_pooler"].parameters[knob].string_value == "1"

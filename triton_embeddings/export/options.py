@@ -89,8 +89,9 @@ class ExportOptions:
     queue_timeout_us: int = option(30_000_000, "a request waiting longer is rejected, not left to hang")
     instances: int = option(1, "instances per step")
     encoder_instances: int = option(0, "encoder instances (0: --instances, at least 2 on the embedded target)")
-    intra_op_threads: int = option(0, "embedded/cpu: ONNX Runtime threads per instance (0: embedded shares the "
-                                      "cores out between the encoder's instances, pooler 1; cpu: all cores)")
+    intra_op_threads: int = option(0, "embedded/cpu: the encoder's ONNX Runtime threads per instance (0: embedded "
+                                      "shares the cores out between the encoder's instances; cpu: all cores); the "
+                                      "pooler and score steps run 1")
     tensorrt: bool = option(False, "gpu target: TensorRT execution provider (fp16 engines with --precision fp16)")
     trt_cache_dir: str = option("/tmp/trt_cache", "gpu target with --tensorrt: where Triton keeps TensorRT "
                                 "engines, per model (the Triton image's volume, as compose and Kubernetes mount it)")

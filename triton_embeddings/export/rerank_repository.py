@@ -52,7 +52,7 @@ def score_config(opts: ExportOptions) -> mc.ModelConfig:
     config = mc.ModelConfig(name=name, max_batch_size=opts.max_batch_size)
     config.input.extend(tc._inputs((c.SCORE_STEP_INPUT, mc.TYPE_FP32, [1])))
     config.output.extend(tc._outputs((c.SCORE, mc.TYPE_FP32, [1]), (c.LOGIT, mc.TYPE_FP32, [1])))
-    tc._onnx_runtime(config, opts, regroup=False)
+    tc._onnx_runtime(config, opts, regroup=False, threads=tc.SMALL_STEP_THREADS)
     tc._dynamic_batching(config, opts)
     tc._instances(config, opts, opts.target.instance_kind)
     return config

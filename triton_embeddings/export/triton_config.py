@@ -146,23 +146,28 @@ def pooler_config(opts: ExportOptions, hidden: int) -> mc.ModelConfig:
     config.input.extend(_inputs((c.TOKEN_EMBEDDINGS, mc.TYPE_FP32, [-1, hidden]),
                                 (c.ATTENTION_MASK, mc.TYPE_INT64, [-1]), ragged=opts.target.ragged))
     config.output.extend(_outputs((c.EMBEDDING, mc.TYPE_FP32, [hidden])))
-    # Python-backend pooler, threads unset: one; pooling is a few element-wise passes, not worth a second core.
-    _onnx_runtime(config, opts, regroup=False, threads=opts.intra_op_threads or 1)
+    _onnx_runtime(config, opts, regroup=False, threads=SMALL_STEP_THREADS)
     _dynamic_batching(config, opts)
     _instances(config, opts, opts.target.instance_kind)
     return config
 
 
+# The pooler and the score step: a few element-wise passes over the encoder's output, a small fraction of its
+# work, so one thread. ORT's 0 would size a second pool to every core in the same process as the encoder's.
+SMALL_STEP_THREADS = 1
+
+
 def _onnx_runtime(config, opts: ExportOptions, regroup: bool, threads: int | None = None) -> None:
+    """`threads`: the step's intra-op threads (None: `--intra-op-threads`, the encoder's)."""
+    threads = opts.intra_op_threads if threads is None else threads
     if opts.target.python_onnx_steps:
         _python_backend(config)
-        threads = opts.intra_op_threads if threads is None else threads
         _parameters(config, c.OnnxStepParams(intra_op_threads=threads, regroup_by_length=regroup))
         return
     config.platform = "onnxruntime_onnx"
     if opts.target.ort_backend_threads:
         # The backend's run option: the CPU arena gives back what a batch shape no longer needs.
-        _parameters(config, {c.ORT_BACKEND_INTRA_OP_THREADS: str(opts.intra_op_threads),
+        _parameters(config, {c.ORT_BACKEND_INTRA_OP_THREADS: str(threads),
                              c.ORT_ARENA_SHRINKAGE: "cpu:0"})
 
 

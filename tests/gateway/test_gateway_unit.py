@@ -777,3 +777,13 @@ def test_openapi_schema_lists_the_api(make_client):
     assert {"/v1/embeddings", "/v1/models", "/v1/models/{model_id}", "/health", "/ready", "/metrics"} <= set(paths)
     schema = paths["/v1/embeddings"]["post"]
     assert "EmbeddingResponse" in json.dumps(schema["responses"]["200"])
+
+
+def test_openapi_documents_metrics_as_prometheus_text_and_the_response_agrees(make_client):
+    client = make_client()
+    content = client.app.openapi()["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert content == {"text/plain; version=0.0.4": {"schema": {"type": "string"}}}  # no JSON body schema
+    served = client.get("/metrics")
+    assert served.status_code == 200
+    assert served.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert "# TYPE gateway_requests_total counter" in served.text

@@ -8,7 +8,6 @@ import hmac
 import orjson
 from fastapi import APIRouter, Body, Depends, Request
 from fastapi.exceptions import RequestValidationError
-from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
@@ -166,8 +165,15 @@ async def ready(request: Request) -> Response:
     return error_response(err, request.app.state.settings.retry_after_s)
 
 
-@router.get("/metrics", dependencies=[Depends(check_metrics_key)])
+class PrometheusText(Response):
+    """Prometheus' text format 0.0.4, the one Triton's metrics port serves (starlette adds the charset)."""
+
+    media_type = "text/plain; version=0.0.4"
+
+
+@router.get("/metrics", dependencies=[Depends(check_metrics_key)], response_class=PrometheusText,
+            responses={200: {"description": "Prometheus text exposition (format 0.0.4), not JSON"}})
 async def metrics(request: Request) -> Response:
     """Prometheus exposition: the gateway's metrics and Triton's, merged."""
     body = await asyncio.to_thread(request.app.state.metrics.exposition)
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
+    return PrometheusText(body)

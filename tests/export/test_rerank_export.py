@@ -129,7 +129,9 @@ def test_gpu_fp16_and_cpu_targets(tmp_path, cross_encoder_source, capsys):
     args = [cross_encoder_source, "--name", "g", "--repository", str(gpu), "--target", "gpu", "--precision", "fp16",
             "--tensorrt", "--max-batch-size", "128"]
     assert cli.main(args) == 0
-    assert "bar for fp16" in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert "bar for fp16" in printed.err
+    assert "verified on      : ONNX Runtime's CPU provider in the export, not the CUDA/TensorRT engine" in printed.out
     configs = _configs(gpu, "g")
     for step in ("g_encoder", "g_score"):
         assert configs[step].platform == "onnxruntime_onnx" and configs[step].max_batch_size == 128

@@ -45,7 +45,8 @@ class ExportResult:
             {"output dimension": spec.dimension, "max length": f"{spec.max_seq_length} tokens",
              "pooling": f"{spec.pooling_mode}{' + normalize' if spec.normalize else ''}",
              "min cosine": f"{check.min_cosine:.6f} (bar {check.threshold})",
-             "prompts": f"{', '.join(spec.prompts) or '(none)'}{default}"},
+             "prompts": f"{', '.join(spec.prompts) or '(none)'}{default}",
+             **steps.verified_on(str(self.options.target))},
             self.note, self.repository, self.files)
 
 

@@ -43,7 +43,8 @@ class RerankExportResult:
             f"Exported {spec.source} as rerank model '{self.name}' ({self.target}, {self.precision})",
             {"max length": f"{spec.max_seq_length} tokens per pair ({spec.truncation})",
              "score": f"{spec.activation}(logit)",
-             "max |difference|": f"{check.max_diff:.2e} (bar {check.threshold:.0e})"},
+             "max |difference|": f"{check.max_diff:.2e} (bar {check.threshold:.0e})",
+             **steps.verified_on(self.target)},
             self.note, self.repository, self.files)
 
 

@@ -11,6 +11,7 @@ import onnx
 
 from triton_embeddings import contract
 from triton_embeddings.export import onnx_export
+from triton_embeddings.triton_models.onnx_session import session_providers
 
 Log = Callable[[str], None]
 
@@ -63,6 +64,16 @@ def require_passed(result, log: Log, shortfall: str) -> None:
     log(result.table())
     if not result.passed:
         raise ExportError(f"{shortfall}; nothing was written")
+
+
+def verified_on(target: str) -> dict[str, str]:
+    """The gpu target's summary row: the verification ran on this process's ONNX Runtime, not on the GPU
+    engine Triton serves (CUDA, or TensorRT with `--tensorrt`)."""
+    if target != "gpu":
+        return {}
+    provider = session_providers()[0].removesuffix("ExecutionProvider")
+    return {"verified on": f"ONNX Runtime's {provider} provider in the export, not the CUDA/TensorRT engine "
+                           "Triton serves on the GPU"}
 
 
 def summary(title: str, rows: dict[str, object], note: str, repository: Path, files: list[Path]) -> str:

@@ -47,9 +47,15 @@ def make_session(
     options.enable_mem_pattern = not ragged
     # No busy-waiting between runs: inside Triton the tokenizer, pooler and gRPC share these cores.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(path, sess_options=options, providers=session_providers(providers))
+
+
+def session_providers(requested: list[str] | None = None) -> list[str]:
+    """The providers `make_session` gives a session: those of `requested` (default CUDA, then CPU) that this
+    onnxruntime build has, else the CPU."""
     available = ort.get_available_providers()
-    chosen = [p for p in (providers or ["CUDAExecutionProvider", "CPUExecutionProvider"]) if p in available]
-    return ort.InferenceSession(path, sess_options=options, providers=chosen or ["CPUExecutionProvider"])
+    chosen = [p for p in (requested or ["CUDAExecutionProvider", "CPUExecutionProvider"]) if p in available]
+    return chosen or ["CPUExecutionProvider"]
 
 
 def shrinking_run_options() -> ort.RunOptions:

@@ -21,6 +21,7 @@ downloaded here; throughput depends on the shape, not on the trained values. `--
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -34,6 +35,7 @@ sys.path.append(str(ROOT / "bench"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import procstat  # noqa: E402
+from provenance import provenance  # noqa: E402
 
 from bench import Load, Run, spawn, wrk  # noqa: E402  (bench/bench.py)
 from triton_embeddings.local.launcher import TritonServer  # noqa: E402
@@ -164,30 +166,36 @@ def run_rounds(args, repo: Path, triton, servers: dict, files) -> list[dict[str,
     return rounds
 
 
-def report(args, rounds: list[dict[str, Run]]) -> int:
-    def med(values) -> float:
-        return statistics.median(list(values))
-
-    def ratio(a: str, b: str) -> float:
-        return med(r[a].texts_per_s / r[b].texts_per_s for r in rounds)
-
-    errors = sum(run.errors for r in rounds for run in r.values())
-    print(f"rerank: {args.clients} clients x (1 query + {args.docs} documents of 3-150 words), model {args.label}; "
-          f"medians of {len(rounds)} alternating round(s), {args.seconds:g} s per server run; errors {errors}")
+def summarize(rounds: list[dict[str, Run]]) -> dict:
+    """Medians of rounds per path, and the ratios docs quote, each the ratio of two of those medians."""
+    paths = {}
     for name in rounds[0]:
         runs = [r[name] for r in rounds]
-        cores = {k: med(run.cores.get(k, 0.0) for run in runs) for k in sorted({k for run in runs for k in run.cores})}
-        cpu = " ".join(f"{k} {v:.2f}" for k, v in cores.items() if v >= 0.005)
-        lat = "" if name.startswith("in-process") else f"  p50 {med(x.p50_ms for x in runs):7.1f} ms"
-        print(f"  {name:<16}{med(x.texts_per_s for x in runs):9.0f} pairs/s{lat:<18}  CPU cores: {cpu}")
-    print(f"  gateway / in-process ONNX (sorted, batched): {ratio('gateway', 'in-process'):.2f}x (goal >= 0.8)")
-    print(f"  gateway / FastAPI + CrossEncoder.predict   : {ratio('gateway', 'reference'):.2f}x (goal >= 3)")
-    print(f"  in-process ONNX / CrossEncoder.predict     : {ratio('in-process', 'reference'):.2f}x "
-          "(what any server on this fp32 ONNX model can reach)")
-    if args.int8:
-        print(f"  int8 export: gateway-int8 / in-process-int8 {ratio('gateway-int8', 'in-process-int8'):.2f}x; "
-              f"gateway-int8 / FastAPI + CrossEncoder.predict (fp32) {ratio('gateway-int8', 'reference'):.2f}x; "
-              f"gateway-int8 / gateway {ratio('gateway-int8', 'gateway'):.2f}x")
+        keys = sorted({k for run in runs for k in run.cores})
+        paths[name] = {"pairs_per_s": round(statistics.median(x.texts_per_s for x in runs), 1),
+                       "errors": sum(x.errors for x in runs),
+                       "cores": {k: round(statistics.median(x.cores.get(k, 0.0) for x in runs), 2) for k in keys}}
+        if not name.startswith("in-process"):
+            paths[name]["p50_ms"] = round(statistics.median(x.p50_ms for x in runs), 1)
+    pairs = [("gateway", "in-process"), ("gateway", "reference"), ("in-process", "reference"),
+             ("gateway-int8", "in-process-int8"), ("gateway-int8", "reference"), ("in-process-int8", "reference")]
+    ratios = {f"{a} / {b}": round(paths[a]["pairs_per_s"] / paths[b]["pairs_per_s"], 2)
+              for a, b in pairs if a in paths and b in paths}
+    return {"paths": paths, "ratios": ratios}
+
+
+def report(args, rounds: list[dict[str, Run]], summary: dict) -> int:
+    errors = sum(p["errors"] for p in summary["paths"].values())
+    print(f"rerank: {args.clients} clients x (1 query + {args.docs} documents of 3-150 words), model {args.label}; "
+          f"medians of {len(rounds)} alternating round(s), {args.seconds:g} s per server run; errors {errors}")
+    for name, p in summary["paths"].items():
+        cpu = " ".join(f"{k} {v:.2f}" for k, v in p["cores"].items() if v >= 0.005)
+        lat = f"  p50 {p['p50_ms']:7.1f} ms" if "p50_ms" in p else ""
+        print(f"  {name:<16}{p['pairs_per_s']:9.0f} pairs/s{lat:<18}  CPU cores: {cpu}")
+    goals = {"gateway / in-process": "goal >= 0.8", "gateway / reference": "goal >= 3",
+             "in-process / reference": "what any server on this fp32 ONNX model can reach"}
+    for name, ratio in summary["ratios"].items():
+        print(f"  {name:<36}: {ratio:.2f}x" + (f" ({goals[name]})" if name in goals else ""))
     return 1 if errors else 0
 
 
@@ -202,6 +210,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--int8", action="store_true",
                    help="also the same cross-encoder's int8 export, in-process and through the gateway")
     p.add_argument("--quick", action="store_true", help="smoke run (CI): the tiny model, 1 short round")
+    p.add_argument("--json", type=Path, help="also write the run's figures and provenance here")
     args = p.parse_args(argv)
     args.tiny = args.tiny or (args.quick and not args.model)
     args.rounds = args.rounds or (1 if args.quick else 3)
@@ -211,6 +220,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    prov = provenance("bench/bench_rerank.py", argv)
     with tempfile.TemporaryDirectory(prefix="bench-rerank-") as tmp:
         work = Path(tmp)
         source = args.model
@@ -231,7 +241,13 @@ def main(argv=None) -> int:
             rounds = run_rounds(args, repo, triton, servers, files)
         finally:
             stop(triton, servers)
-    return report(args, rounds)
+    summary = summarize(rounds)
+    if args.json:
+        doc = {"provenance": prov, "model": args.label, "clients": args.clients, "docs_per_request": args.docs,
+               "rounds_run": len(rounds), "seconds_per_run": args.seconds, "summary": summary,
+               "rounds": [{k: vars(v) for k, v in r.items()} for r in rounds]}
+        args.json.write_text(json.dumps(doc, indent=1) + "\n")
+    return report(args, rounds, summary)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from provenance import provenance  # noqa: E402  (bench/provenance.py, beside this script)
+
 from tests.compare.data.make_data import OBJECTS, SUBJECTS, TIMES, VERBS  # noqa: E402
 from triton_embeddings.compare.cost import hourly_cost_per_1m  # noqa: E402
 from triton_embeddings.local.launcher import TritonServer  # noqa: E402
@@ -76,9 +78,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("compare-demo"))
     p.add_argument("--repository", type=Path, default=Path(tempfile.gettempdir()) / "compare-demo-repository")
+    p.add_argument("--json", type=Path, help="also write the re-embed throughput and cost, with provenance, here")
     p.add_argument("--node-hour-price", type=float, default=0.0893,
                    help="USD/h of the machine serving the models (default: an on-demand 2-vCPU VM, see docs)")
     args = p.parse_args()
+    prov = provenance("bench/compare_demo.py")
     ensure_repository(args.repository)
     work = Path(tempfile.mkdtemp(prefix="compare-demo-"))
     with TritonServer.on_free_ports(args.repository, log_file=work / "triton.log") as triton:
@@ -90,6 +94,7 @@ def main() -> None:
                 "--node-hour-price", str(args.node_hour_price), "--batch-size", "32", "--no-progress",
                 "--out", str(args.out), "--cache", str(work / "cache.sqlite"))
             n = synthetic_corpus(work / "synthetic.jsonl")
+            reembed = {}
             for model in (FP32, INT8):
                 start = time.perf_counter()
                 line = run("triton_embeddings.compare.reembed", "--input", str(work / "synthetic.jsonl"),
@@ -99,8 +104,15 @@ def main() -> None:
                 per_1m = hourly_cost_per_1m(args.node_hour_price, tokens / seconds)
                 print(f"reembed {model}: {n} texts, {time.perf_counter() - start:.1f}s wall: {line}; "
                       f"{tokens / seconds:,.0f} tokens/s -> ${per_1m:.4f} per 1M tokens at ${args.node_hour_price}/h")
+                reembed[model] = {"texts": n, "tokens": int(tokens), "seconds": seconds,
+                                  "tokens_per_s": round(tokens / seconds), "cost_per_1m_usd": round(per_1m, 4)}
         finally:
             stop_process(gw)
+    if args.json:
+        doc = {"provenance": prov, "node_hour_price_usd": args.node_hour_price,
+               "reembed": {"batch_size": 64, "concurrency": 4, "models": reembed},
+               "compare": json.loads((args.out / "report.json").read_text())}
+        args.json.write_text(json.dumps(doc, indent=1) + "\n")
     print((args.out / "report.md").read_text())
 
 

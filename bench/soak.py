@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from provenance import provenance
+
 from bench import MODEL, ROOT, ensure_repository  # bench/bench.py: sys.path and the export helper
 from triton_embeddings.local.launcher import TritonServer
 from triton_embeddings.local.processes import free_port, stop_process, wait_http
@@ -113,7 +115,14 @@ def soak(args, repo: Path, workdir: Path) -> int:
                     return 1
             finally:
                 stop_process(gw, 15)
-    report(warm, end, warm_run, main_run, (time.monotonic() - t0) / 60)
+    minutes = (time.monotonic() - t0) / 60
+    report(warm, end, warm_run, main_run, minutes)
+    if args.json:
+        doc = {"provenance": args.provenance, "minutes": round(minutes, 1), "clients": args.clients,
+               "warmup": warm_run, "soak": main_run,
+               "rss_mb": {name: {"after_warmup": round(warm.get(name, 0.0)), "end": round(end.get(name, 0.0))}
+                          for name in dict.fromkeys([*warm, *end])}}
+        args.json.write_text(json.dumps(doc, indent=1) + "\n")
     return 0 if errors(main_run) == 0 else 1
 
 
@@ -124,7 +133,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=32, help="concurrent keep-alive connections")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--repository", type=Path, help="exported model repository (default: export to a temp dir)")
+    parser.add_argument("--json", type=Path, help="also write the run's figures and provenance here")
     args = parser.parse_args()
+    args.provenance = provenance("bench/soak.py")
     if shutil.which("wrk") is None:
         print("soak: wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ is to prove it still drives raw ONNX Runtime, Triton, the gateway, the reference
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -38,17 +39,22 @@ def test_quick_bench_prints_a_full_table_without_errors(model_repository, tmp_pa
         assert (load, "gateway-int8") in {(r[0], r[1]) for r in rows}
     assert "gateway / raw, S32:" in proc.stdout and "p50, 1 client x 1 short text" in proc.stdout
     assert "int8 / fp32, S32: through the gateway" in proc.stdout
-    runs = __import__("json").loads(out_json.read_text())["rounds"][0]
+    doc = json.loads(out_json.read_text())
+    assert doc["provenance"]["commit"] and doc["provenance"]["machine"]["cores"] and doc["provenance"]["date"]
+    s32 = doc["summary"]["throughput"]["S32"]
+    assert s32["gateway"]["x_raw"] == round(s32["gateway"]["texts_per_s"] / s32["raw"]["texts_per_s"], 2)
+    runs = doc["rounds"][0]
     assert runs and all(run["errors"] == 0 for run in runs.values())
     served = [run for key, run in runs.items() if not key.split("/")[1].startswith("raw")]
     assert all(run["texts_per_s"] > 0 for run in served), runs
 
 
 @pytest.mark.slow
-def test_quick_rerank_bench_prints_every_path_without_errors():
+def test_quick_rerank_bench_prints_every_path_without_errors(tmp_path):
     require("wrk")
+    out_json = tmp_path / "rerank.json"
     proc = subprocess.run(
-        [sys.executable, "bench/bench_rerank.py", "--quick", "--int8"],
+        [sys.executable, "bench/bench_rerank.py", "--quick", "--int8", "--json", str(out_json)],
         cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -57,8 +63,12 @@ def test_quick_rerank_bench_prints_every_path_without_errors():
             if "pairs/s" in line and not line.startswith("round")}
     paths = {"in-process", "gateway", "reference", "in-process-int8", "gateway-int8"}
     assert set(rows) == paths and all(v > 0 for v in rows.values()), proc.stdout
-    assert "gateway / FastAPI + CrossEncoder.predict" in proc.stdout
-    assert "gateway-int8 / in-process-int8" in proc.stdout
+    assert "gateway / reference" in proc.stdout and "gateway-int8 / in-process-int8" in proc.stdout
+    doc = json.loads(out_json.read_text())
+    assert doc["provenance"]["commit"] and doc["provenance"]["machine"]["cores"]
+    assert set(doc["summary"]["paths"]) == paths
+    assert doc["summary"]["ratios"]["gateway / in-process"] == round(
+        doc["summary"]["paths"]["gateway"]["pairs_per_s"] / doc["summary"]["paths"]["in-process"]["pairs_per_s"], 2)
 
 
 def test_slow_loads_get_windows_long_enough_for_littles_law():

@@ -14,6 +14,8 @@ import argparse
 import json
 import time
 
+from provenance import provenance  # bench/provenance.py, beside this script
+
 # Configs of all-MiniLM-L6-v2 and all-mpnet-base-v2 (their config.json, weights omitted).
 MODELS = {
     "all-MiniLM-L6-v2": ("BertConfig", dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6,
@@ -71,7 +73,8 @@ def main() -> None:
                     print(json.dumps(rows[-1]), flush=True)
             del model
             torch.cuda.empty_cache()
-    info = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "rows": rows}
+    info = {"provenance": provenance("bench/gpu_throughput.py"), "device": torch.cuda.get_device_name(0),
+            "torch": torch.__version__, "rows": rows}
     with open(args.out, "w") as f:
         json.dump(info, f, indent=1)
 

@@ -11,6 +11,7 @@ scores with cosine (float32, int8) and Hamming similarity (binary), the ratio to
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from scipy.stats import spearmanr
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from provenance import provenance  # noqa: E402  (bench/provenance.py, beside this script)
 
 from triton_embeddings import contract, quantize  # noqa: E402
 from triton_embeddings.export.pipeline import OnnxPipeline  # noqa: E402
@@ -74,13 +77,22 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repository", type=Path, default=ROOT / "model_repository")
     p.add_argument("--model", nargs="+", default=["all-MiniLM-L6-v2"])
+    p.add_argument("--json", type=Path, help="also write the figures and provenance here")
     args = p.parse_args()
+    prov = provenance("bench/quantization_quality.py")
+    models = []
     print(f"{len(read_pairs()[0])} pairs from {PAIRS.relative_to(ROOT)}")
     print(f"{'model':<22} {'float':>6} {'int8':>6} {'ratio':>6} {'binary':>7} {'ratio':>6}   bytes f32/int8/binary")
     for model in args.model:
         r = evaluate(args.repository, model)
         print(f"{model:<22} {r['float']:6.1f} {r['int8']:6.1f} {r['int8_ratio']:6.3f} {r['binary']:7.1f} "
               f"{r['binary_ratio']:6.3f}   {r['bytes_float']}/{r['bytes_int8']}/{r['bytes_binary']}")
+        models.append({"model": model, "float32": round(r["float"], 1), "int8": round(r["int8"], 1),
+                       "binary": round(r["binary"], 1),
+                       "bytes": [r["bytes_float"], r["bytes_int8"], r["bytes_binary"]]})
+    if args.json:
+        doc = {"provenance": prov, "pairs": len(read_pairs()[0]), "models": models}
+        args.json.write_text(json.dumps(doc, indent=1) + "\n")
     return 0
 
 

@@ -1,0 +1,220 @@
+"""The README's and docs' figures, rendered from the committed runs under docs/measurements/.
+
+A markdown file quotes a run in a block:
+
+    <!-- figures: NAME docs/measurements/FILE.json -->
+    ...what RENDERERS[NAME] makes of FILE.json...
+    <!-- /figures -->
+
+    python bench/figures.py            # rewrite every block from its JSON
+    python bench/figures.py --check    # exit 1 naming each block that differs (tests/test_figures.py)
+
+Each JSON is written by the tool that measured it (bench.py, bench_rerank.py, compare_demo.py, soak.py,
+quantization_quality.py, gpu_throughput.py with --json/--out) and carries its provenance (bench/provenance.py);
+every block opens with that line, so a figure always says which run, commit, machine and day it comes from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCK = re.compile(r"(<!-- figures: (\S+) (\S+) -->\n)(.*?)(<!-- /figures -->)", re.S)
+# Written before the tools recorded provenance; the renderer says what the file does not.
+LEGACY = {"docs/measurements/gpu_h200_torch_throughput.json": "e43cb86"}
+GOAL_X_RAW, GOAL_P50_MS, GOAL_INT8 = 0.85, 2.0, 1.6
+
+
+def provenance_line(doc: dict, path: str) -> str:
+    p = doc.get("provenance")
+    if p is None:
+        return (f"From `{path}`, committed in {LEGACY[path]}; the file records the device and the torch "
+                "version, not the commit, machine or date it was measured at.")
+    m = p["machine"]
+    dirty = " (with uncommitted changes)" if p["dirty"] else ""
+    return (f"Measured by `{p['command']}` at commit {p['commit']}{dirty} on {p['date'][:10]}: {m['cores']} cores "
+            f"({m['cpu']}), load average {m['load_average_at_start']:.2f} at start, onnxruntime {m['onnxruntime']} "
+            f"(`{path}`).")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+BENCH_PATHS = ("raw", "triton", "gateway", "reference", "raw-int8", "gateway-int8")
+
+
+def bench_throughput(doc: dict) -> list[str]:
+    t = doc["summary"]["throughput"]
+    paths = [p for p in BENCH_PATHS if any(p in cells for cells in t.values())]
+    rows = []
+    for load, cells in t.items():
+        row = [load]
+        for path in paths:
+            c = cells.get(path)
+            ratio = "" if c is None or "x_raw" not in c else f" ({'**%.2f**' if path == 'gateway' else '%.2f'})"
+            row.append("" if c is None else f"{c['texts_per_s']:.1f}" + (ratio % c["x_raw"] if ratio else ""))
+        rows.append(row)
+    errors = sum(c["errors"] for cells in t.values() for c in cells.values())
+    head = (f"Medians of {doc['rounds_run']} alternating rounds, {doc['seconds_per_run']:g} s per server run "
+            f"(longer where the raw rate needs it), {doc['model']}; texts/s (ratio to raw; int8 paths to raw int8); "
+            f"errors {errors}:")
+    return [head, "", *_table(["load", *paths], rows)]
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def bench_goals(doc: dict) -> list[str]:
+    s = doc["summary"]
+    x = {load: c["gateway"]["x_raw"] for load, c in s["throughput"].items() if "gateway" in c}
+    rows = [[f"gateway >= {GOAL_X_RAW}x raw on {', '.join(x)}", ", ".join(f"{v:.2f}" for v in x.values()),
+             _verdict(all(v >= GOAL_X_RAW for v in x.values()))]]
+    if "p50_one_short_text_ms" in s:
+        p = s["p50_one_short_text_ms"]
+        extra = p["gateway"] - p["raw"]
+        rows.append([f"p50, 1 client x 1 short text <= raw + {GOAL_P50_MS:g} ms",
+                     f"raw {p['raw']:.1f} ms, triton {p['triton']:.1f} ms, gateway {p['gateway']:.1f} ms "
+                     f"({extra:+.1f} ms)", _verdict(extra <= GOAL_P50_MS)])
+    if s["int8"]:
+        i8 = s["int8"]
+        rows.append([f"int8 >= {GOAL_INT8}x fp32 through the gateway, {', '.join(i8)}",
+                     ", ".join(f"{v['gateway']:.2f}x" for v in i8.values())
+                     + " (raw ONNX Runtime: " + ", ".join(f"{v['raw']:.2f}x" for v in i8.values()) + ")",
+                     _verdict(all(v["gateway"] >= GOAL_INT8 for v in i8.values()))])
+    return _table(["goal", "measured", ""], rows)
+
+
+def bench_cpu(doc: dict) -> list[str]:
+    s32 = doc["summary"]["throughput"]["S32"]
+    gw = {k: v for k, v in s32["gateway"]["cores"].items() if v >= 0.005 and k != "reference"}
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in sorted(gw.items(), key=lambda kv: -kv[1]))
+    return [f"CPU under S32, cores used (CPU seconds / wall seconds): raw {s32['raw']['cores']['bench']:.2f}; "
+            f"gateway path: {parts}."]
+
+
+def rerank(doc: dict) -> list[str]:
+    s = doc["summary"]
+    rows = [[name, f"{p['pairs_per_s']:.0f}", f"{p['p50_ms']:.1f} ms" if "p50_ms" in p else "",
+             ", ".join(f"{k} {v:.2f}" for k, v in p["cores"].items() if v >= 0.005)] for name, p in s["paths"].items()]
+    head = (f"{doc['model']}; {doc['clients']} clients x (1 query + {doc['docs_per_request']} documents); medians "
+            f"of {doc['rounds_run']} alternating rounds, {doc['seconds_per_run']:g} s per server run; errors "
+            f"{sum(p['errors'] for p in s['paths'].values())}:")
+    ratios = [[name, f"**{v:.2f}**"] for name, v in s["ratios"].items()]
+    return [head, "", *_table(["path", "pairs/s", "p50", "CPU, cores"], rows), "",
+            *_table(["ratio (of the medians above)", ""], ratios)]
+
+
+def cost(doc: dict) -> list[str]:
+    price = doc["compare"]["list_prices_per_1m_usd"]["text-embedding-3-small"]
+    r = doc["reembed"]
+    rows = [[name, f"{m['texts']:,}", f"{m['tokens']:,}", f"{m['tokens_per_s']:,}", f"${m['cost_per_1m_usd']:.4f}"]
+            for name, m in r["models"].items()]
+    return [f"`embeddings-reembed --batch-size {r['batch_size']} --concurrency {r['concurrency']}` through the "
+            f"gateway, priced at ${doc['node_hour_price_usd']}/h; text-embedding-3-small lists ${price} per 1M "
+            "tokens:", "",
+            *_table(["model", "texts", "tokens", "tokens/s", "cost per 1M tokens"], rows)]
+
+
+def _label(e: dict) -> str:
+    dims = f" (dimensions={e['dimensions']})" if e["dimensions"] else ""
+    return f"{e['label']}: {e['model']}{dims}"
+
+
+def compare_agreement(doc: dict) -> list[str]:
+    c = doc["compare"]
+    labels = {e["label"]: _label(e) for e in c["endpoints"]}
+    rows = [[labels[a["endpoint"]], *(f"{a['overlap@k'][k]:.3f}" for k in ("1", "10", "100")), f"{a['top1']:.3f}",
+             f"{a['spearman']:.3f}"] for a in c["agreement"]]
+    return _table(["endpoint", "overlap@1", "overlap@10", "overlap@100", "top-1 agreement", "Spearman"], rows)
+
+
+def compare_quality(doc: dict) -> list[str]:
+    rows = [[_label(e), f"{e['quality']['ndcg@10']:.3f}", f"{e['quality']['recall@100']:.3f}",
+             str(e["quality"]["queries"])] for e in doc["compare"]["endpoints"]]
+    return _table(["endpoint", "nDCG@10", "recall@100", "labelled queries"], rows)
+
+
+def compare_speed(doc: dict) -> list[str]:
+    rows = [[_label(e), f"{e['speed']['tokens_per_s']:,.0f}", f"{e['speed']['inputs_per_s']:.1f}",
+             f"{e['speed']['p50_s'] * 1000:.0f} ms", f"{e['speed']['p95_s'] * 1000:.0f} ms",
+             str(e["speed"]["requests"]), f"${e['cost_per_1m_tokens_usd']:.5f}"] for e in doc["compare"]["endpoints"]]
+    return _table(["endpoint", "tokens/s", "texts/s", "p50", "p95", "requests", "cost per 1M tokens"], rows)
+
+
+def soak(doc: dict) -> list[str]:
+    s = doc["soak"]
+    kinds = "/".join(str(s[f"{k}_errors"]) for k in ("connect", "read", "write", "status", "timeout"))
+    head = (f"{doc['minutes']:g} minutes, {doc['clients']} clients, single texts (4 short : 1 long, every text "
+            f"distinct): {s['requests']:,} requests ({s['requests'] / (s['duration_us'] / 1e6):.1f}/s), p50 "
+            f"{s['p50_us'] / 1e3:.0f} ms, p99 {s['p99_us'] / 1e3:.0f} ms; errors: warm-up {doc['warmup']['errors']}, "
+            f"soak {s['errors']} (connect/read/write/status/timeout {kinds}).")
+    rows = [[name, f"{m['after_warmup']} MB", f"{m['end']} MB", f"{m['end'] - m['after_warmup']:+d} MB"]
+            for name, m in doc["rss_mb"].items()]
+    return [head, "", *_table(["process", "RSS after warm-up", "RSS at end", "growth"], rows)]
+
+
+def quantization(doc: dict) -> list[str]:
+    rows = [[m["model"], f"{m['float32']:.1f}", f"{m['int8']:.1f}", f"{m['int8'] / m['float32']:.3f}",
+             f"{m['binary']:.1f}", f"{m['binary'] / m['float32']:.3f}", " / ".join(str(b) for b in m["bytes"])]
+            for m in doc["models"]]
+    return [f"Spearman x100 on {doc['pairs']} held-out pairs:", "",
+            *_table(["model", "float32", "int8", "int8 / float", "binary", "binary / float",
+                     "bytes per vector (float32 / int8 / binary)"], rows)]
+
+
+def gpu_proxy(doc: dict) -> list[str]:
+    by = {}
+    for r in doc["rows"]:
+        by.setdefault((r["model"], r["dtype"], r["tokens"]), {})[r["batch"]] = r["texts_per_s"]
+    rows = [[m, d, str(t), f"{b[32]:,.0f}", f"{b[128]:,.0f}"] for (m, d, t), b in by.items() if d == "float16"]
+    return [f"Eager PyTorch encoder only, random weights, {doc['device']}, torch {doc['torch']}; texts/s:", "",
+            *_table(["model", "dtype", "tokens per text", "batch 32", "batch 128"], rows)]
+
+
+RENDERERS: dict[str, Callable[[dict], list[str]]] = {
+    "bench-throughput": bench_throughput, "bench-goals": bench_goals, "bench-cpu": bench_cpu, "rerank": rerank,
+    "cost": cost, "compare-agreement": compare_agreement, "compare-quality": compare_quality,
+    "compare-speed": compare_speed, "soak": soak, "quantization": quantization, "gpu-proxy": gpu_proxy,
+}
+
+
+def render(name: str, path: str) -> str:
+    doc = json.loads((ROOT / path).read_text())
+    return "\n".join([provenance_line(doc, path), "", *RENDERERS[name](doc)]) + "\n"
+
+
+def blocks(text: str) -> list[re.Match]:
+    return list(BLOCK.finditer(text))
+
+
+def rewrite(text: str) -> str:
+    return BLOCK.sub(lambda m: m.group(1) + render(m.group(2), m.group(3)) + m.group(5), text)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 naming each block that differs")
+    args = p.parse_args(argv)
+    stale = []
+    for doc in DOCS:
+        text = doc.read_text()
+        new = rewrite(text)
+        if new != text:
+            stale.append(doc.relative_to(ROOT))
+            if not args.check:
+                doc.write_text(new)
+    for path in stale:
+        print(f"figures: {path} {'differs from' if args.check else 'rewritten from'} its runs", file=sys.stderr)
+    return 1 if stale and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

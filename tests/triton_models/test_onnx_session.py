@@ -59,10 +59,17 @@ def _growth(model: Path, mode: str) -> float:
     return float(proc.stdout.strip())
 
 
+# The largest batch RAGGED_RUNS feeds: 64 x 256 x 384 fp32 token embeddings.
+LARGEST_FEED_MB = 64 * 256 * 384 * 4 / 2**20
+
+
 def test_ragged_runs_hand_memory_back(tmp_path):
-    """Batches of ever new shapes (up to 25 MB of token embeddings): RSS stays put with the served settings."""
+    """Batches of ever new shapes: with the served settings the process keeps less than one largest batch,
+    with the defaults more than one more. The runs are seeded and single-threaded: the growth does not depend
+    on timing or load, and the bounds leave room for other allocator and ONNX Runtime versions."""
     model = tmp_path / "pooler.onnx"
     onnx.save(build_pooler("mean", True, 384), str(model))
     default, bounded = _growth(model, "default"), _growth(model, "bounded")
-    assert bounded < 20, f"RSS grew {bounded:.0f} MB with arena shrinkage and a fixed mmap threshold"
-    assert default > bounded + 20, f"default settings grew {default:.0f} MB: the test no longer shows a difference"
+    assert bounded < LARGEST_FEED_MB, f"RSS grew {bounded:.0f} MB with arena shrinkage and a fixed mmap threshold"
+    assert default > bounded + LARGEST_FEED_MB, (
+        f"default settings grew {default:.0f} MB, bounded {bounded:.0f} MB: the test no longer shows a difference")

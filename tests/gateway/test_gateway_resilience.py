@@ -17,6 +17,9 @@ from tests.gw_helpers import DEFAULT_MODEL, GatewayProcess, free_port, running_g
 pytestmark = pytest.mark.slow
 
 BODY = {"model": DEFAULT_MODEL, "input": "resilience check", "encoding_format": "float"}
+# The upper bound on answers that must not wait: it catches a hang (e.g. one that waits out the 30 s Triton
+# deadline), not a slow machine (a loaded 2-core CI runner can take seconds).
+HANG_S = 10.0
 
 
 @pytest.fixture
@@ -30,11 +33,12 @@ def own_triton(model_repository, tmp_path):
 
 
 def test_triton_stop_gives_503_fast_and_restart_recovers(own_triton, tmp_path):
+    settings = dict(cache="none", triton_timeout_s="30", request_timeout_s="60")
     with (
         running_gateway(
-            tmp_path, triton_grpc_url=own_triton.grpc_url, triton_metrics_url=own_triton.metrics_url, cache="none"
+            tmp_path, triton_grpc_url=own_triton.grpc_url, triton_metrics_url=own_triton.metrics_url, **settings
         ) as gw,
-        httpx.Client(base_url=gw.url, timeout=10) as c,
+        httpx.Client(base_url=gw.url, timeout=60) as c,
     ):
         before = c.post("/v1/embeddings", json=BODY)
         assert before.status_code == 200
@@ -46,7 +50,7 @@ def test_triton_stop_gives_503_fast_and_restart_recovers(own_triton, tmp_path):
             r = c.post("/v1/embeddings", json={**BODY, "input": f"while down {i}"})
             elapsed = time.monotonic() - t0
             assert r.status_code == 503, r.text
-            assert elapsed < 1.0, f"503 took {elapsed:.2f}s"
+            assert elapsed < HANG_S, f"503 took {elapsed:.2f}s: it waited for Triton instead of failing fast"
             assert r.headers["retry-after"] == "1"
             assert r.json()["error"]["code"] == "service_unavailable"
         assert c.get("/ready").status_code == 503
@@ -84,7 +88,7 @@ def test_triton_hanging_gives_504_after_the_deadline(own_triton, tmp_path):
         finally:
             os.kill(own_triton.process.pid, signal.SIGCONT)
         assert r.status_code == 504, r.text
-        assert r.json()["error"]["code"] == "timeout" and 0.9 < elapsed < 5
+        assert r.json()["error"]["code"] == "timeout" and 0.9 < elapsed < HANG_S
         assert c.post("/v1/embeddings", json=BODY).status_code == 200
         assert triton_error_counts(c.get("/metrics").text) == {"timeout": 1.0}
 
@@ -117,7 +121,7 @@ def test_request_deadline_and_overload_on_a_frozen_triton(own_triton, tmp_path):
             os.kill(own_triton.process.pid, signal.SIGCONT)
         assert second.status_code == 429 and second.headers["retry-after"] == "1", second.text
         assert r.status_code == 504 and r.json()["error"]["code"] == "timeout", r.text
-        assert 1.4 < elapsed < 5
+        assert 1.4 < elapsed < HANG_S
         assert triton_error_counts(c.get("/metrics").text) == {"deadline": 1.0}
         assert c.post("/v1/embeddings", json=BODY).status_code == 200
 
@@ -224,7 +228,7 @@ def test_redis_cache_hits_are_identical_and_redis_down_still_serves(triton, redi
         for i in range(3):
             t0 = time.monotonic()
             down = c.post("/v1/embeddings", json={**body, "input": texts + [f"redis down {i}"]})
-            assert down.status_code == 200 and time.monotonic() - t0 < 5
+            assert down.status_code == 200 and time.monotonic() - t0 < HANG_S
             assert down.json()["data"][:3] == miss.json()["data"]
         assert _metric(c.get("/metrics").text, "gateway_cache_errors_total") >= 1
         assert "Redis" in gw.log_text()

@@ -115,12 +115,12 @@ def rerank(doc: dict) -> list[str]:
 def cost(doc: dict) -> list[str]:
     price = doc["compare"]["list_prices_per_1m_usd"]["text-embedding-3-small"]
     r = doc["reembed"]
-    rows = [[name, f"{m['texts']:,}", f"{m['tokens']:,}", f"{m['tokens_per_s']:,}", f"${m['cost_per_1m_usd']:.4f}"]
-            for name, m in r["models"].items()]
+    rows = [[name, f"{m['texts']:,}", f"{m['tokens']:,}", f"{m['tokens_per_s']:,}", f"${m['cost_per_1m_usd']:.4f}",
+             f"{m['cost_per_1m_usd'] / price:.2f}"] for name, m in r["models"].items()]
     return [f"`embeddings-reembed --batch-size {r['batch_size']} --concurrency {r['concurrency']}` through the "
             f"gateway, priced at ${doc['node_hour_price_usd']}/h; text-embedding-3-small lists ${price} per 1M "
             "tokens:", "",
-            *_table(["model", "texts", "tokens", "tokens/s", "cost per 1M tokens"], rows)]
+            *_table(["model", "texts", "tokens", "tokens/s", "cost per 1M tokens", "/ text-embedding-3-small"], rows)]
 
 
 def _label(e: dict) -> str:

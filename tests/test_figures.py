@@ -1,0 +1,82 @@
+"""Every figure block in README.md and docs/ is what bench/figures.py renders from its committed run.
+
+A cell edited by hand, a run re-measured without re-rendering, or a block quoting a file that is gone fails
+here; `python bench/figures.py` rewrites the blocks from docs/measurements/.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+import figures  # noqa: E402
+
+MEASUREMENTS = ROOT / "docs" / "measurements"
+
+
+def _quoted() -> list[tuple[Path, str, str]]:
+    return [(doc, m.group(2), m.group(3)) for doc in figures.DOCS for m in figures.blocks(doc.read_text())]
+
+
+@pytest.mark.parametrize("doc", figures.DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_block_is_rendered_from_its_run(doc):
+    text = doc.read_text()
+    rendered = figures.rewrite(text)
+    diff = "\n".join(difflib.unified_diff(text.splitlines(), rendered.splitlines(), "doc", "its runs", lineterm=""))
+    assert rendered == text, f"{doc.name}: a figure differs from its JSON (python bench/figures.py):\n{diff}"
+
+
+def test_blocks_name_known_renderers_and_existing_runs():
+    quoted = _quoted()
+    assert len(quoted) >= 10, quoted
+    for doc, name, path in quoted:
+        assert name in figures.RENDERERS, f"{doc.name}: unknown figures block {name!r}"
+        assert (ROOT / path).is_file(), f"{doc.name}: {path} is not committed"
+
+
+def test_every_committed_run_is_quoted_and_says_where_it_came_from():
+    quoted = {path for _, _, path in _quoted()}
+    for run in sorted(MEASUREMENTS.glob("*.json")):
+        rel = str(run.relative_to(ROOT))
+        assert rel in quoted, f"{rel} is quoted by no figures block"
+        doc = json.loads(run.read_text())
+        if rel in figures.LEGACY:
+            assert "provenance" not in doc
+            continue
+        p = doc["provenance"]
+        assert re.fullmatch(r"[0-9a-f]{7,}", p["commit"]), p
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", p["date"]), p
+        assert p["machine"]["cores"] and p["machine"]["cpu"] and p["tool"] in p["command"], p
+
+
+def test_a_cell_edited_by_hand_is_caught():
+    doc, text = next((d, d.read_text()) for d in figures.DOCS if figures.blocks(d.read_text()))
+    block = figures.blocks(text)[0]
+    body = block.group(4)
+    digit = re.search(r"\d", body.split("\n", 2)[2])  # past the provenance line
+    start = block.start(4) + len(body.split("\n", 2)[0]) + 2 + digit.start()
+    edited = text[:start] + str((int(text[start]) + 1) % 10) + text[start + 1:]
+    assert figures.rewrite(edited) == text != edited
+
+
+def _bench(x_raw: float, p50_extra: float, int8: float) -> dict:
+    cells = {"raw": {"texts_per_s": 100.0, "errors": 0, "cores": {"bench": 2.0}},
+             "gateway": {"texts_per_s": 100.0 * x_raw, "x_raw": x_raw, "errors": 0, "cores": {"encoder": 1.6}}}
+    return {"summary": {"throughput": {"S32": cells},
+                        "p50_one_short_text_ms": {"raw": 7.0, "triton": 9.0, "gateway": 7.0 + p50_extra},
+                        "int8": {"S32": {"gateway": int8, "raw": int8}}}}
+
+
+def test_goal_verdicts_are_computed_from_the_figures():
+    met = "\n".join(figures.bench_goals(_bench(0.9, 1.5, 1.7)))
+    assert "not met" not in met and met.count("| met |") == 3
+    missed = "\n".join(figures.bench_goals(_bench(0.8, 2.5, 1.5)))
+    assert missed.count("**not met**") == 3

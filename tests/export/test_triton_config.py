@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"
 SPEC = ModelSpec(source="sentence-transformers/all-MiniLM-L6-v2", max_seq_length=256, pooling_mode="mean",
                  normalize=True, dimension=384, prompts={"query": "query: "}, default_prompt_name=None)
+SHA = "0123456789abcdef" * 4  # the encoder file's sha256, as write_model computes it
 CASES = {
     "gpu-tensorrt": ExportOptions(name="minilm", target="gpu", precision="fp16", tensorrt=True, max_batch_size=128),
     "cpu": ExportOptions(name="minilm", target="cpu", intra_op_threads=4),
@@ -27,7 +28,7 @@ CASES = {
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_configs_match_golden_files(case):
-    rendered = {name: tc.render(cfg) for name, cfg in configs(CASES[case], SPEC, True, 384).items()}
+    rendered = {name: tc.render(cfg) for name, cfg in configs(CASES[case], SPEC, True, 384, SHA).items()}
     folder = GOLDEN / case
     if os.environ.get("UPDATE_GOLDEN"):
         folder.mkdir(parents=True, exist_ok=True)
@@ -39,7 +40,7 @@ def test_configs_match_golden_files(case):
 
 
 def test_gpu_production_settings():
-    cfg = configs(CASES["gpu-tensorrt"], SPEC, True, 384)
+    cfg = configs(CASES["gpu-tensorrt"], SPEC, True, 384, SHA)
     encoder = cfg["minilm_encoder"]
     assert encoder.platform == "onnxruntime_onnx"
     assert encoder.instance_group[0].kind == tc.mc.ModelInstanceGroup.KIND_GPU
@@ -49,6 +50,8 @@ def test_gpu_production_settings():
     assert trt.name == "tensorrt" and trt.parameters["precision_mode"] == "FP16"
     assert trt.parameters["trt_profile_max_shapes"].startswith("input_ids:128x256")
     assert trt.parameters["trt_engine_cache_enable"] == "1"
+    assert trt.parameters["trt_engine_cache_path"] == "/tmp/trt_cache/minilm-0123456789abcdef"
+    assert trt.parameters["trt_timing_cache_path"] == "/tmp/trt_cache/minilm"
     assert cfg["minilm_tokenizer"].backend == "python"
     assert cfg["minilm"].platform == "ensemble"
 
@@ -118,3 +121,46 @@ def test_cpu_pooler_runs_one_thread_whatever_the_encoder_takes(threads):
     knob = tc.c.ORT_BACKEND_INTRA_OP_THREADS
     assert cfg["minilm_encoder"].parameters[knob].string_value == str(threads)
     assert cfg["minilm_pooler"].parameters[knob].string_value == "1"
+
+
+def _encoder_file(path: Path, weight: float) -> Path:
+    """A one-node ONNX graph whose only weight is `weight`: two files, the same graph, other weights."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["input_ids", "w"], ["last_hidden_state"])], "encoder",
+        [helper.make_tensor_value_info("input_ids", TensorProto.FLOAT, [None])],
+        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, [None])],
+        [helper.make_tensor("w", TensorProto.FLOAT, [1], [weight])])
+    onnx.save(helper.make_model(graph), str(path))
+    return path
+
+
+def _engine_folder(repo: Path, name: str) -> str:
+    config = tc.parse((repo / name / "config.pbtxt").read_text())
+    return config.optimization.execution_accelerators.gpu_execution_accelerator[0].parameters["trt_engine_cache_path"]
+
+
+def test_tensorrt_engines_are_kept_per_encoder_file_not_per_name(tmp_path):
+    """ONNX Runtime's engine id covers the graph, not its weights: a re-export under the same name with other
+    weights must not find the old engine, while the same weights find their own again."""
+    from triton_embeddings.export.repository import Artifacts, file_sha256, write_model
+
+    opts, repo = ExportOptions(name="m", target="gpu", precision="fp16", tensorrt=True), tmp_path / "repo"
+    tokenizer = tmp_path / "tokenizer.json"
+    tokenizer.write_text("{}")
+    folders = []
+    for i, weight in enumerate((1.0, 2.0, 1.0)):  # export, re-export with other weights, back to the first
+        encoder = _encoder_file(tmp_path / f"encoder{i}.onnx", weight)
+        write_model(repo, opts, SPEC, Artifacts(encoder, encoder, tokenizer, False, 384))
+        folders.append(_engine_folder(repo, "m_encoder"))
+        assert folders[-1] == f"/tmp/trt_cache/m-{file_sha256(encoder)[:16]}"
+    assert folders[0] != folders[1] and folders[0] == folders[2]
+    ensemble = tc.parse((repo / "m" / "config.pbtxt").read_text())
+    assert folders[2].endswith(ensemble.parameters["encoder_sha256"].string_value[:16])  # what the gateway keys on
+
+
+def test_tensorrt_needs_the_encoder_files_sha256():
+    with pytest.raises(ValueError, match="sha256"):
+        configs(CASES["gpu-tensorrt"], SPEC, True, 384)

@@ -94,7 +94,8 @@ class ExportOptions:
                                       "pooler and score steps run 1")
     tensorrt: bool = option(False, "gpu target: TensorRT execution provider (fp16 engines with --precision fp16)")
     trt_cache_dir: str = option("/tmp/trt_cache", "gpu target with --tensorrt: where Triton keeps TensorRT "
-                                "engines, per model (the Triton image's volume, as compose and Kubernetes mount it)")
+                                "engines, a folder per encoder file, <name>-<sha256[:16]> (the Triton image's "
+                                "volume, as compose and Kubernetes mount it)")
     source_label: str | None = option(None, "what to record as the source in the ensemble config", type=str)
     prompt: tuple[str, ...] | None = option(
         None, "add or override a prompt, NAME=TEXT (repeatable), e.g. --prompt 'query=query: ' for e5",

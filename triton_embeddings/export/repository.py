@@ -70,7 +70,7 @@ def configs(opts: ExportOptions, spec, token_types: bool, hidden: int, encoder_s
     return {
         opts.name: tc.ensemble_config(opts, params, token_types),
         opts.tokenizer: tc.tokenizer_config(opts, tc.tokenizer_params(spec), token_types),
-        opts.encoder: tc.encoder_config(opts, spec.max_seq_length, token_types, hidden),
+        opts.encoder: tc.encoder_config(opts, spec.max_seq_length, token_types, hidden, encoder_sha256),
         opts.pooler: tc.pooler_config(opts, hidden),
     }
 

@@ -31,7 +31,7 @@ def pair_tokenizer_config(opts: ExportOptions, spec, token_types: bool) -> mc.Mo
     return config
 
 
-def classifier_config(opts: ExportOptions, spec, token_types: bool) -> mc.ModelConfig:
+def classifier_config(opts: ExportOptions, spec, token_types: bool, sha256: str = "") -> mc.ModelConfig:
     _, name, _ = c.rerank_step_names(opts.name)
     config = mc.ModelConfig(name=name, max_batch_size=opts.max_batch_size)
     names = [c.ENCODER_INPUTS[n] for n in _carried(token_types)]
@@ -43,7 +43,7 @@ def classifier_config(opts: ExportOptions, spec, token_types: bool) -> mc.ModelC
     tc._instances(config, opts, opts.target.instance_kind)
     tc._warmup(config, [(n, mc.TYPE_INT64, [16]) for n in names])
     if opts.tensorrt:
-        tc._tensorrt(config, opts, names, spec.max_seq_length)
+        tc._tensorrt(config, opts, names, spec.max_seq_length, sha256)
     return config
 
 
@@ -85,7 +85,7 @@ def rerank_ensemble_config(opts: ExportOptions, spec, token_types: bool, sha256:
 def rerank_configs(opts: ExportOptions, spec, token_types: bool, sha256: str = "") -> dict[str, mc.ModelConfig]:
     """The four `ModelConfig`s of one rerank model, by Triton model name."""
     configs = [rerank_ensemble_config(opts, spec, token_types, sha256), pair_tokenizer_config(opts, spec, token_types),
-               classifier_config(opts, spec, token_types), score_config(opts)]
+               classifier_config(opts, spec, token_types, sha256), score_config(opts)]
     return {config.name: config for config in configs}
 
 

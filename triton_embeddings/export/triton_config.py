@@ -99,7 +99,19 @@ def _warmup(config, inputs: list[tuple[str, int, list[int]]], batch_sizes=(1, 8)
         config.model_warmup.append(warm)
 
 
-def _tensorrt(config, opts: ExportOptions, inputs: list[str], max_len: int) -> None:
+def engine_cache_path(opts: ExportOptions, onnx_sha256: str) -> str:
+    """Where Triton keeps the TensorRT engines built from one ONNX file: `<dir>/<name>-<sha256[:16]>`.
+
+    ONNX Runtime names a cached engine after the graph's structure, not its weights, so a folder per model
+    name would serve a re-export with other weights from the old engine. One level below the cache
+    volume: ONNX Runtime creates only the last folder of the path.
+    """
+    if len(onnx_sha256) != 64:
+        raise ValueError("the TensorRT engine cache is keyed by the ONNX file's sha256; none was given")
+    return f"{opts.trt_cache_dir}/{opts.name}-{onnx_sha256[:16]}"
+
+
+def _tensorrt(config, opts: ExportOptions, inputs: list[str], max_len: int, onnx_sha256: str) -> None:
     accel = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
 
     def shapes(batch: int, length: int) -> str:
@@ -109,7 +121,8 @@ def _tensorrt(config, opts: ExportOptions, inputs: list[str], max_len: int) -> N
         "precision_mode": "FP16" if opts.tensorrt_fp16 else "FP32",
         "max_workspace_size_bytes": str(2 << 30),
         "trt_engine_cache_enable": "1",
-        "trt_engine_cache_path": f"{opts.trt_cache_dir}/{opts.name}",
+        "trt_engine_cache_path": engine_cache_path(opts, onnx_sha256),
+        # Kernel timings depend on layer shapes, not weights: kept per name, across re-exports.
         "trt_timing_cache_enable": "1",
         "trt_timing_cache_path": f"{opts.trt_cache_dir}/{opts.name}",
         "trt_profile_min_shapes": shapes(1, 1),
@@ -126,7 +139,8 @@ def encoder_inputs(token_types: bool) -> list[str]:
     return [c.ENCODER_INPUTS[n] for n in carried]
 
 
-def encoder_config(opts: ExportOptions, max_len: int, token_types: bool, hidden: int) -> mc.ModelConfig:
+def encoder_config(opts: ExportOptions, max_len: int, token_types: bool, hidden: int,
+                   encoder_sha256: str = "") -> mc.ModelConfig:
     config = mc.ModelConfig(name=opts.encoder, max_batch_size=opts.max_batch_size)
     names = encoder_inputs(token_types)
     # Ragged batches are regrouped by length inside the model (triton_embeddings.triton_models.onnx_model).
@@ -137,7 +151,7 @@ def encoder_config(opts: ExportOptions, max_len: int, token_types: bool, hidden:
     _instances(config, opts, opts.target.instance_kind, opts.encoder_count)
     _warmup(config, [(n, mc.TYPE_INT64, [16]) for n in names])
     if opts.tensorrt:
-        _tensorrt(config, opts, names, max_len)
+        _tensorrt(config, opts, names, max_len, encoder_sha256)
     return config
 
 

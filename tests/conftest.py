@@ -22,8 +22,23 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from tests.tools import fail_a_skip_in_ci  # noqa: E402
 from triton_embeddings.defaults import DEFAULT_HUB_ID as DEFAULT_SOURCE_LABEL  # noqa: E402
 from triton_embeddings.defaults import DEFAULT_MODEL  # noqa: E402
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    fail_a_skip_in_ci(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    report = yield
+    fail_a_skip_in_ci(report)
+    return report
 
 
 @pytest.fixture(scope="session")

@@ -55,6 +55,15 @@ def unavailable(what: str, hint: str) -> None:
     pytest.skip(message)
 
 
+def fail_a_skip_in_ci(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """Under CI=true a skipped test or module is a failure: every skip in this suite is a missing tool or
+    package, which CI must have (tests/conftest.py applies this to every report)."""
+    if in_ci() and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"CI=true and it was skipped: {reason}"
+
+
 def require(name: str) -> str:
     """Path of `name`; skip without it (fail under CI=true), saying in one line what to install."""
     path = find(name)

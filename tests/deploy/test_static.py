@@ -321,12 +321,15 @@ def assert_supervised(command: list[str]) -> None:
     assert not any(a.startswith(("--model-control-mode=none", "--model-control-mode=poll")) for a in command)
 
 
-def test_triton_image_runs_the_supervisor_and_ships_it():
-    import json
+def triton_image_command() -> list[str]:
+    """The Triton image's CMD (exec form, continued over lines)."""
+    cmd = re.search(r"^CMD (\[.*?\])$", (ROOT / "docker/triton/Dockerfile").read_text(), re.S | re.M).group(1)
+    return json.loads(cmd.replace("\\\n", ""))
 
+
+def test_triton_image_runs_the_supervisor_and_ships_it():
+    assert_supervised(triton_image_command())
     text = (ROOT / "docker/triton/Dockerfile").read_text()
-    cmd = re.search(r"^CMD (\[.*?\])$", text, re.S | re.M).group(1)
-    assert_supervised(json.loads(cmd.replace("\\\n", "")))
     assert "triton_embeddings/local/supervisor.py" in text
     assert _third_party_imports("local/supervisor.py") == set(), "the image has no third-party packages for it"
 
@@ -401,6 +404,65 @@ def test_compose_mounts_match_the_configs_they_carry():
     env = s["gateway"]["environment"]
     assert env["EMBEDDINGS_TRITON_GRPC_URL"] == "triton:8001"
     assert env["EMBEDDINGS_TRITON_METRICS_URL"] == "http://triton:8002/metrics"
+
+
+# --- GPU memory pool ------------------------------------------------------------------------------------
+
+
+def _served_configs(sources: list[str]) -> dict[str, dict]:
+    """The gpu target's configs of `sources`, from the exporter's own config writer and each model's own files
+    (the packaged copies `make install` adds); token_type_ids counted for every model: an upper bound."""
+    from triton_embeddings.export import triton_config as tc
+    from triton_embeddings.export.cli import default_name
+    from triton_embeddings.export.model_spec import ModelSpec
+    from triton_embeddings.export.options import ExportOptions
+    from triton_embeddings.export.repository import configs
+    from triton_embeddings.local.models import model_source
+
+    served = {}
+    for source in sources:
+        name = default_name(source)
+        folder = Path(model_source(name))
+        assert (folder / "config.json").exists(), f"{name} is not installed here (make install adds it)"
+        hidden = json.loads((folder / "config.json").read_text())["hidden_size"]
+        length = json.loads((folder / "sentence_bert_config.json").read_text())["max_seq_length"]
+        spec = ModelSpec(source=source, max_seq_length=length, pooling_mode="mean", normalize=True,
+                         dimension=hidden, prompts={}, default_prompt_name=None)
+        written = configs(ExportOptions(name=name, target="gpu"), spec, True, hidden, "0" * 64)
+        served |= {n: tc.as_json(config) for n, config in written.items()}
+    return served
+
+
+def _pool(command: list[str]) -> int:
+    """The bytes `--cuda-memory-pool-byte-size=0:<bytes>` gives GPU 0 (0: the flag is absent)."""
+    from triton_embeddings.export.memory_pool import FLAG
+
+    values = [a.split("=", 1)[1].split(":") for a in command if a.startswith(f"{FLAG}=")]
+    assert len(values) <= 1 and all(gpu == "0" for gpu, _ in values), command
+    return int(values[0][1]) if values else 0
+
+
+def test_cuda_memory_pool_holds_the_ensembles_each_deploy_file_serves(kustomized):
+    from triton_embeddings.export.memory_pool import pool_bytes
+
+    config = compose_config([])
+    seed = config["services"]["export"]["environment"]["EXPORT_MODELS"].split()
+    needed = pool_bytes(_served_configs(seed))
+    assert needed > 64 << 20, "mpnet's last_hidden_state alone is over Triton's default pool"
+    assert _pool(config["services"]["triton"]["command"]) >= needed
+    assert _pool(triton_image_command()) >= needed  # the image's default: the seed's line-up
+    pod = _by_kind(kustomized, "Deployment")["triton"]["spec"]["template"]["spec"]
+    export = {e["name"]: e["value"] for e in pod["initContainers"][0]["env"] if "value" in e}
+    assert _pool(pod["containers"][0]["args"]) >= max(needed, pool_bytes(_served_configs([export["EXPORT_MODEL"]])))
+    cpu = compose_config(["docker-compose.cpu.yml"], TRITON_ACCELERATOR="cpu")
+    assert _pool(cpu["services"]["triton"]["command"]) == 0, "no GPU, no CUDA pool"
+
+
+def test_the_pool_read_from_the_committed_repository_equals_the_writers():
+    from triton_embeddings.export.memory_pool import pool_bytes, repository_configs
+
+    committed = repository_configs(ROOT / "model_repository")
+    assert pool_bytes(committed) == pool_bytes(_served_configs(["sentence-transformers/all-MiniLM-L6-v2"]))
 
 
 # --- nginx ----------------------------------------------------------------------------------------------

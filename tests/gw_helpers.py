@@ -139,7 +139,7 @@ class GatewayProcess:
             start_new_session=True,
         )
         try:
-            wait_http(self.url + wait, proc=self.proc)
+            wait_http(self.url + wait, timeout=180.0, proc=self.proc)  # a starved machine, not a hang
         except BaseException:
             self.stop()
             raise

@@ -7,17 +7,18 @@ here; `python bench/figures.py` rewrites the blocks from docs/measurements/.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
-
-import figures  # noqa: E402
+# Loaded from its file: bench/ on sys.path would make `bench` name bench/bench.py for every later test.
+_spec = importlib.util.spec_from_file_location("bench_figures", ROOT / "bench" / "figures.py")
+figures = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(figures)
 
 MEASUREMENTS = ROOT / "docs" / "measurements"
 

@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 
 from triton_embeddings.defaults import DEFAULT_MODEL
-from triton_embeddings.gateway.backend import EmbedResult, ModelInfo, RerankModelInfo, RerankResult
+from triton_embeddings.gateway.backends.base import EmbedResult, ModelInfo, RerankModelInfo, RerankResult
 from triton_embeddings.local.processes import free_port, stop_process, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +57,8 @@ class FakeBackend:
 
     async def close(self) -> None:
         return None
+
+    local_known = True
 
     def unknown_model_seen(self) -> None:
         self.unknown_seen += 1

@@ -65,6 +65,47 @@ def test_gateway_never_imports_the_exporter_or_the_ml_stack():
     assert outside(room("gateway"), lambda m: not within(m, *banned)) == []
 
 
+GW = "triton_embeddings.gateway"
+WEB = ("fastapi", "starlette", "uvicorn")
+
+
+def test_gateway_backends_import_neither_http_nor_pipeline_nor_the_error_table():
+    """Backends raise their own typed errors (backends/base.py), never the client's (gateway/errors.py)."""
+    banned = (f"{GW}.http", f"{GW}.pipeline", f"{GW}.errors", f"{GW}.app", f"{GW}.metrics", *WEB)
+    assert outside(room("gateway/backends"), lambda m: not within(m, *banned)) == []
+
+
+def test_gateway_pipeline_imports_neither_http_nor_the_web_framework():
+    """The pipeline takes domain inputs (texts, pairs, options), never wire requests."""
+    banned = (f"{GW}.http", f"{GW}.app", *WEB, "pydantic")
+    assert outside(room("gateway/pipeline"), lambda m: not within(m, *banned)) == []
+
+
+def test_gateway_shared_modules_import_no_room_above_the_backends():
+    """settings, metrics and the error table sit under every room: none imports http/, pipeline/ or the app."""
+    shared = room("gateway/settings.py") + room("gateway/metrics.py") + room("gateway/errors.py")
+    banned = (f"{GW}.http", f"{GW}.pipeline", f"{GW}.app", *WEB)
+    assert outside(shared, lambda m: not within(m, *banned)) == []
+
+
+def test_gateway_http_reaches_backends_only_for_their_types():
+    """http/ may import the pipeline and the backends' types, never a backend implementation; the app wires them."""
+    banned = (f"{GW}.backends.triton", f"{GW}.backends.upstream", f"{GW}.backends.routing", f"{GW}.app")
+    assert outside(room("gateway/http"), lambda m: not within(m, *banned)) == []
+
+
+def test_the_gateway_boundary_checks_see_imports():
+    assert f"{GW}.backends.base.BackendError" in imports(PACKAGE / "gateway" / "pipeline" / "admission.py")
+    assert f"{GW}.pipeline.embeddings.Texts" in imports(PACKAGE / "gateway" / "http" / "wire.py")
+    assert "fastapi.FastAPI" in imports(PACKAGE / "gateway" / "app.py")
+
+
+def test_gateway_is_three_rooms_and_its_shared_modules():
+    top = {p.name for p in (PACKAGE / "gateway").iterdir() if not p.name.startswith("__pycache__")}
+    assert top == {"__init__.py", "__main__.py", "app.py", "server.py", "settings.py", "metrics.py", "errors.py",
+                   "http", "pipeline", "backends"}
+
+
 def test_the_exporter_and_the_launcher_never_import_the_gateway():
     launcher = room("local/launcher.py") + room("local/processes.py")
     assert outside(room("export") + launcher, lambda m: not within(m, "triton_embeddings.gateway")) == []

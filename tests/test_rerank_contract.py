@@ -15,8 +15,8 @@ from triton_embeddings.export.options import ExportOptions
 from triton_embeddings.export.repository import file_sha256
 from triton_embeddings.export.rerank_exporter import RerankArtifacts
 from triton_embeddings.export.rerank_repository import write_rerank_model
-from triton_embeddings.gateway.backend import RerankModelInfo
-from triton_embeddings.gateway.triton import model_info_from_config
+from triton_embeddings.gateway.backends.base import RerankModelInfo
+from triton_embeddings.gateway.backends.triton import model_info_from_config
 from triton_embeddings.triton_models.onnx_session import session_from_config
 from triton_embeddings.triton_models.pair_tokenize import PairTokenizer
 

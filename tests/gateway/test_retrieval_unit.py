@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from triton_embeddings import contract
-from triton_embeddings.gateway import retrieval
+from triton_embeddings.gateway.http import wire
+from triton_embeddings.gateway.pipeline import retrieval
 
 M = "fake-model"
 
@@ -98,7 +99,7 @@ def test_chunked_long_input_is_the_token_weighted_mean_of_its_windows(make_clien
 
 
 def _upstream_model():
-    from triton_embeddings.gateway.backend import ModelInfo
+    from triton_embeddings.gateway.backends.base import ModelInfo
 
     return ModelInfo("cloud", 0, 8191, 2048, True, "mean", "cloud", "f", 0, backend="openai")
 
@@ -106,20 +107,20 @@ def _upstream_model():
 @pytest.mark.parametrize(("field", "value"), [("truncate", "START"), ("long_inputs", "chunk")])
 def test_upstream_models_refuse_what_cannot_be_forwarded(field, value):
     from triton_embeddings.gateway.errors import APIError
-    from triton_embeddings.gateway.protocol import EmbeddingRequest
+    from triton_embeddings.gateway.http.protocol import EmbeddingRequest
     from triton_embeddings.gateway.settings import Settings
 
     req = EmbeddingRequest.model_validate({"model": "cloud", "input": "x", field: value})
     with pytest.raises(APIError) as caught:
-        retrieval.options_of(req, _upstream_model(), Settings())
+        wire.options_of(req, _upstream_model(), Settings())
     assert caught.value.param == field and caught.value.status == 400
 
 
 def test_upstream_models_ignore_the_chunk_setting_and_keep_their_length():
-    from triton_embeddings.gateway.protocol import EmbeddingRequest
+    from triton_embeddings.gateway.http.protocol import EmbeddingRequest
     from triton_embeddings.gateway.settings import Settings
 
     req = EmbeddingRequest.model_validate({"model": "cloud", "input": "x"})
-    assert retrieval.options_of(req, _upstream_model(), Settings(long_inputs="chunk")).chunk is False
-    rows = retrieval.encode_vectors(np.ones((1, 5), dtype=np.float32), req, _upstream_model())
+    assert wire.options_of(req, _upstream_model(), Settings(long_inputs="chunk")).chunk is False
+    rows = wire.encode_vectors(np.ones((1, 5), dtype=np.float32), req, _upstream_model())
     assert len(rows[0]) == 5  # dimension 0 (unconfigured upstream length): the vector as it came

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from triton_embeddings.gateway.singleflight import SharedCallCancelled, SingleFlight
+from triton_embeddings.gateway.pipeline.singleflight import SharedCallCancelled, SingleFlight
 
 
 class Computer:

@@ -11,11 +11,11 @@ import pytest
 from pydantic import ValidationError
 
 from tests.gw_helpers import FakeBackend
+from triton_embeddings.gateway.backends.routing import RoutedBackend
+from triton_embeddings.gateway.backends.upstream import UpstreamBackend, decode_vectors, make_upstreams, split_tokens
 from triton_embeddings.gateway.metrics import GatewayMetrics
-from triton_embeddings.gateway.routing import RoutedBackend
+from triton_embeddings.gateway.pipeline.shadow import Shadow
 from triton_embeddings.gateway.settings import Settings, UpstreamConfig
-from triton_embeddings.gateway.shadow import Shadow
-from triton_embeddings.gateway.upstream import UpstreamBackend, decode_vectors, make_upstreams, split_tokens
 
 
 def test_config_validation_and_key_sources(tmp_path, monkeypatch):
@@ -95,9 +95,9 @@ def test_shadow_samples_by_share_and_drops_past_the_cap():
 
     shadow = Shadow(lambda name: name, embed, metrics, max_in_flight=1, sample=lambda: next(draws))
     config = ShadowConfig(model="local", share=0.1)
-    assert shadow.task("up", config, ["x"]) is not None  # 0.05 < 0.1
-    assert shadow.task("up", config, ["x"]) is None  # 0.5 >= 0.1
-    assert shadow.task("up", None, ["x"]) is None
+    assert shadow.sampled(config)  # 0.05 < 0.1
+    assert not shadow.sampled(config)  # 0.5 >= 0.1
+    assert not shadow.sampled(None)
 
     async def two_at_once():
         await asyncio.gather(shadow.run("up", "local", ["a"]), shadow.run("up", "local", ["b"]))
@@ -114,7 +114,7 @@ def test_shadow_samples_by_share_and_drops_past_the_cap():
 def test_upstream_and_routed_backends_satisfy_the_protocol(make):
     import inspect
 
-    from triton_embeddings.gateway.backend import Backend
+    from triton_embeddings.gateway.backends.base import Backend
 
     backend = make()
     assert isinstance(backend, Backend)

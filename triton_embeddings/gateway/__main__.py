@@ -6,12 +6,12 @@ import argparse
 import logging
 
 from triton_embeddings.gateway.app import create_app, setup_logging
-from triton_embeddings.gateway.server import make_server
+from triton_embeddings.gateway.http.server import make_server
 from triton_embeddings.gateway.settings import Settings
 
 
 def run(settings: Settings) -> None:
-    """Serve until SIGINT/SIGTERM (see `server.GatewayServer` for the drain), then close the Triton client."""
+    """Serve until SIGINT/SIGTERM (see `http.server.GatewayServer` for the drain), then close the Triton client."""
     setup_logging(settings.log_level)
     logging.getLogger("gateway").info("settings: %s", settings.model_dump_json())  # SecretStr prints as ****
     make_server(create_app(settings), settings).run()

@@ -1,49 +1,41 @@
-"""The one error type, its status table, and the FastAPI handlers that answer OpenAI-shaped errors."""
+"""The error table of the gateway: every kind of error the client can be answered, and every failure of a
+call mapped to one of them. The HTTP room renders them (http/errors.py); no other module picks a status.
+
+Two maps, as TEI's two `From` impls: a failure (a backend's typed error, a request past its deadline, a
+shared call abandoned) -> an `ErrorKind` with its message (`FAILURES`); an `ErrorKind` -> the HTTP status,
+OpenAI `type`, `code` and whether the answer carries `Retry-After` (`ErrorKind` itself).
+"""
 
 from __future__ import annotations
 
 import enum
-import logging
-from typing import Any
 
-import orjson
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
-
-from triton_embeddings.gateway.protocol import ErrorResponse
-
-log = logging.getLogger("gateway")
+from triton_embeddings.gateway.backends.base import BackendTimeout, BackendUnavailable, BadInput
 
 
 class ErrorKind(enum.Enum):
-    """Each kind of failure: (HTTP status, OpenAI `type`, default `code`); kinds may share a code."""
+    """Each kind of error: (HTTP status, OpenAI `type`, default `code`, Retry-After); kinds may share a code."""
 
-    INVALID_REQUEST = (400, "invalid_request_error", None)
-    CONTEXT_LENGTH = (400, "invalid_request_error", "context_length_exceeded")
-    TOO_MANY_TOKENS = (400, "invalid_request_error", "max_tokens_per_request")
-    TOKEN_IDS_UNSUPPORTED = (400, "invalid_request_error", "token_ids_unsupported")
-    INVALID_API_KEY = (401, "invalid_request_error", "invalid_api_key")
-    NOT_FOUND = (404, "invalid_request_error", "not_found")
-    MODEL_NOT_FOUND = (404, "invalid_request_error", "model_not_found")
-    METHOD_NOT_ALLOWED = (405, "invalid_request_error", "method_not_allowed")
-    BODY_TOO_LARGE = (413, "invalid_request_error", "request_too_large")
-    OVERLOADED = (429, "rate_limit_error", "rate_limit_exceeded")
-    INTERNAL = (500, "server_error", "internal_error")
-    UPSTREAM_UNAVAILABLE = (503, "server_error", "service_unavailable")
-    UPSTREAM_TIMEOUT = (504, "server_error", "timeout")  # one Triton call ran past its deadline
-    REQUEST_TIMEOUT = (504, "server_error", "timeout")  # the whole request ran past its deadline
+    INVALID_REQUEST = (400, "invalid_request_error", None, False)
+    CONTEXT_LENGTH = (400, "invalid_request_error", "context_length_exceeded", False)
+    TOO_MANY_TOKENS = (400, "invalid_request_error", "max_tokens_per_request", False)
+    TOKEN_IDS_UNSUPPORTED = (400, "invalid_request_error", "token_ids_unsupported", False)
+    INVALID_API_KEY = (401, "invalid_request_error", "invalid_api_key", False)
+    NOT_FOUND = (404, "invalid_request_error", "not_found", False)
+    MODEL_NOT_FOUND = (404, "invalid_request_error", "model_not_found", False)
+    METHOD_NOT_ALLOWED = (405, "invalid_request_error", "method_not_allowed", False)
+    BODY_TOO_LARGE = (413, "invalid_request_error", "request_too_large", False)
+    OVERLOADED = (429, "rate_limit_error", "rate_limit_exceeded", True)
+    INTERNAL = (500, "server_error", "internal_error", False)
+    UPSTREAM_UNAVAILABLE = (503, "server_error", "service_unavailable", True)
+    UPSTREAM_TIMEOUT = (504, "server_error", "timeout", False)  # one backend call ran past its deadline
+    REQUEST_TIMEOUT = (504, "server_error", "timeout", False)  # the whole request ran past its deadline
 
-    def __new__(cls, status: int, type_: str, code: str | None) -> ErrorKind:
+    def __new__(cls, status: int, type_: str, code: str | None, retry_after: bool) -> ErrorKind:
         kind = object.__new__(cls)
         kind._value_ = len(cls.__members__)  # distinct values: kinds sharing a status and code stay distinct
-        kind.status, kind.type, kind.code = status, type_, code
+        kind.status, kind.type, kind.code, kind.retry_after = status, type_, code, retry_after
         return kind
-
-
-# Kinds whose answer carries `Retry-After`.
-RETRYABLE = {ErrorKind.OVERLOADED, ErrorKind.UPSTREAM_UNAVAILABLE}
 
 
 class APIError(Exception):
@@ -71,108 +63,37 @@ class APIError(Exception):
     def status(self) -> int:
         return self._status or self.kind.status
 
-    def body(self) -> ErrorResponse:
+    def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.kind.type, "param": self.param, "code": self.code}}
 
 
-def error_response(err: APIError, retry_after_s: int = 1) -> Response:
-    """Render an `APIError` as a JSON response (adds `Retry-After` where the kind is retryable)."""
-    headers = dict(err.headers)
-    if err.kind in RETRYABLE:
-        headers.setdefault("Retry-After", str(retry_after_s))
-    return Response(orjson.dumps(err.body()), status_code=err.status, headers=headers, media_type="application/json")
+class DeadlineExceeded(Exception):
+    """The whole request was not answered within its deadline (queueing included); not a backend error."""
+
+    kind = "deadline"  # the `kind` label of gateway_triton_errors_total
 
 
-def internal_error_response(request_id: str, exc: BaseException | None = None) -> Response:
-    """The generic 500, the only place it is rendered: no exception text, only the request id to quote.
-
-    `exc`, when given, is logged with its traceback (the log, never the client, gets the details).
-    """
-    if exc is not None:
-        log.error("unexpected error (request id %s)", request_id, exc_info=exc)
-    message = f"The server had an error while processing your request (request id {request_id})."
-    return error_response(APIError(ErrorKind.INTERNAL, message))
+class SharedCallCancelled(Exception):
+    """The request computing a shared key was cancelled before it finished."""
 
 
-def _type_name(value: Any) -> str:
-    return {
-        str: "string",
-        int: "integer",
-        float: "number",
-        bool: "boolean",
-        list: "array",
-        dict: "object",
-    }.get(type(value), "null" if value is None else type(value).__name__)
+# Each failure of a call -> the client's error (most specific first). {server}: who failed. A failure not
+# listed (a plain `BackendError`, a bug) is the generic 500, logged with the request id.
+FAILURES: tuple[tuple[type[Exception], ErrorKind, str], ...] = (
+    (BackendUnavailable, ErrorKind.UPSTREAM_UNAVAILABLE, "{server} is not reachable right now; retry shortly."),
+    (BackendTimeout, ErrorKind.UPSTREAM_TIMEOUT, "{server} did not answer in time."),
+    (BadInput, ErrorKind.INVALID_REQUEST, "{server} rejected the input (HTTP {status}{code})."),
+    (DeadlineExceeded, ErrorKind.REQUEST_TIMEOUT, "The request was not answered within {deadline} s; retry shortly."),
+    (SharedCallCancelled, ErrorKind.UPSTREAM_UNAVAILABLE, "The inference server did not answer; retry shortly."),
+)
 
 
-def validation_error(exc: RequestValidationError) -> APIError:
-    """Turn FastAPI's validation errors into one OpenAI-style 400 naming the first bad parameter."""
-    errors = exc.errors()
-    first = errors[0] if errors else {"loc": (), "msg": "Invalid request.", "type": ""}
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    if first.get("type") in ("json_invalid", "json_type"):
-        return APIError(
-            ErrorKind.INVALID_REQUEST,
-            "We could not parse the JSON body of your request. The API expects a JSON object "
-            "(Content-Type: application/json).",
-        )
-    if first.get("type") == "model_attributes_type":
-        return APIError(ErrorKind.INVALID_REQUEST, "The request body must be a JSON object.")
-    if first.get("type") == "missing" and loc:
-        return APIError(ErrorKind.INVALID_REQUEST, f"Missing required parameter: '{loc[0]}'.", param=loc[0])
-    param = loc[0] if loc else None
-    if param == "input":
-        return APIError(
-            ErrorKind.INVALID_REQUEST,
-            "'input' must be a string, an array of strings, an array of integers (token ids), "
-            "or an array of arrays of integers.",
-            param="input",
-        )
-    if param is not None:
-        got = _type_name(first.get("input"))
-        return APIError(
-            ErrorKind.INVALID_REQUEST,
-            f"Invalid value for '{param}' ({got}): {first.get('msg')}.",
-            param=param,
-        )
-    return APIError(ErrorKind.INVALID_REQUEST, f"Invalid request: {first.get('msg')}.")
-
-
-def request_id_of(request: Request) -> str:
-    return getattr(request.state, "request_id", "") or "-"
-
-
-def http_error(request: Request, exc: StarletteHTTPException) -> APIError | None:
-    """The framework's own HTTP errors as OpenAI errors; None for a 5xx (answered as the generic 500)."""
-    where = f"({request.method} {request.url.path})"
-    if exc.status_code == 404:
-        return APIError(ErrorKind.NOT_FOUND, f"Invalid URL {where}.")
-    if exc.status_code == 405:
-        return APIError(ErrorKind.METHOD_NOT_ALLOWED, f"Method not allowed {where}.", headers=exc.headers)
-    if exc.status_code == 413:
-        return APIError(ErrorKind.BODY_TOO_LARGE, "Request body too large.")
-    if 400 <= exc.status_code < 500:
-        return APIError(ErrorKind.INVALID_REQUEST, str(exc.detail), status=exc.status_code)
-    log.error("HTTP %s from the framework: %s", exc.status_code, exc.detail)
+def client_error(failure: Exception, server: str, deadline_s: float | None) -> APIError | None:
+    """The client's error for a failure of a call, by `FAILURES`; None: not listed (the generic 500)."""
+    for failed, kind, template in FAILURES:
+        if isinstance(failure, failed):
+            code = getattr(failure, "code", "")
+            message = template.format(server=server, deadline=f"{deadline_s:g}" if deadline_s else "-",
+                                      status=getattr(failure, "status", ""), code=f", {code}" if code else "")
+            return APIError(kind, message, param="input" if isinstance(failure, BadInput) else None)
     return None
-
-
-def install_error_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
-    """Make every error the app can answer OpenAI-shaped."""
-
-    @app.exception_handler(APIError)
-    async def _api_error(request: Request, exc: APIError) -> Response:
-        return error_response(exc, retry_after_s)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> Response:
-        return error_response(validation_error(exc), retry_after_s)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        err = http_error(request, exc)
-        return internal_error_response(request_id_of(request)) if err is None else error_response(err, retry_after_s)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> Response:
-        return internal_error_response(request_id_of(request), exc)

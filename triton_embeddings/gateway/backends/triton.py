@@ -1,6 +1,6 @@
 """The only module that talks to Triton: one async gRPC client, model discovery, and the ensemble call.
 
-`TritonBackend` implements `backend.Backend`; tensor names and parameters come from `contract`.
+`TritonBackend` implements `base.Backend`; tensor names and parameters come from `contract`.
 """
 
 from __future__ import annotations
@@ -22,15 +22,16 @@ from tritonclient.grpc import (
 from tritonclient.grpc.aio import InferenceServerClient
 
 from triton_embeddings import contract
-from triton_embeddings.gateway.backend import (
+from triton_embeddings.gateway.backends.base import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
     EmbedResult,
     ModelInfo,
+    ModelNotFound,
     RerankModelInfo,
     RerankResult,
-    TritonError,
-    TritonTimeout,
-    TritonUnavailable,
-    TritonWorkerDown,
+    WorkerDown,
 )
 
 log = logging.getLogger("gateway.triton")
@@ -111,20 +112,20 @@ def _bytes_column(name: str, values: list[str]) -> InferInput:
     return tensor
 
 
-def _classify(exc: InferenceServerException, what: str) -> TritonError:
+def _classify(exc: InferenceServerException, what: str) -> BackendError:
     status = str(exc.status() or "")
     message = exc.message() or ""
     if "DEADLINE_EXCEEDED" in status:
-        return TritonTimeout(f"{what}: deadline exceeded")
+        return BackendTimeout(f"{what}: deadline exceeded")
     if "UNAVAILABLE" in status or "CANCELLED" in status:
-        return TritonUnavailable(f"{what}: {message}")
+        return BackendUnavailable(f"{what}: {message}")
     if "NOT_FOUND" in status or "unknown model" in message or "no available versions" in message:
         # Seen while Triton shuts down and unloads its models, or after a model was removed.
-        return TritonUnavailable(f"{what}: model not available: {message}")
+        return ModelNotFound(f"{what}: model not available: {message}")
     if "Stub process" in message and "is not healthy" in message:
         # A Python-backend stub died; Triton 2.51 never restarts it (local/supervisor.py reloads the model).
-        return TritonWorkerDown(f"{what}: {message}")
-    return TritonError(f"{what}: {status} {message}")
+        return WorkerDown(f"{what}: {message}")
+    return BackendError(f"{what}: {status} {message}")
 
 
 class TritonBackend:
@@ -160,7 +161,7 @@ class TritonBackend:
         self._client = InferenceServerClient(self.url, channel_args=_channel_args())
         try:
             await self.discover()
-        except TritonError as e:
+        except BackendError as e:
             log.warning("Triton at %s not reachable yet (%s); retrying in the background", self.url, e)
         self._refresh_task = asyncio.create_task(self._refresh_loop(), name="triton-refresh")
 
@@ -175,6 +176,11 @@ class TritonBackend:
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+    @property
+    def local_known(self) -> bool:
+        """Whether the models were discovered at least once."""
+        return self.models is not None
 
     def request_refresh(self) -> None:
         """Ask the background loop to re-read the models now (after an error that suggests a restart)."""
@@ -197,7 +203,7 @@ class TritonBackend:
             try:
                 await self.discover()
                 await self._probe_broken()
-            except TritonError as e:
+            except BackendError as e:
                 log.debug("model refresh failed: %s", e)
             except Exception:  # keep the loop alive whatever happens
                 log.exception("model refresh failed")
@@ -250,7 +256,7 @@ class TritonBackend:
                     await self._rerank(name, [PROBE_TEXT], [PROBE_TEXT], "")
                 else:
                     await self._embed(name, [PROBE_TEXT], "")
-            except TritonError:
+            except BackendError:
                 continue
             log.info("model %s serves again", name)
             self.broken.pop(name, None)
@@ -284,11 +290,11 @@ class TritonBackend:
         """Await one inference; a crashed worker marks the model broken (until a probe passes)."""
         try:
             result = await call
-        except TritonWorkerDown:
+        except WorkerDown:
             self.broken[model] = "a Triton worker (Python-backend stub) crashed"
             self.request_refresh()
             raise
-        except TritonUnavailable:
+        except BackendUnavailable:
             self.request_refresh()
             raise
         self.broken.pop(model, None)
@@ -304,7 +310,7 @@ class TritonBackend:
         res = await self._call(model, inputs, outputs, request_id)
         emb, counts, truncated = (res.as_numpy(name) for name in contract.ENSEMBLE_OUTPUTS)
         if emb is None or counts is None or truncated is None or emb.shape[0] != n:
-            raise TritonError(f"inference on {model}: unexpected outputs")
+            raise BackendError(f"inference on {model}: unexpected outputs")
         return EmbedResult(
             embeddings=np.asarray(emb, dtype=np.float32),
             token_counts=counts.reshape(n).astype(np.int64),
@@ -322,7 +328,7 @@ class TritonBackend:
         res = await self._call(model, inputs, outputs, request_id)
         scores, logits, counts, truncated = (res.as_numpy(name) for name in contract.RERANK_OUTPUTS)
         if any(a is None or a.shape[0] != n for a in (scores, logits, counts, truncated)):
-            raise TritonError(f"inference on {model}: unexpected outputs")
+            raise BackendError(f"inference on {model}: unexpected outputs")
         return RerankResult(
             scores=scores.reshape(n).astype(np.float32),
             logits=logits.reshape(n).astype(np.float32),
@@ -349,10 +355,10 @@ class TritonBackend:
         res = await self._call(step, inputs, [InferRequestedOutput(contract.WINDOW_SPANS)], request_id)
         spans = res.as_numpy(contract.WINDOW_SPANS)
         if spans is None or spans.shape[0] != len(texts):
-            raise TritonError(f"windows on {step}: unexpected outputs")
+            raise BackendError(f"windows on {step}: unexpected outputs")
         return [[(int(a), int(b), int(k)) for a, b, k in rows if k >= 0] for rows in spans]
 
     def _require_client(self) -> InferenceServerClient:
         if self._client is None:
-            raise TritonUnavailable("the Triton client is not started")
+            raise BackendUnavailable("the Triton client is not started")
         return self._client

@@ -1,7 +1,8 @@
-"""What the gateway needs from an inference backend: the `Backend` protocol, its types and its errors.
+"""What the gateway needs from an inference backend: the `Backend` protocol, its types and its typed errors.
 
 `triton.TritonBackend` is the implementation; the unit tests' fake (tests/gw_helpers.py) is another. The
-registry, the service and the batcher are typed against this protocol only.
+registry and the pipeline are typed against this protocol only. Backends raise `BackendError` subclasses,
+never the client's errors: the pipeline's failure path maps them (pipeline/admission.py).
 """
 
 from __future__ import annotations
@@ -12,28 +13,51 @@ from typing import ClassVar, Protocol, runtime_checkable
 import numpy as np
 
 
-class TritonError(Exception):
-    """The backend answered with an error the client did not cause (a 500)."""
+class BackendError(Exception):
+    """The backend failed in a way the client did not cause; the base of every backend failure."""
 
-    kind = "error"  # the `kind` label of gateway_triton_errors_total
+    kind = "error"  # the `kind` label of gateway_triton_errors_total / gateway_upstream_errors_total
 
 
-class TritonUnavailable(TritonError):
-    """Unreachable, shutting down, overloaded, or the model is not loaded right now (a 503)."""
+class BackendUnavailable(BackendError):
+    """Unreachable, shutting down or overloaded right now."""
 
     kind = "unavailable"
 
 
-class TritonWorkerDown(TritonUnavailable):
-    """A worker process of the model (a Python-backend stub) crashed; it is being reloaded (a 503)."""
+class WorkerDown(BackendUnavailable):
+    """A worker process of the model (a Python-backend stub) crashed; it is being reloaded."""
 
     kind = "stub_unhealthy"
 
 
-class TritonTimeout(TritonError):
-    """One backend call ran past its deadline (a 504)."""
+class ModelNotFound(BackendUnavailable):
+    """The backend does not have the model loaded right now (unloading, or removed)."""
+
+
+class UpstreamError(BackendUnavailable):
+    """An upstream API answered an error status of its own (5xx, 429, rejected credentials)."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+class BackendTimeout(BackendError):
+    """One backend call ran past its deadline."""
 
     kind = "timeout"
+
+
+class BadInput(BackendError):
+    """The backend refused the input itself (an upstream's 400/413/422); `code` is its error code, if plain."""
+
+    kind = "rejected"
+
+    def __init__(self, message: str, status: int, code: str = ""):
+        super().__init__(message)
+        self.status = status
+        self.code = code
 
 
 LOCAL = "local"  # the backend name of models Triton serves (others carry their upstream's name)
@@ -95,9 +119,11 @@ class EmbedResult:
 
 @runtime_checkable
 class Backend(Protocol):
-    """Served models, readiness, one embedding call and one rerank call; failures raise `TritonError` subclasses."""
+    """Served models, readiness, one embedding call and one rerank call; failures raise `BackendError` subclasses."""
 
     models: dict[str, ModelInfo | RerankModelInfo] | None  # None: never discovered yet
+    # Whether the local models were discovered; False: an unknown name may be a local model (503, not 404).
+    local_known: bool
 
     async def start(self) -> None:
         """Connect and discover the models; a backend that is down is retried in the background."""

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Hashable
 
-from triton_embeddings.gateway.cache import Cache, CacheEntry
-from triton_embeddings.gateway.errors import APIError, ErrorKind
 from triton_embeddings.gateway.metrics import GatewayMetrics
-from triton_embeddings.gateway.singleflight import SharedCallCancelled, SingleFlight
+from triton_embeddings.gateway.pipeline.cache import Cache, CacheEntry
+from triton_embeddings.gateway.pipeline.singleflight import SingleFlight
 
 Compute = Callable[[list[str]], Awaitable[dict[str, CacheEntry]]]
 
 
 class SharedLookup:
     """Entries for items (texts, or documents of one query): cached ones from the cache, the missing ones from
-    `compute`, once per flight key at a time; the request that computes an item also caches it."""
+    `compute`, once per flight key at a time; the request that computes an item also caches it. A shared
+    computation abandoned by the request running it raises `SharedCallCancelled` (the failure path answers it)."""
 
     def __init__(self, cache: Cache, metrics: GatewayMetrics):
         self.cache = cache
@@ -47,9 +47,5 @@ class SharedLookup:
                 await self.cache.set_many({cache_key(i): e for i, e in computed.items()})
             return {flight_key(i): e for i, e in computed.items()}
 
-        try:
-            shared = await self._flights.run(list(by_key), mine)
-        except SharedCallCancelled:
-            message = "The inference server did not answer; retry shortly."
-            raise APIError(ErrorKind.UPSTREAM_UNAVAILABLE, message) from None
+        shared = await self._flights.run(list(by_key), mine)
         return {by_key[k]: e for k, e in shared.items()}

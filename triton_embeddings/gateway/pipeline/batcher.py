@@ -1,6 +1,8 @@
-"""Per-model dispatch to Triton: length-sorted chunks of at most max_batch_size, a bounded number in flight.
+"""Per-model dispatch to the backend: length-sorted chunks of at most max_batch_size, a bounded number in flight.
 
-Texts (embedding models) and (query, document) pairs (rerank models) go the same way. A request's items
+Rows are opaque here: a task (pipeline/embeddings.py, pipeline/rerank.py) hands in its rows with their
+lengths and the call that runs one batch of them (texts with their per-row inputs, or (query, document)
+pairs), so a new per-row input never touches the batcher. A request's items
 are queued sorted by length and cut into chunks the ensemble accepts. At most
 `max_calls` Triton calls per model run at once; texts that arrive meanwhile (from any request) wait and
 leave together in the next call. An idle gateway sends at once (no added latency); a busy one sends fewer,
@@ -19,58 +21,40 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
-import numpy as np
+from triton_embeddings.gateway.backends.base import LOCAL, ModelInfo, RerankModelInfo
+from triton_embeddings.gateway.errors import DeadlineExceeded
 
-from triton_embeddings import contract
-from triton_embeddings.gateway.backend import LOCAL, Backend, ModelInfo, RerankModelInfo
-from triton_embeddings.gateway.cache import CacheEntry
-
-Pair = tuple[str, str]
 MIN_SHARE = 4
 
 log = logging.getLogger("gateway.batcher")
 
-
-class DeadlineExceeded(Exception):
-    """The whole request was not embedded within its deadline (queueing included); not a backend error."""
+# One backend call for a batch of rows of one model: (model, rows, request id) -> one result per row.
+BatchCall = Callable[[Any, list, str], Awaitable[Sequence]]
 
 
 class _Item:
-    __slots__ = ("payload", "length", "future", "request_id", "prompt_name", "side")
+    __slots__ = ("row", "length", "future", "request_id", "call")
 
-    def __init__(self, payload: str | Pair, future: asyncio.Future, request_id: str, prompt_name: str = "",
-                 side: str = ""):
-        self.payload = payload
-        self.length = len(payload) if isinstance(payload, str) else len(payload[0]) + len(payload[1])
+    def __init__(self, row: object, length: int, future: asyncio.Future, request_id: str, call: BatchCall):
+        self.row = row
+        self.length = length
         self.future = future
         self.request_id = request_id
-        self.prompt_name = prompt_name  # per-row PROMPT_NAME ("" = default)
-        self.side = side  # per-row TRUNCATE ("" = END)
-
-
-def _row_options(batch: list[_Item]) -> dict[str, list[str]] | None:
-    """The optional per-row inputs of a batch; None when every row uses the defaults (plain requests)."""
-    options = {}
-    if any(it.prompt_name for it in batch):
-        options[contract.PROMPT_NAME] = [it.prompt_name for it in batch]
-    if any(it.side for it in batch):
-        options[contract.TRUNCATE] = [it.side or "END" for it in batch]
-    return options or None
+        self.call = call
 
 
 class Batcher:
-    """Queues texts per model and runs them through `backend.embed` in bounded, concurrent batches."""
+    """Queues rows per model and runs them through their task's call in bounded, concurrent batches."""
 
     def __init__(
         self,
-        backend: Backend,
         max_calls: int,
         deadline_s: float | None = None,
         observe_call: Callable[[str, float], None] = lambda model, seconds: None,
     ):
-        self.backend = backend
         self.max_calls = max_calls
         self.deadline_s = deadline_s
         self.observe_call = observe_call
@@ -79,29 +63,20 @@ class Batcher:
         self._in_flight: dict[str, int] = {}  # items in calls now running, per model
         self._tasks: set[asyncio.Task] = set()
 
-    async def embed(
-        self, info: ModelInfo, texts: list[str], request_id: str = "", prompt_name: str = "", side: str = ""
-    ) -> list[CacheEntry]:
-        """Embed `texts` (any number) with one prompt name and truncation side; one entry per text, in order."""
-        return await self._submit(info, texts, request_id, prompt_name, side)
-
-    async def rerank(self, info: RerankModelInfo, pairs: list[Pair], request_id: str = "") -> list[CacheEntry]:
-        """Score (query, document) `pairs` (any number); one entry per pair, in order, its vector [score, logit]."""
-        return await self._submit(info, pairs, request_id)
-
-    async def _submit(self, info, payloads: list, request_id: str, prompt_name: str = "",
-                      side: str = "") -> list[CacheEntry]:
+    async def submit(self, info: ModelInfo | RerankModelInfo, rows: list, lengths: list[int], call: BatchCall,
+                     request_id: str = "") -> list:
+        """Run `rows` (any number) through `call` in batches; one result per row, in order."""
         loop = asyncio.get_running_loop()
         queue = self._queues.setdefault(info.name, deque())
-        items = [_Item(p, loop.create_future(), request_id, prompt_name, side) for p in payloads]
+        items = [_Item(r, n, loop.create_future(), request_id, call) for r, n in zip(rows, lengths, strict=True)]
         futures = [it.future for it in items]
         queue.extend(sorted(items, key=lambda it: it.length))
         self._pump(info)
         # Wait for all (so no failure goes unretrieved); the first failure is this request's answer.
         try:
             results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), self.deadline_s)
-        except asyncio.TimeoutError:  # still queued texts are dropped: their futures were cancelled
-            raise DeadlineExceeded(f"request not embedded within {self.deadline_s:g} s") from None
+        except asyncio.TimeoutError:  # still queued rows are dropped: their futures were cancelled
+            raise DeadlineExceeded(f"request not answered within {self.deadline_s:g} s") from None
         for r in results:
             if isinstance(r, BaseException):
                 raise r
@@ -114,7 +89,7 @@ class Batcher:
             size = min(info.max_batch_size, self._share(info, len(queue)))
             while queue and len(batch) < size:
                 item = queue.popleft()
-                if not item.future.done():  # skip texts of requests that went away
+                if not item.future.done():  # skip rows of requests that went away
                     batch.append(item)
             if not batch:
                 return
@@ -131,29 +106,11 @@ class Batcher:
             return info.max_batch_size
         return max(MIN_SHARE, -(-(queued + self._in_flight.get(info.name, 0)) // self.max_calls))
 
-    async def _call(self, info, batch: list[_Item]) -> list[CacheEntry]:
-        """One backend call for a batch; one entry per item."""
-        payloads, request_id = [it.payload for it in batch], batch[0].request_id
-        if info.kind == "rerank":
-            res = await self.backend.rerank(info.name, [q for q, _ in payloads], [d for _, d in payloads], request_id)
-            vectors = list(zip(res.scores, res.logits))
-        else:
-            options = _row_options(batch)  # plain requests send no optional inputs
-            if options:
-                res = await self.backend.embed(info.name, payloads, request_id, options)
-            else:
-                res = await self.backend.embed(info.name, payloads, request_id)
-            vectors = list(res.embeddings)
-        return [
-            CacheEntry(np.asarray(v, dtype=np.float32).copy(), int(n), bool(t))
-            for v, n, t in zip(vectors, res.token_counts, res.truncated, strict=True)
-        ]
-
     async def _run(self, info: ModelInfo | RerankModelInfo, batch: list[_Item]) -> None:
         batch.sort(key=lambda it: it.length)
         t0 = time.perf_counter()
         try:
-            entries = await self._call(info, batch)
+            entries = await batch[0].call(info, [it.row for it in batch], batch[0].request_id)
         except Exception as e:
             for it in batch:
                 if not it.future.done():

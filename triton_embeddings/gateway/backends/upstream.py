@@ -3,8 +3,9 @@ there (one HTTP client per upstream), so applications use one base URL for cloud
 
 The key is read from the named environment variable or file at startup and only ever sent upstream in the
 `Authorization` header: it is never logged, and upstream error bodies (which may quote it) are never
-passed on. Failures map to the gateway's own errors: unreachable, 5xx, 429, rejected credentials
-or a malformed answer -> 503 with Retry-After; too slow -> 504; an input it rejects (400/413/422) -> 400.
+passed on. Failures raise the backends' typed errors (the pipeline answers them, pipeline/admission.py):
+unreachable, 5xx, 429, rejected credentials or a malformed answer -> unavailable (503 with Retry-After);
+too slow -> timeout (504); an input it rejects (400/413/422) -> `BadInput` (400).
 """
 
 from __future__ import annotations
@@ -17,15 +18,16 @@ from collections.abc import Callable
 import httpx
 import numpy as np
 
-from triton_embeddings.gateway.backend import (
+from triton_embeddings.gateway.backends.base import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    BadInput,
     EmbedResult,
     ModelInfo,
     RerankResult,
-    TritonError,
-    TritonTimeout,
-    TritonUnavailable,
+    UpstreamError,
 )
-from triton_embeddings.gateway.errors import APIError, ErrorKind
 from triton_embeddings.gateway.settings import UpstreamConfig
 
 log = logging.getLogger("gateway.upstream")
@@ -82,13 +84,15 @@ class UpstreamBackend:
     async def ready(self, names: list[str]) -> tuple[bool, str]:
         return True, "ready"  # not probed: an upstream outage must not take the local models out of rotation
 
+    local_known = True  # its models are configured, never discovered
+
     def unknown_model_seen(self) -> None:
         return None
 
     async def embed(
         self, model: str, texts: list[str], request_id: str = "", options: dict[str, list[str]] | None = None
     ) -> EmbedResult:
-        # options never reach here: upstream models have no prompts, and START/chunk are refused (retrieval.py)
+        # options never reach here: upstream models have no prompts, and START/chunk are refused (http/wire.py)
         config = self.configs[model]
         payload = {"model": config.model or model, "input": texts, "encoding_format": "base64"}
         t0 = time.perf_counter()
@@ -98,11 +102,11 @@ class UpstreamBackend:
             body = self._checked(response)
             vectors = decode_vectors(body, len(texts))
         except httpx.TimeoutException:
-            raise TritonTimeout(f"upstream {self.name} did not answer within {config.timeout_s:g} s") from None
+            raise BackendTimeout(f"upstream {self.name} did not answer within {config.timeout_s:g} s") from None
         except httpx.TransportError as e:
-            raise TritonUnavailable(f"upstream {self.name} unreachable ({type(e).__name__})") from None
+            raise BackendUnavailable(f"upstream {self.name} unreachable ({type(e).__name__})") from None
         except (ValueError, KeyError, TypeError) as e:  # a broken upstream: 503, as when it is down
-            raise TritonUnavailable(f"upstream {self.name} answered a malformed body ({type(e).__name__})") from None
+            raise BackendUnavailable(f"upstream {self.name} answered a malformed body ({type(e).__name__})") from None
         finally:
             self.observe(self.name, time.perf_counter() - t0)
         tokens = int((body.get("usage") or {}).get("total_tokens") or 0)
@@ -111,25 +115,23 @@ class UpstreamBackend:
     async def windows(
         self, model: str, texts: list[str], prompt_names: list[str] | None = None, request_id: str = ""
     ) -> list[list[tuple[int, int, int]]]:
-        raise TritonError(f"upstream {self.name} cannot cut windows")  # chunking is refused for upstream models
+        raise BackendError(f"upstream {self.name} cannot cut windows")  # chunking is refused for upstream models
 
     async def rerank(self, model: str, queries: list[str], documents: list[str], request_id: str = "") -> RerankResult:
-        raise TritonError(f"upstream {self.name} serves embedding models only")  # the registry never routes here
+        raise BackendError(f"upstream {self.name} serves embedding models only")  # the registry never routes here
 
     def _checked(self, response: httpx.Response) -> dict:
-        """The JSON body of a 200; any other status becomes the gateway's own error (no upstream text)."""
+        """The JSON body of a 200; any other status becomes a typed error (no upstream text)."""
         status = response.status_code
         if status == 200:
             return response.json()
         if status in (400, 413, 422):
-            code = _error_code(response)
-            raise APIError(ErrorKind.INVALID_REQUEST, f"The upstream API for this model rejected the input "
-                           f"(HTTP {status}{', ' + code if code else ''}).", param="input")
+            raise BadInput(f"upstream {self.name} rejected the input (HTTP {status})", status, _error_code(response))
         if status in (401, 403):
             log.error("upstream %s rejected the gateway's API key (HTTP %d): check its key setting", self.name, status)
         else:
             log.warning("upstream %s answered HTTP %d", self.name, status)
-        raise TritonUnavailable(f"upstream {self.name} answered HTTP {status}")
+        raise UpstreamError(f"upstream {self.name} answered HTTP {status}", status)
 
 
 def _error_code(response: httpx.Response) -> str:

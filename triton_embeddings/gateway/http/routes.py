@@ -1,4 +1,5 @@
-"""Thin HTTP layer: routes, auth, and rendering; names resolve in `registry.py`, the work is in `service.py`."""
+"""Thin HTTP layer: routes, auth, and rendering; names resolve in `registry.py`, wire <-> domain is `wire.py`, the
+work is in the pipeline (`app.state.embeddings`, `app.state.rerank`)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import orjson
 from fastapi import APIRouter, Body, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
+from starlette.background import BackgroundTask
 from starlette.responses import Response
 
-from triton_embeddings.gateway.errors import APIError, ErrorKind, error_response
-from triton_embeddings.gateway.protocol import (
+from triton_embeddings.gateway.errors import APIError, ErrorKind
+from triton_embeddings.gateway.http import wire
+from triton_embeddings.gateway.http.errors import error_response
+from triton_embeddings.gateway.http.protocol import (
     EmbeddingRequest,
     EmbeddingResponse,
     ErrorResponse,
@@ -24,8 +28,8 @@ from triton_embeddings.gateway.protocol import (
     TEIRerankItem,
     TEIRerankRequest,
 )
-from triton_embeddings.gateway.registry import EMBEDDING, RERANK, ModelRegistry
-from triton_embeddings.gateway.service import EmbeddingService
+from triton_embeddings.gateway.http.registry import EMBEDDING, RERANK, ModelRegistry
+from triton_embeddings.gateway.pipeline.rerank import RerankServing
 
 router = APIRouter()
 
@@ -38,10 +42,6 @@ Body200 = EmbeddingResponse | RerankResponse | list[TEIRerankItem] | ModelList |
 def json_response(body: Body200) -> Response:
     """A 200 JSON body via orjson (numpy float32 rows are written as their shortest float32 repr)."""
     return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
-
-
-def service_of(request: Request) -> EmbeddingService:
-    return request.app.state.service
 
 
 def registry_of(request: Request) -> ModelRegistry:
@@ -85,29 +85,39 @@ def _api(method: str, path: str, *aliases: str, **kwargs):
     return register
 
 
-async def _answer(request: Request, call, body, info) -> Response:
-    """The common skeleton of the model endpoints: label the request's metrics, call the service, render."""
+def _label(request: Request, info) -> None:
     request.state.model_label = info.name  # bounded label for the request metrics
-    return json_response(await call(body, info, request.state.request_id))
 
 
 @_api("POST", "/v1/embeddings", "/embeddings", response_model=EmbeddingResponse, responses=ERRORS)
 async def create_embeddings(body: EmbeddingRequest, request: Request) -> Response:
     """OpenAI's `POST /v1/embeddings`."""
+    state = request.app.state
     info = registry_of(request).resolve(body.model, EMBEDDING)
-    service = service_of(request)
-    response = await _answer(request, service.embed, body, info)
-    upstream = request.app.state.settings.upstreams.get(info.name)
-    if upstream is not None and upstream.shadow is not None:  # runs after the response has been sent
-        response.background = request.app.state.shadow.task(info.name, upstream.shadow, service.texts_of(body))
+    _label(request, info)
+    inputs = wire.embeddings_input(body, info, state.settings, state.decoder)
+    embedded = await state.embeddings.serve(info, inputs, request.state.request_id)
+    response = json_response(wire.embeddings_answer(body, info, embedded))
+    upstream = state.settings.upstreams.get(info.name)
+    if upstream is not None and state.shadow.sampled(upstream.shadow):  # runs after the response has been sent
+        response.background = BackgroundTask(state.shadow.run, info.name, upstream.shadow.model, inputs.texts)
     return response
 
 
 @_api("POST", "/v1/rerank", "/v2/rerank", response_model=RerankResponse, responses=ERRORS)
 async def create_rerank(body: RerankRequest, request: Request) -> Response:
     """Rerank documents against a query, in the Cohere/Jina shape (Cohere's v1 and v2 clients, Jina's API)."""
+    return await _rerank_cohere(request, body)
+
+
+async def _rerank_cohere(request: Request, body: RerankRequest) -> Response:
     info = registry_of(request).resolve(body.model, RERANK)
-    return await _answer(request, request.app.state.rerank.rerank, body, info)
+    _label(request, info)
+    service: RerankServing = request.app.state.rerank
+    pairs = wire.rerank_input(body, request.app.state.settings)
+    wire.check_rerank_options(body)
+    scored = await service.serve(info, pairs, request.state.request_id)
+    return json_response(wire.rerank_answer(body, pairs, scored))
 
 
 @_api(
@@ -117,13 +127,15 @@ async def create_rerank(body: RerankRequest, request: Request) -> Response:
 )
 async def rerank_any_shape(request: Request, body: dict = Body(...)) -> Response:  # noqa: B008
     """TEI's shape when the body has `texts`, else the Cohere/Jina shape."""
-    registry, service = registry_of(request), request.app.state.rerank
-    if "texts" in body:
-        tei = _validated(TEIRerankRequest, body)
-        info = registry.resolve(tei.model, RERANK) if tei.model else registry.default_reranker()
-        return await _answer(request, service.rerank_tei, tei, info)
-    cohere = _validated(RerankRequest, body)
-    return await _answer(request, service.rerank, cohere, registry.resolve(cohere.model, RERANK))
+    if "texts" not in body:
+        return await _rerank_cohere(request, _validated(RerankRequest, body))
+    tei = _validated(TEIRerankRequest, body)
+    registry = registry_of(request)
+    info = registry.resolve(tei.model, RERANK) if tei.model else registry.default_reranker()
+    _label(request, info)
+    scored = await request.app.state.rerank.serve(info, wire.tei_input(tei, request.app.state.settings),
+                                                  request.state.request_id)
+    return json_response(wire.tei_answer(tei, scored))
 
 
 def _validated(model: type[BaseModel], body: dict):

@@ -6,12 +6,10 @@ import asyncio
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
+from triton_embeddings.gateway.errors import SharedCallCancelled
+
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
-
-
-class SharedCallCancelled(Exception):
-    """The request computing a shared key was cancelled before it finished."""
 
 
 class SingleFlight(Generic[K, V]):

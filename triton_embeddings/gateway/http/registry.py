@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from triton_embeddings.gateway.backend import LOCAL, Backend, ModelInfo, RerankModelInfo
+from triton_embeddings.gateway.backends.base import LOCAL, Backend, ModelInfo, RerankModelInfo
 from triton_embeddings.gateway.errors import APIError, ErrorKind
-from triton_embeddings.gateway.protocol import ModelList, ModelWithPrompts, model_card
+from triton_embeddings.gateway.http.protocol import ModelList, ModelWithPrompts, model_card
 from triton_embeddings.gateway.settings import DEFAULT_TARGET, Settings
 
 OWNER = "triton-embeddings"
@@ -62,7 +62,7 @@ class ModelRegistry:
         target = name if name in models else self.aliases(models).get(name)
         if target is None:
             self.backend.unknown_model_seen()  # it may have been loaded since the last look
-            if not getattr(self.backend, "local_known", True):  # upstreams known, Triton not reached yet
+            if not self.backend.local_known:  # upstreams known, Triton not reached yet
                 raise APIError(ErrorKind.UPSTREAM_UNAVAILABLE, "The inference server is not reachable right now.")
             raise APIError(
                 ErrorKind.MODEL_NOT_FOUND,

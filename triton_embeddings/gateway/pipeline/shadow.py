@@ -9,9 +9,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
-from starlette.background import BackgroundTask
-
-from triton_embeddings.gateway.backend import ModelInfo
+from triton_embeddings.gateway.backends.base import ModelInfo
 from triton_embeddings.gateway.errors import APIError
 from triton_embeddings.gateway.metrics import GatewayMetrics
 from triton_embeddings.gateway.settings import ShadowConfig
@@ -31,11 +29,9 @@ class Shadow:
         self.sample = sample
         self.in_flight = 0
 
-    def task(self, source: str, config: ShadowConfig | None, texts: list[str]) -> BackgroundTask | None:
-        """A background task for the response when this request is sampled, else None."""
-        if config is None or config.share <= 0 or self.sample() >= config.share:
-            return None
-        return BackgroundTask(self.run, source, config.model, texts)
+    def sampled(self, config: ShadowConfig | None) -> bool:
+        """Whether this request gets a shadow copy (the HTTP room runs `run` after the response)."""
+        return config is not None and config.share > 0 and self.sample() < config.share
 
     async def run(self, source: str, target: str, texts: list[str]) -> None:
         if self.in_flight >= self.max_in_flight:

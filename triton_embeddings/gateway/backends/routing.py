@@ -1,6 +1,6 @@
 """One `Backend` over several: the local Triton and the upstream APIs, each model served by exactly one.
 
-The registry, the service and the batcher see one backend; each call goes to the backend that serves the
+The registry and the pipeline see one backend; each call goes to the backend that serves the
 model. A name configured upstream wins over a local model or an alias of the same name (such as the
 default alias `text-embedding-3-small`): the configuration says where that name's vectors come from.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-from triton_embeddings.gateway.backend import Backend, EmbedResult, ModelInfo, RerankModelInfo, RerankResult
+from triton_embeddings.gateway.backends.base import Backend, EmbedResult, ModelInfo, RerankModelInfo, RerankResult
 
 
 class RoutedBackend:

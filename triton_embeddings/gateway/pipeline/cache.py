@@ -49,7 +49,7 @@ def pair_key(model: str, fingerprint: str, query: str, document: str) -> str:
 
 
 class Cache:
-    """No caching; the interface the service uses."""
+    """No caching; the interface the pipeline uses."""
 
     name = "none"
     enabled = False

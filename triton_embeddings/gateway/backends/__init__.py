@@ -1,0 +1,1 @@
+"""Inference backends: the `Backend` protocol and its typed errors (base), Triton, upstream APIs, routing."""

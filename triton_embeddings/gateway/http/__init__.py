@@ -1,0 +1,1 @@
+"""The HTTP room: routes, middleware, server, wire types, and wire <-> domain conversion."""

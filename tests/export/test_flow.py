@@ -163,6 +163,18 @@ def test_a_new_kind_below_its_bar_writes_nothing(tmp_path, cross_encoder_source,
     assert not (tmp_path / "r").exists()
 
 
+def test_the_runner_follows_the_declared_steps(tmp_path, cross_encoder_source):
+    kind = ClassifyKind()
+    model, spec = kind.load(cross_encoder_source, ExportOptions(name="k"), QUIET["log"])
+    art = kind.build(model, spec, tmp_path, QUIET["log"])
+    runner = kind.runner(kind.tokenizer(spec, art), art.encoder, art)
+    runner.follow(kind.steps)
+    steps = kind.steps
+    renamed = replace(steps.steps[2], inputs=(c.TensorSpec("OTHER", "FP32", (1,)),))
+    with pytest.raises(ExportError, match=f"step {HEAD} does not match"):
+        runner.follow(replace(steps, steps=(*steps.steps[:2], renamed)))
+
+
 def test_every_pooling_mode_has_its_own_graph_and_an_unknown_one_is_an_error(monkeypatch):
     from triton_embeddings.export import pooler
     from triton_embeddings.export.model_spec import POOLING_MODES

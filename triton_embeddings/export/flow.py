@@ -33,8 +33,11 @@ class _Checker:
         done(log, t)
 
     def runner(self, candidate: Path):
-        """A new runner: the int8 search rewrites one candidate file in place."""
-        return self.kind.runner(self.tokenizer, candidate, self.art)
+        """A new runner (the int8 search rewrites one candidate file in place), checked against the kind's
+        declared steps."""
+        runner = self.kind.runner(self.tokenizer, candidate, self.art)
+        runner.follow(self.kind.steps)
+        return runner
 
     def check(self, candidate: Path) -> Verification:
         return self.kind.verify(self.runner(candidate), self.reference, self.inputs, self.precision)

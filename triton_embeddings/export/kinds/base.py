@@ -16,7 +16,7 @@ import numpy as np
 from triton_embeddings import contract as c
 from triton_embeddings.export import triton_config as tc
 from triton_embeddings.export.options import ExportOptions
-from triton_embeddings.export.steps import Log
+from triton_embeddings.export.steps import ExportError, Log
 from triton_embeddings.triton_models.onnx_session import make_session
 
 MODEL_PY = (
@@ -90,6 +90,15 @@ class OnnxSteps:
         feed = encoder_feed(enc)
         (out,) = self.encoder.run(None, {k: feed[k] for k in self.encoder_inputs})
         return out
+
+    def follow(self, steps: c.EnsembleSpec) -> None:
+        """Raise ExportError unless the ONNX files take only the tensors their declared steps (the kind's ONNX
+        steps, in order) feed them, and give every tensor those steps declare."""
+        for session, step in zip((self.encoder, self.head), [s for s in steps.steps if s.backend == c.ONNX_BACKEND]):
+            takes, gives = {i.name for i in session.get_inputs()}, {o.name for o in session.get_outputs()}
+            if not takes <= {t.name for t in step.inputs} or not {t.name for t in step.outputs} <= gives:
+                raise ExportError(f"the ONNX file of step {step.suffix} does not match its declared tensors "
+                                  f"(takes {sorted(takes)}, gives {sorted(gives)})")
 
     def with_tokenizer(self, tokenizer) -> OnnxSteps:
         """The same sessions behind another tokenizer (another prompt)."""

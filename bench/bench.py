@@ -9,7 +9,7 @@ Loads (every text distinct, the gateway's cache off):
 
 Paths, measured in alternating rounds (raw, triton, gateway, reference, peer, raw, ...), so a noisy
 neighbour hits every path of a round alike:
-  raw        in-process ONNX Runtime on the same model.onnx and pooler (triton_embeddings.export.pipeline),
+  raw        in-process ONNX Runtime on the same model.onnx and pooler (triton_embeddings.export.kinds.embedding),
              all texts sorted by length, batches of 32, ONNX Runtime on every core: the ceiling
   triton     the ensemble over Triton's HTTP/JSON endpoint (binary output), driven by wrk
   gateway    the OpenAI-compatible gateway (POST /v1/embeddings, base64), driven by wrk
@@ -439,7 +439,7 @@ def ensemble_name(repo: Path) -> str:
 def raw_pipeline(repo: Path, name: str = MODEL, threads: int = 0):
     """The repository's own tokenizer step (prompt, pad id, lower-casing), encoder and pooler, in-process."""
     from triton_embeddings.export import triton_config as tc
-    from triton_embeddings.export.pipeline import OnnxPipeline
+    from triton_embeddings.export.kinds.embedding import OnnxPipeline
     from triton_embeddings.triton_models.tokenize import TextTokenizer
 
     tokenizer_step, encoder, pooler = (repo / step for step in contract.step_names(name))

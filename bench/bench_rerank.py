@@ -99,7 +99,7 @@ def export(source: str, work: Path, int8: bool) -> Path:
 def in_process(repo: Path, pairs: list, name: str = MODEL) -> Run:
     """The ceiling: the exported pipeline in this process, every pair sorted by length, batches of 32."""
     from triton_embeddings import contract as c
-    from triton_embeddings.export.rerank_pipeline import RerankPipeline
+    from triton_embeddings.export.kinds.rerank import RerankPipeline
     from triton_embeddings.export.triton_config import load as load_config
     from triton_embeddings.triton_models.pair_tokenize import PairTokenizer
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 from provenance import provenance  # noqa: E402  (bench/provenance.py, beside this script)
 
 from triton_embeddings import contract, quantize  # noqa: E402
-from triton_embeddings.export.pipeline import OnnxPipeline  # noqa: E402
+from triton_embeddings.export.kinds.embedding import OnnxPipeline  # noqa: E402
 from triton_embeddings.export.triton_config import load  # noqa: E402
 from triton_embeddings.triton_models.tokenize import TextTokenizer  # noqa: E402
 

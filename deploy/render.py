@@ -65,8 +65,16 @@ def render_nginx(
         raise ValueError("at least one upstream is needed")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = source.read_text()
+    text = _nginx_text(source.read_text(), listen, upstreams, access_log, rate_limit)
+    text = _writable_paths(text, out_dir)
+    _includes(out_dir, tls, rate_limit)
+    conf = out_dir / "nginx.conf"
+    conf.write_text(text)
+    return conf
 
+
+def _nginx_text(text: str, listen: str, upstreams: list[str], access_log: Path | None, rate_limit: str | None) -> str:
+    """The shipped nginx.conf with the upstreams, the listen address, the access log and the rate set."""
     text = _sub_once(
         r"^(\s*)server gateway:8080(\s[^;]*)?;$",
         lambda m: "\n".join(f"{m[1]}server {u}{m[2] or ''};" for u in upstreams),
@@ -85,15 +93,22 @@ def render_nginx(
         text = _sub_once(
             r"(limit_req_zone \S+ zone=\S+) rate=\S+;", rf"\g<1> rate={rate_limit};", text, "limit_req_zone"
         )
-    # Writable paths for an unprivileged, side-by-side nginx; the compiled-in defaults stay in the image.
+    return text
+
+
+def _writable_paths(text: str, out_dir: Path) -> str:
+    """Writable paths for an unprivileged, side-by-side nginx; the compiled-in defaults stay in the image."""
     tmp = out_dir / "tmp"
     tmp.mkdir(exist_ok=True)
     text = f"pid {out_dir / 'nginx.pid'};\n" + text
     temp_paths = "".join(
         f"    {kind}_temp_path {tmp / kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
-    text = _sub_once(r"^http \{\n", lambda m: m[0] + temp_paths, text, "`http {` block")
+    return _sub_once(r"^http \{\n", lambda m: m[0] + temp_paths, text, "`http {` block")
 
+
+def _includes(out_dir: Path, tls: TLS | None, rate_limit: str | None) -> None:
+    """`out_dir/nginx.d/`: the shipped includes, TLS and the rate limit turned on when asked."""
     includes = out_dir / "nginx.d"
     shutil.rmtree(includes, ignore_errors=True)
     shutil.copytree(NGINX_INCLUDES, includes, ignore=shutil.ignore_patterns("*.conf"))
@@ -105,10 +120,6 @@ def render_nginx(
         (includes / "tls" / "tls.conf").write_text(example)
     if rate_limit is not None:
         shutil.copy(includes / "ratelimit" / "ratelimit.conf.example", includes / "ratelimit" / "ratelimit.conf")
-
-    conf = out_dir / "nginx.conf"
-    conf.write_text(text)
-    return conf
 
 
 def render_prometheus(

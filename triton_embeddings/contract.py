@@ -13,12 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 # ---- Model names ---------------------------------------------------------------------------------------
+# A model `m` is an ensemble `m` over steps `m<suffix>`; each kind's steps are declared below (STEPS).
 TOKENIZER_SUFFIX, ENCODER_SUFFIX, POOLER_SUFFIX = "_tokenizer", "_encoder", "_pooler"
-
-
-def step_names(model: str) -> tuple[str, str, str]:
-    """The tokenizer, encoder and pooler models behind the ensemble `model`."""
-    return model + TOKENIZER_SUFFIX, model + ENCODER_SUFFIX, model + POOLER_SUFFIX
 
 
 # ---- Tensors -------------------------------------------------------------------------------------------
@@ -226,11 +222,6 @@ CLASSIFIER_OUTPUT = "logits"  # the ONNX classifier's output name
 SCORE_STEP_INPUT = "LOGITS"  # the score step's input
 
 
-def rerank_step_names(model: str) -> tuple[str, str, str]:
-    """The pair tokenizer, classifier and score models behind the rerank ensemble `model`."""
-    return model + TOKENIZER_SUFFIX, model + ENCODER_SUFFIX, model + SCORE_SUFFIX
-
-
 @dataclass(frozen=True)
 class RerankParams(ParameterSet):
     """What a rerank ensemble's `parameters` tell clients; `kind` marks it apart from embedding ensembles."""
@@ -262,3 +253,139 @@ def is_rerank_ensemble(config: dict) -> bool:
         and parameters_of(config).get("kind") == RERANK_KIND
         and {QUERY, DOCUMENT} <= inputs
     )
+
+
+# ---- Step lists ----------------------------------------------------------------------------------------
+# Each kind's ensemble, declared once: its public tensors and its steps (suffix, backend, inputs, outputs).
+# The exporter writes every config from these; the verifying pipeline, `local/serve` and the gateway read them.
+PYTHON_BACKEND = "python"  # a generated model.py that imports its class from triton_embeddings.triton_models
+ONNX_BACKEND = "onnx"  # model.onnx: Triton's onnxruntime backend, or our Python-backend step (embedded target)
+DIMENSION = "dimension"  # a dim the export fills in: the model's output size
+TOKEN_TYPES = "token_types"  # the feature of models whose encoder takes token_type_ids
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor: name, Triton data type (without `TYPE_`) and dims (without the batch; -1: any; a str: a size
+    the export fills in). `link`: its name inside the ensemble ("": its own, it is public; None: not routed,
+    callers ask the step for it). `optional`: requests may leave it out. `only_with`: a model feature it needs."""
+
+    name: str
+    dtype: str
+    dims: tuple[int | str, ...]
+    link: str | None = ""
+    optional: bool = False
+    only_with: str = ""
+
+    @property
+    def routed_as(self) -> str | None:
+        return self.name if self.link == "" else self.link
+
+    def bound(self, sizes: dict[str, int]) -> TensorSpec:
+        return dataclasses.replace(self, dims=tuple(sizes[d] if isinstance(d, str) else d for d in self.dims))
+
+
+def _bind(tensors: tuple[TensorSpec, ...], sizes: dict[str, int], features: set[str]) -> tuple[TensorSpec, ...]:
+    return tuple(t.bound(sizes) for t in tensors if not t.only_with or t.only_with in features)
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One step model `<ensemble><suffix>`; `files`: what its version folder holds beside a generated model.py."""
+
+    suffix: str
+    backend: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    files: tuple[str, ...]
+
+    def model(self, ensemble: str) -> str:
+        return ensemble + self.suffix
+
+    def bind(self, sizes: dict[str, int], features: set[str]) -> StepSpec:
+        """The step of one model: sizes filled in, tensors of features it lacks left out."""
+        return dataclasses.replace(self, inputs=_bind(self.inputs, sizes, features),
+                                   outputs=_bind(self.outputs, sizes, features))
+
+
+@dataclass(frozen=True)
+class EnsembleSpec:
+    """One kind's ensemble: its public inputs and outputs, and its steps in the order they run."""
+
+    kind: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    steps: tuple[StepSpec, ...]
+
+    def step(self, suffix: str) -> StepSpec:
+        return next(s for s in self.steps if s.suffix == suffix)
+
+    def models(self, ensemble: str) -> tuple[str, ...]:
+        return tuple(s.model(ensemble) for s in self.steps)
+
+    def bind(self, sizes: dict[str, int], features: set[str]) -> EnsembleSpec:
+        return dataclasses.replace(self, inputs=_bind(self.inputs, sizes, features),
+                                   outputs=_bind(self.outputs, sizes, features),
+                                   steps=tuple(s.bind(sizes, features) for s in self.steps))
+
+
+def _carried(link: bool = True) -> tuple[TensorSpec, ...]:
+    """The token tensors a tokenizer hands the encoder (under the encoder's ONNX names when `link` is False)."""
+    names = ((INPUT_IDS, ""), (ATTENTION_MASK, ""), (TOKEN_TYPE_IDS, TOKEN_TYPES))
+    return tuple(TensorSpec(n if link else ENCODER_INPUTS[n], "INT64", (-1,), n.lower(), only_with=only)
+                 for n, only in names)
+
+
+def _counts() -> tuple[TensorSpec, ...]:
+    return TensorSpec(TOKEN_COUNT, "INT32", (1,)), TensorSpec(TRUNCATED, "BOOL", (1,))
+
+
+# The step lists are built when asked for, from the names above as they are then.
+def embedding_steps() -> EnsembleSpec:
+    """TEXT -> tokenizer -> encoder -> pooler -> EMBEDDING."""
+    text_in = (TensorSpec(TEXT, "STRING", (1,)), TensorSpec(PROMPT_NAME, "STRING", (1,), optional=True),
+               TensorSpec(TRUNCATE, "STRING", (1,), optional=True))
+    embedding, hidden = TensorSpec(EMBEDDING, "FP32", (DIMENSION,)), TOKEN_EMBEDDINGS.lower()
+    return EnsembleSpec(EMBEDDING_KIND, text_in, (embedding, *_counts()), (
+        StepSpec(TOKENIZER_SUFFIX, PYTHON_BACKEND, text_in,
+                 (*_carried(), *_counts(), TensorSpec(WINDOW_SPANS, "INT32", (-1, 3), link=None)),
+                 (TokenizerStepParams.tokenizer_file,)),
+        StepSpec(ENCODER_SUFFIX, ONNX_BACKEND, _carried(link=False),
+                 (TensorSpec(ENCODER_OUTPUT, "FP32", (-1, DIMENSION), hidden),), (OnnxStepParams.onnx_file,)),
+        StepSpec(POOLER_SUFFIX, ONNX_BACKEND,
+                 (TensorSpec(TOKEN_EMBEDDINGS, "FP32", (-1, DIMENSION), hidden),
+                  TensorSpec(ATTENTION_MASK, "INT64", (-1,), ATTENTION_MASK.lower())),
+                 (embedding,), (OnnxStepParams.onnx_file,)),
+    ))
+
+
+def rerank_steps() -> EnsembleSpec:
+    """(QUERY, DOCUMENT) -> pair tokenizer -> classifier -> score step -> SCORE, LOGIT."""
+    pair_in = (TensorSpec(QUERY, "STRING", (1,)), TensorSpec(DOCUMENT, "STRING", (1,)))
+    scores, logits = (TensorSpec(SCORE, "FP32", (1,)), TensorSpec(LOGIT, "FP32", (1,))), SCORE_STEP_INPUT.lower()
+    return EnsembleSpec(RERANK_KIND, pair_in, (*scores, *_counts()), (
+        StepSpec(TOKENIZER_SUFFIX, PYTHON_BACKEND, pair_in, (*_carried(), *_counts()),
+                 (TokenizerStepParams.tokenizer_file,)),
+        StepSpec(ENCODER_SUFFIX, ONNX_BACKEND, _carried(link=False),
+                 (TensorSpec(CLASSIFIER_OUTPUT, "FP32", (1,), logits),), (OnnxStepParams.onnx_file,)),
+        StepSpec(SCORE_SUFFIX, ONNX_BACKEND, (TensorSpec(SCORE_STEP_INPUT, "FP32", (1,), logits),), scores,
+                 (OnnxStepParams.onnx_file,)),
+    ))
+
+
+STEPS = {EMBEDDING_KIND: embedding_steps, RERANK_KIND: rerank_steps}
+
+
+def steps_of(kind: str) -> EnsembleSpec:
+    """The declared steps of a model kind."""
+    return STEPS[kind]()
+
+
+def step_names(model: str, kind: str = EMBEDDING_KIND) -> tuple[str, ...]:
+    """The step models behind the ensemble `model` of `kind`, in the order they run."""
+    return steps_of(kind).models(model)
+
+
+def rerank_step_names(model: str) -> tuple[str, ...]:
+    """The pair tokenizer, classifier and score models behind the rerank ensemble `model`."""
+    return step_names(model, RERANK_KIND)

@@ -143,16 +143,17 @@ def test_export_entrypoint_shellcheck():
 # options and the TensorRT engine path the rendered encoder config names.
 _DRY_RUN = """
 import sys
-from triton_embeddings.export import cli, triton_config as tc
-def dry(source, repository, options, **kw):
+from triton_embeddings.export import cli, flow
+from triton_embeddings.export.kinds.embedding import encoder_config
+def dry(kind, source, repository, options, **kw):
     # the CLI and ExportOptions have checked every option by now; render what the encoder config names
-    config = tc.encoder_config(options, 128, False, 384, "ab" * 32)  # the sha256 of some encoder file
+    config = encoder_config(options, 128, False, 384, "ab" * 32)  # the sha256 of some encoder file
     accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
     engines = accelerators[0].parameters["trt_engine_cache_path"] if accelerators else "-"
     print("ACCEPTED", source, options.name, repository, options.target.name, options.precision,
           options.tensorrt, engines)
     sys.exit(0)
-cli.export_model = cli.export_reranker = dry
+flow.export = dry
 sys.exit(cli.main(sys.argv[1:]))
 """
 

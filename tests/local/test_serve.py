@@ -15,6 +15,7 @@ import pytest
 
 from tests.gw_helpers import DEFAULT_MODEL, ROOT, free_port
 from tests.tools import require
+from triton_embeddings.contract import RERANK_KIND
 from triton_embeddings.local.serve import curl_example, ensure_exported, missing_weights
 
 
@@ -91,7 +92,7 @@ def test_reranker_exported_only_when_missing(tmp_path):
 
     def fake_export(source, repo, name):
         calls.append((source, name))
-        for p in missing_weights(repo, name, "_score"):
+        for p in missing_weights(repo, name, RERANK_KIND):
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_bytes(b"x")
 

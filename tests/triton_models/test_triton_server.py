@@ -20,7 +20,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.conftest import DEFAULT_MODEL, served
 from triton_embeddings.export import triton_config
-from triton_embeddings.export.verify import cosine
+from triton_embeddings.export.kinds.embedding import cosine
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "examples"))

@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 
 from triton_embeddings.defaults import DEFAULT_HUB_ID, DEFAULT_REPOSITORY
-from triton_embeddings.export import options
+from triton_embeddings.export import flow, options
 from triton_embeddings.export.cross_encoder import is_cross_encoder
-from triton_embeddings.export.exporter import ExportError, export_model
+from triton_embeddings.export.kinds.embedding import EMBEDDING
+from triton_embeddings.export.kinds.rerank import RERANK
 from triton_embeddings.export.model_spec import UnsupportedModelError
-from triton_embeddings.export.rerank_exporter import export_reranker
+from triton_embeddings.export.steps import ExportError
 
 
 def default_name(source: str) -> str:
@@ -36,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         opts = options.from_arguments(args, name=args.name or default_name(args.model))
         # A cross-encoder (reranker) gets a rerank ensemble; anything else is an embedding model.
-        export = export_reranker if is_cross_encoder(args.model) else export_model
-        result = export(args.model, args.repository, opts)
+        kind = RERANK if is_cross_encoder(args.model) else EMBEDDING
+        result = flow.export(kind, args.model, args.repository, opts)
     except (ExportError, UnsupportedModelError, ValueError) as exc:
         print(f"embeddings-export: error: {exc}", file=sys.stderr)
         return 2

@@ -149,21 +149,9 @@ class ExportOptions:
         return self.precision != "fp32"
 
     @property
-    def steps(self) -> tuple[str, str, str]:
-        """Names of the tokenizer, encoder and pooler models."""
+    def steps(self) -> tuple[str, ...]:
+        """Names of the embedding ensemble's step models (contract.embedding_steps), in the order they run."""
         return contract.step_names(self.name)
-
-    @property
-    def tokenizer(self) -> str:
-        return self.steps[0]
-
-    @property
-    def encoder(self) -> str:
-        return self.steps[1]
-
-    @property
-    def pooler(self) -> str:
-        return self.steps[2]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -58,19 +58,29 @@ def _last_token(g: _Graph, emb: str, mask: str, mask3: str, axis1: str) -> str:
     return g.node("Squeeze", [gathered, axis1], "pooled")
 
 
+def _cls(g: _Graph, emb: str, mask: str, mask3: str, axis1: str) -> str:
+    return g.node("Gather", [emb, g.const("first", 0, np.int64)], "pooled", axis=1)
+
+
+# Every pooling mode and the graph that computes it: a mode without an entry is refused, never built as another.
+POOLERS = {
+    "mean": lambda g, emb, mask, mask3, axis1: _mean(g, emb, mask, mask3, axis1, sqrt_len=False),
+    "mean_sqrt_len_tokens": lambda g, emb, mask, mask3, axis1: _mean(g, emb, mask, mask3, axis1, sqrt_len=True),
+    "cls": _cls,
+    "max": _max,
+    "lasttoken": _last_token,
+}
+
+
 def _pool(g: _Graph, mode: str, emb: str, mask: str, mask3: str, axis1: str) -> str:
-    if mode in ("mean", "mean_sqrt_len_tokens"):
-        return _mean(g, emb, mask, mask3, axis1, sqrt_len=mode == "mean_sqrt_len_tokens")
-    if mode == "cls":
-        return g.node("Gather", [emb, g.const("first", 0, np.int64)], "pooled", axis=1)
-    if mode == "max":
-        return _max(g, emb, mask, mask3, axis1)
-    return _last_token(g, emb, mask, mask3, axis1)
+    if mode not in POOLERS:
+        raise ValueError(f"unknown pooling mode {mode!r} (known: {sorted(POOLERS)})")
+    return POOLERS[mode](g, emb, mask, mask3, axis1)
 
 
 def build_pooler(mode: str, normalize: bool, hidden: int, embeddings_type: int = TensorProto.FLOAT):
     """TOKEN_EMBEDDINGS [N, L, H] and ATTENTION_MASK [N, L] (int64) -> EMBEDDING [N, H] float32."""
-    if mode not in POOLING_MODES:
+    if mode not in POOLING_MODES or mode not in POOLERS:
         raise ValueError(f"unknown pooling mode {mode!r}")
     g = _Graph()
     emb = g.node("Cast", [TOKEN_EMBEDDINGS], "emb", to=TensorProto.FLOAT)

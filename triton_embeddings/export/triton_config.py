@@ -15,37 +15,6 @@ from triton_embeddings import contract as c
 from triton_embeddings.export.options import ExportOptions
 
 
-def ensemble_params(spec, precision: str = "", encoder_sha256: str = "") -> c.EnsembleParams:
-    """What the ensemble tells clients about a `ModelSpec` exported at `precision` (encoder file's sha256)."""
-    return c.EnsembleParams(
-        embedding_dimension=spec.dimension, max_seq_length=spec.max_seq_length, pooling_mode=spec.pooling_mode,
-        normalize=spec.normalize, source_model=spec.source, prompts=dict(spec.prompts),
-        default_prompt_name=spec.default_prompt_name or "", quantization_ranges=dict(spec.quantization_ranges),
-        precision=precision, encoder_sha256=encoder_sha256,
-    )
-
-
-def tokenizer_params(spec) -> c.TokenizerParams:
-    """How the tokenizer step tokenizes like the `ModelSpec`'s sentence-transformers model."""
-    return c.TokenizerParams(max_seq_length=spec.max_seq_length, prompt=spec.default_prompt,
-                             prompts=dict(spec.prompts), default_prompt_name=spec.default_prompt_name or "",
-                             lowercase=spec.lowercase, pad_id=spec.pad_id)
-
-
-def _inputs(*specs, ragged: bool = False) -> list:
-    return [mc.ModelInput(name=n, data_type=t, dims=d, allow_ragged_batch=ragged) for n, t, d in specs]
-
-
-def _request_options() -> list:
-    """The optional per-row inputs that choose the prompt and the truncation side (docs/contract.md)."""
-    return [mc.ModelInput(name=n, data_type=mc.TYPE_STRING, dims=[1], optional=True)
-            for n in (c.PROMPT_NAME, c.TRUNCATE)]
-
-
-def _outputs(*specs) -> list:
-    return [mc.ModelOutput(name=n, data_type=t, dims=d) for n, t, d in specs]
-
-
 def _parameters(config, params: c.ParameterSet | dict[str, str]) -> None:
     values = params if isinstance(params, dict) else params.to_parameters()
     for key, value in values.items():
@@ -70,23 +39,6 @@ def _instances(config, opts: ExportOptions, kind: str, count: int | None = None)
 def _python_backend(config) -> None:
     """Python-backend steps run a generated `model.py` that imports its class from triton_embeddings.triton_models."""
     config.backend = "python"
-
-
-def tokenizer_config(opts: ExportOptions, params: c.TokenizerParams, token_types: bool) -> mc.ModelConfig:
-    config = mc.ModelConfig(name=opts.tokenizer, max_batch_size=opts.max_batch_size)
-    _python_backend(config)
-    config.input.extend(_inputs((c.TEXT, mc.TYPE_STRING, [1])))
-    config.input.extend(_request_options())
-    outs = [(c.INPUT_IDS, mc.TYPE_INT64, [-1]), (c.ATTENTION_MASK, mc.TYPE_INT64, [-1])]
-    if token_types:
-        outs.append((c.TOKEN_TYPE_IDS, mc.TYPE_INT64, [-1]))
-    outs += [(c.TOKEN_COUNT, mc.TYPE_INT32, [1]), (c.TRUNCATED, mc.TYPE_BOOL, [1]),
-             (c.WINDOW_SPANS, mc.TYPE_INT32, [-1, 3])]
-    config.output.extend(_outputs(*outs))
-    _dynamic_batching(config, opts)
-    _instances(config, opts, "KIND_CPU")
-    _parameters(config, params)
-    return config
 
 
 def _warmup(config, inputs: list[tuple[str, int, list[int]]], batch_sizes=(1, 8)) -> None:
@@ -133,39 +85,6 @@ def _tensorrt(config, opts: ExportOptions, inputs: list[str], max_len: int, onnx
         accel.parameters[key] = value
 
 
-def encoder_inputs(token_types: bool) -> list[str]:
-    """The encoder's ONNX input names, in the order the tokenizer emits them."""
-    carried = [c.INPUT_IDS, c.ATTENTION_MASK] + ([c.TOKEN_TYPE_IDS] if token_types else [])
-    return [c.ENCODER_INPUTS[n] for n in carried]
-
-
-def encoder_config(opts: ExportOptions, max_len: int, token_types: bool, hidden: int,
-                   encoder_sha256: str = "") -> mc.ModelConfig:
-    config = mc.ModelConfig(name=opts.encoder, max_batch_size=opts.max_batch_size)
-    names = encoder_inputs(token_types)
-    # Ragged batches are regrouped by length inside the model (triton_embeddings.triton_models.onnx_model).
-    config.input.extend(_inputs(*[(n, mc.TYPE_INT64, [-1]) for n in names], ragged=opts.target.ragged))
-    config.output.extend(_outputs((c.ENCODER_OUTPUT, mc.TYPE_FP32, [-1, hidden])))
-    _onnx_runtime(config, opts, regroup=True)
-    _dynamic_batching(config, opts, opts.max_queue_delay_us)
-    _instances(config, opts, opts.target.instance_kind, opts.encoder_count)
-    _warmup(config, [(n, mc.TYPE_INT64, [16]) for n in names])
-    if opts.tensorrt:
-        _tensorrt(config, opts, names, max_len, encoder_sha256)
-    return config
-
-
-def pooler_config(opts: ExportOptions, hidden: int) -> mc.ModelConfig:
-    config = mc.ModelConfig(name=opts.pooler, max_batch_size=opts.max_batch_size)
-    config.input.extend(_inputs((c.TOKEN_EMBEDDINGS, mc.TYPE_FP32, [-1, hidden]),
-                                (c.ATTENTION_MASK, mc.TYPE_INT64, [-1]), ragged=opts.target.ragged))
-    config.output.extend(_outputs((c.EMBEDDING, mc.TYPE_FP32, [hidden])))
-    _onnx_runtime(config, opts, regroup=False, threads=SMALL_STEP_THREADS)
-    _dynamic_batching(config, opts)
-    _instances(config, opts, opts.target.instance_kind)
-    return config
-
-
 # The pooler and the score step: a few element-wise passes over the encoder's output, a small fraction of its
 # work, so one thread. ORT's 0 would size a second pool to every core in the same process as the encoder's.
 SMALL_STEP_THREADS = 1
@@ -191,24 +110,72 @@ def _step(steps, model: str, inputs: dict[str, str], outputs: dict[str, str]) ->
     step.output_map.update(outputs)
 
 
-def ensemble_config(opts: ExportOptions, params: c.EnsembleParams, token_types: bool) -> mc.ModelConfig:
+def _dtype(name: str) -> int:
+    return mc.DataType.Value(f"TYPE_{name}")
+
+
+def _tensor_inputs(tensors: tuple[c.TensorSpec, ...], ragged: bool = False) -> list:
+    return [mc.ModelInput(name=t.name, data_type=_dtype(t.dtype), dims=list(t.dims), allow_ragged_batch=ragged,
+                          optional=t.optional) for t in tensors]
+
+
+def _tensor_outputs(tensors: tuple[c.TensorSpec, ...]) -> list:
+    return [mc.ModelOutput(name=t.name, data_type=_dtype(t.dtype), dims=list(t.dims)) for t in tensors]
+
+
+def step_config(opts: ExportOptions, step: c.StepSpec, ragged: bool = False, regroup: bool = False,
+                threads: int | None = None) -> mc.ModelConfig:
+    """A declared (bound) step's model: its name, backend and tensors; ONNX steps get their runtime knobs."""
+    config = mc.ModelConfig(name=step.model(opts.name), max_batch_size=opts.max_batch_size)
+    if step.backend == c.PYTHON_BACKEND:
+        _python_backend(config)
+    else:
+        _onnx_runtime(config, opts, regroup=regroup, threads=threads)
+    config.input.extend(_tensor_inputs(step.inputs, ragged))
+    config.output.extend(_tensor_outputs(step.outputs))
+    return config
+
+
+def tokenizer_step(opts: ExportOptions, step: c.StepSpec, params: c.TokenizerStepParams) -> mc.ModelConfig:
+    """A tokenizer step (texts or pairs): on the CPU, never waiting to batch."""
+    config = step_config(opts, step)
+    _dynamic_batching(config, opts)
+    _instances(config, opts, "KIND_CPU")
+    _parameters(config, params)
+    return config
+
+
+def encoder_step(opts: ExportOptions, step: c.StepSpec, max_len: int, onnx_sha256: str = "", delay_us: int = 0,
+                 count: int | None = None) -> mc.ModelConfig:
+    """The transformer step: ragged batches regrouped by length inside the model
+    (triton_embeddings.triton_models.onnx_model), warmed up, TensorRT when asked."""
+    config = step_config(opts, step, ragged=opts.target.ragged, regroup=True)
+    names = [t.name for t in step.inputs]
+    _dynamic_batching(config, opts, delay_us)
+    _instances(config, opts, opts.target.instance_kind, count)
+    _warmup(config, [(n, mc.TYPE_INT64, [16]) for n in names])
+    if opts.tensorrt:
+        _tensorrt(config, opts, names, max_len, onnx_sha256)
+    return config
+
+
+def small_step(opts: ExportOptions, step: c.StepSpec, ragged: bool = False) -> mc.ModelConfig:
+    """A few element-wise passes after the transformer (the pooler, the score step)."""
+    config = step_config(opts, step, ragged=ragged, threads=SMALL_STEP_THREADS)
+    _dynamic_batching(config, opts)
+    _instances(config, opts, opts.target.instance_kind)
+    return config
+
+
+def ensemble_of(opts: ExportOptions, ensemble: c.EnsembleSpec, params: c.ParameterSet) -> mc.ModelConfig:
+    """The ensemble over a declared (bound) step list: each step's tensors routed under their `link` names."""
     config = mc.ModelConfig(name=opts.name, platform="ensemble", max_batch_size=opts.max_batch_size)
-    config.input.extend(_inputs((c.TEXT, mc.TYPE_STRING, [1])))
-    config.input.extend(_request_options())
-    config.output.extend(_outputs(
-        (c.EMBEDDING, mc.TYPE_FP32, [params.embedding_dimension]),
-        (c.TOKEN_COUNT, mc.TYPE_INT32, [1]),
-        (c.TRUNCATED, mc.TYPE_BOOL, [1]),
-    ))
-    carried = [c.INPUT_IDS, c.ATTENTION_MASK] + ([c.TOKEN_TYPE_IDS] if token_types else [])
-    # Ensemble-internal tensor names: the step's tensor name, lower-cased.
-    steps = config.ensemble_scheduling.step
-    _step(steps, opts.tokenizer, {c.TEXT: c.TEXT, c.PROMPT_NAME: c.PROMPT_NAME, c.TRUNCATE: c.TRUNCATE},
-          {**{n: n.lower() for n in carried}, c.TOKEN_COUNT: c.TOKEN_COUNT, c.TRUNCATED: c.TRUNCATED})
-    _step(steps, opts.encoder, {c.ENCODER_INPUTS[n]: n.lower() for n in carried},
-          {c.ENCODER_OUTPUT: c.TOKEN_EMBEDDINGS.lower()})
-    pooler_in = {c.TOKEN_EMBEDDINGS: c.TOKEN_EMBEDDINGS.lower(), c.ATTENTION_MASK: c.ATTENTION_MASK.lower()}
-    _step(steps, opts.pooler, pooler_in, {c.EMBEDDING: c.EMBEDDING})
+    config.input.extend(_tensor_inputs(ensemble.inputs))
+    config.output.extend(_tensor_outputs(ensemble.outputs))
+    for step in ensemble.steps:
+        _step(config.ensemble_scheduling.step, step.model(opts.name),
+              {t.name: t.routed_as for t in step.inputs if t.routed_as},
+              {t.name: t.routed_as for t in step.outputs if t.routed_as})
     _parameters(config, params)
     return config
 

@@ -16,26 +16,23 @@ import threading
 import time
 from pathlib import Path
 
+from triton_embeddings.contract import EMBEDDING_KIND, RERANK_KIND, steps_of
 from triton_embeddings.defaults import DEFAULT_MODEL, DEFAULT_REPOSITORY
 from triton_embeddings.local import models as seed
 
 
-def missing_weights(repository: Path, name: str, last_step: str = "_pooler") -> list[Path]:
-    """The exported files (not in git) that `repository` lacks for model `name` (a reranker's last step: `_score`)."""
-    needed = [
-        repository / f"{name}_encoder" / "1" / "model.onnx",
-        repository / f"{name}{last_step}" / "1" / "model.onnx",
-        repository / f"{name}_tokenizer" / "1" / "tokenizer.json",
-    ]
+def missing_weights(repository: Path, name: str, kind: str = EMBEDDING_KIND) -> list[Path]:
+    """The exported files (not in git) that `repository` lacks for the model `name` of `kind`: every file its
+    declared steps (contract.steps_of) keep in their version folders."""
+    steps = steps_of(kind).steps
+    needed = [repository / s.model(name) / "1" / f for s in steps for f in s.files]
     return [p for p in needed if not p.exists()]
 
 
 def ensure_reranker(repository: Path, source: str, name: str | None = None, exporter=None) -> bool:
     """Export the cross-encoder `source` beside the embedding model when its weights are missing."""
-    from triton_embeddings.contract import SCORE_SUFFIX
-
     name = name or Path(source.rstrip("/")).name
-    missing = missing_weights(repository, name, SCORE_SUFFIX)
+    missing = missing_weights(repository, name, RERANK_KIND)
     if not missing:
         return False
     print(f"serve: {repository} lacks {missing[0].relative_to(repository)}; exporting reranker {name} ...", flush=True)

@@ -104,7 +104,7 @@ def test_the_gateway_boundary_checks_see_imports():
 
 def test_gateway_is_three_rooms_and_its_shared_modules():
     top = {p.name for p in (PACKAGE / "gateway").iterdir() if not p.name.startswith("__pycache__")}
-    assert top == {"__init__.py", "__main__.py", "app.py", "server.py", "settings.py", "metrics.py", "errors.py",
+    assert top == {"__init__.py", "__main__.py", "app.py", "settings.py", "metrics.py", "errors.py",
                    "http", "pipeline", "backends"}
 
 

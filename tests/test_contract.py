@@ -14,10 +14,10 @@ import pytest
 
 from triton_embeddings import contract as c
 from triton_embeddings.export import triton_config as tc
+from triton_embeddings.export.kinds.embedding import Artifacts, write_model
 from triton_embeddings.export.model_spec import ModelSpec
 from triton_embeddings.export.options import ExportOptions
 from triton_embeddings.export.pooler import build_pooler
-from triton_embeddings.export.repository import Artifacts, write_model
 from triton_embeddings.gateway.backends.triton import model_info_from_config
 from triton_embeddings.triton_models.onnx_session import session_from_config
 from triton_embeddings.triton_models.tokenize import TextTokenizer

@@ -11,10 +11,10 @@ import pytest
 from triton_embeddings import contract as c
 from triton_embeddings.export import triton_config as tc
 from triton_embeddings.export.cross_encoder import RerankSpec, build_score_step
+from triton_embeddings.export.kinds.base import file_sha256
+from triton_embeddings.export.kinds.rerank import write_rerank_model
 from triton_embeddings.export.options import ExportOptions
-from triton_embeddings.export.repository import file_sha256
 from triton_embeddings.export.rerank_exporter import RerankArtifacts
-from triton_embeddings.export.rerank_repository import write_rerank_model
 from triton_embeddings.gateway.backends.base import RerankModelInfo
 from triton_embeddings.gateway.backends.triton import model_info_from_config
 from triton_embeddings.triton_models.onnx_session import session_from_config

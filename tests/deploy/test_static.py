@@ -415,9 +415,9 @@ def _served_configs(sources: list[str]) -> dict[str, dict]:
     (the packaged copies `make install` adds); token_type_ids counted for every model: an upper bound."""
     from triton_embeddings.export import triton_config as tc
     from triton_embeddings.export.cli import default_name
+    from triton_embeddings.export.kinds.embedding import configs
     from triton_embeddings.export.model_spec import ModelSpec
     from triton_embeddings.export.options import ExportOptions
-    from triton_embeddings.export.repository import configs
     from triton_embeddings.local.models import model_source
 
     served = {}

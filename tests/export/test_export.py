@@ -9,8 +9,9 @@ import onnx
 import pytest
 import tritonclient.grpc as grpcclient
 
-from triton_embeddings.export import cli, verify
+from triton_embeddings.export import cli
 from triton_embeddings.export.exporter import ExportError, export_model
+from triton_embeddings.export.kinds import embedding
 from triton_embeddings.export.model_spec import UnsupportedModelError
 from triton_embeddings.export.options import ExportOptions
 from triton_embeddings.local.launcher import TritonServer
@@ -77,10 +78,10 @@ def test_two_models_in_one_repository_both_serve(tmp_path, default_model_source,
         with grpcclient.InferenceServerClient(server.grpc_url) as client:
             got_minilm, _ = embed(client, "minilm", texts)
             got_cls, tokens = embed(client, "tiny-cls", texts)
-    assert verify.cosine(got_minilm, st_model.encode(texts)).min() >= 0.9999
+    assert embedding.cosine(got_minilm, st_model.encode(texts)).min() >= 0.9999
     reference = SentenceTransformer(cls_model, device="cpu").encode(texts)
     assert got_cls.shape == (2, 32)
-    assert verify.cosine(got_cls, reference).min() >= 0.9999
+    assert embedding.cosine(got_cls, reference).min() >= 0.9999
     assert not np.allclose(np.linalg.norm(got_cls, axis=1), 1.0)  # CLS model does not normalize
     assert tokens[1] == 96  # its own max_seq_length
 
@@ -89,7 +90,7 @@ def test_int8_export_holds_the_bar(int8_repository):
     err = int8_repository.log
     assert "PASS: min cosine" in err
     floor = float(err.split("PASS: min cosine ")[1].split()[0])
-    assert floor >= verify.THRESHOLDS["int8"]
+    assert floor >= embedding.THRESHOLDS["int8"]
     assert "int8 plan: smoothed, outliers split, per-channel, all MatMul" in err  # no whole MatMul left fp32
     graph = onnx.load(str(int8_repository.repo / "q_encoder" / "1" / "model.onnx")).graph
     weights = {t.name for t in graph.initializer}
@@ -105,19 +106,19 @@ def test_int8_served_by_triton_holds_the_bar_on_texts_it_was_not_chosen_on(int8_
     fresh = ["Can I get a refund for a cancelled flight?", "Die Katze schläft auf dem Sofa.",
              "Rust's borrow checker prevents data races at compile time.", "🙂", "1234 5678",
              "An embedding service should answer quickly even when many clients call it at once. " * 6]
-    held_out = [t for group in verify.verification_texts().values() for t in group]
-    assert not set(held_out) & {t for g in verify.selection_texts().values() for t in g}
+    held_out = [t for group in embedding.verification_texts().values() for t in group]
+    assert not set(held_out) & {t for g in embedding.selection_texts().values() for t in g}
     texts = held_out + fresh
     with TritonServer.on_free_ports(int8_repository.repo) as server:
         with grpcclient.InferenceServerClient(server.grpc_url) as client:
             got, _ = embed(client, "q", texts)
-    cos = verify.cosine(got, st_model.encode(texts))
+    cos = embedding.cosine(got, st_model.encode(texts))
     worst = int(cos.argmin())
-    assert cos.min() >= verify.THRESHOLDS["int8"], f"min cosine {cos.min():.4f} on {texts[worst]!r}"
+    assert cos.min() >= embedding.THRESHOLDS["int8"], f"min cosine {cos.min():.4f} on {texts[worst]!r}"
 
 
 def test_unfaithful_export_writes_nothing(tmp_path, default_model_source, monkeypatch):
-    monkeypatch.setitem(verify.THRESHOLDS, "int8", 0.99999)  # a bar no int8 plan can hold
+    monkeypatch.setitem(embedding.THRESHOLDS, "int8", 0.99999)  # a bar no int8 plan can hold
     repo = tmp_path / "repo"
     with pytest.raises(ExportError, match="not faithful"):
         export_model(default_model_source, repo, ExportOptions(name="q", precision="int8"), log=lambda _: None)
@@ -125,7 +126,7 @@ def test_unfaithful_export_writes_nothing(tmp_path, default_model_source, monkey
 
 
 def test_cli_exits_non_zero_when_verification_fails(tmp_path, default_model_source, monkeypatch, capsys):
-    monkeypatch.setitem(verify.THRESHOLDS, "fp32", 1.1)
+    monkeypatch.setitem(embedding.THRESHOLDS, "fp32", 1.1)
     repo = tmp_path / "repo"
     assert cli.main([default_model_source, "--repository", str(repo)]) == 2
     assert "not faithful" in capsys.readouterr().err
@@ -187,7 +188,7 @@ def test_summary_says_where_the_gpu_target_was_verified(tmp_path, target, precis
 
     spec = ModelSpec(source="org/m", max_seq_length=128, pooling_mode="mean", normalize=True, dimension=32,
                      prompts={}, default_prompt_name=None)
-    check = verify.Verification(precision, verify.THRESHOLDS[precision], [("short", 3, 0.99995, 0.99998)])
+    check = embedding.Verification(precision, embedding.THRESHOLDS[precision], [("short", 3, 0.99995, 0.99998)])
     options = ExportOptions(name="m", target=target, precision=precision)
     summary = ExportResult(spec, options, check, [], tmp_path).summary()
     assert (GPU_VERIFIED_ON in summary.splitlines()) is said

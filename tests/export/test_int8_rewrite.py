@@ -8,8 +8,9 @@ import pytest
 from onnx import numpy_helper
 
 from triton_embeddings import contract
-from triton_embeddings.export import int8_rewrite, onnx_export, verify
-from triton_embeddings.export.pipeline import OnnxPipeline, calibration_feeds
+from triton_embeddings.export import int8_rewrite, onnx_export
+from triton_embeddings.export.kinds import embedding
+from triton_embeddings.export.kinds.embedding import OnnxPipeline, calibration_feeds
 from triton_embeddings.export.steps import calibration_texts
 from triton_embeddings.export.triton_config import load
 from triton_embeddings.triton_models.onnx_session import make_session
@@ -34,7 +35,7 @@ def rewritten(steps, tmp_path_factory):
 
 def test_rewrite_is_exact_in_fp32(steps, rewritten):
     tokenizer, encoder, _ = steps
-    texts = [t for group in verify.verification_texts().values() for t in group]
+    texts = [t for group in embedding.verification_texts().values() for t in group]
     (feed,) = calibration_feeds(tokenizer, texts, batch_size=len(texts))
     before, after = (make_session(str(p)) for p in (encoder, rewritten.path))
     names = [i.name for i in before.get_inputs()]
@@ -55,17 +56,17 @@ def test_each_down_projection_sends_its_widest_channels_through_fp32(rewritten):
 def test_rewrite_is_what_lets_every_matmul_be_int8(steps, rewritten, st_model, tmp_path):
     """All MatMuls int8: below the bar on the plain export, above it (with the selection margin) rewritten."""
     tokenizer, encoder, pooler = steps
-    texts = verify.selection_texts()
-    reference = verify.reference_embeddings(st_model, texts)
+    texts = embedding.selection_texts()
+    reference = embedding.reference_embeddings(st_model, texts)
 
     def min_cosine(src, keep, name):
         path = onnx_export.to_int8(src, tmp_path / name, onnx_export.Int8Plan(name, keep))
-        return verify.verify(OnnxPipeline(tokenizer, str(path), str(pooler)), reference, texts, "int8").min_cosine
+        return embedding.verify(OnnxPipeline(tokenizer, str(path), str(pooler)), reference, texts, "int8").min_cosine
 
     plain = min_cosine(encoder, (), "plain.onnx")
     smoothed = min_cosine(rewritten.path, rewritten.keep_fp32, "rewritten.onnx")
-    assert plain < verify.THRESHOLDS["int8"] <= verify.THRESHOLDS["int8"] + verify.SELECTION_MARGIN <= smoothed, \
-        (plain, smoothed)
+    bar = embedding.THRESHOLDS["int8"]
+    assert plain < bar <= bar + embedding.SELECTION_MARGIN <= smoothed, (plain, smoothed)
 
 
 def test_a_channel_silent_in_calibration_is_not_blown_up(tmp_path):

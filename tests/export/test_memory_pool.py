@@ -7,10 +7,10 @@ from pathlib import Path
 from triton_embeddings.export import memory_pool as mp
 from triton_embeddings.export import triton_config as tc
 from triton_embeddings.export.cross_encoder import RerankSpec
+from triton_embeddings.export.kinds.embedding import configs
+from triton_embeddings.export.kinds.rerank import rerank_configs
 from triton_embeddings.export.model_spec import ModelSpec
 from triton_embeddings.export.options import ExportOptions
-from triton_embeddings.export.repository import configs
-from triton_embeddings.export.rerank_repository import rerank_configs
 
 ROOT = Path(__file__).resolve().parents[2]
 MIB = 1 << 20

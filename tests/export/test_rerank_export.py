@@ -10,13 +10,14 @@ import pytest
 
 from tests.tiny_models import build_cross_encoder
 from triton_embeddings import contract as c
-from triton_embeddings.export import cli, rerank_verify
+from triton_embeddings.export import cli
 from triton_embeddings.export import triton_config as tc
 from triton_embeddings.export.cross_encoder import build_score_step, is_cross_encoder
 from triton_embeddings.export.exporter import ExportError
+from triton_embeddings.export.kinds import rerank
+from triton_embeddings.export.kinds.rerank import RerankPipeline
 from triton_embeddings.export.options import ExportOptions
 from triton_embeddings.export.rerank_exporter import export_reranker
-from triton_embeddings.export.rerank_pipeline import RerankPipeline
 from triton_embeddings.triton_models.pair_tokenize import PairTokenizer
 
 QUIET = {"log": lambda _: None}
@@ -88,11 +89,11 @@ def test_plain_sequence_classification_model_exports(tmp_path, hf_cross_encoder,
 def test_int8_export_holds_its_bar(tmp_path, cross_encoder_source, capsys):
     args = [cross_encoder_source, "--name", "q", "--repository", str(tmp_path), "--precision", "int8"]
     assert cli.main(args) == 0
-    assert f"bar for int8: {rerank_verify.THRESHOLDS['int8']:.0e}" in capsys.readouterr().err
+    assert f"bar for int8: {rerank.THRESHOLDS['int8']:.0e}" in capsys.readouterr().err
 
 
 def test_below_the_bar_exits_non_zero_and_writes_nothing(tmp_path, cross_encoder_source, monkeypatch, capsys):
-    monkeypatch.setitem(rerank_verify.THRESHOLDS, "fp32", 1e-12)  # a bar no export can hold
+    monkeypatch.setitem(rerank.THRESHOLDS, "fp32", 1e-12)  # a bar no export can hold
     repo = tmp_path / "repo"
     assert cli.main([cross_encoder_source, "--repository", str(repo)]) == 2
     assert "not faithful" in capsys.readouterr().err

@@ -11,9 +11,9 @@ import pytest
 
 from tests.conftest import DEFAULT_MODEL
 from triton_embeddings.export import triton_config as tc
+from triton_embeddings.export.kinds.embedding import configs
 from triton_embeddings.export.model_spec import ModelSpec
 from triton_embeddings.export.options import ExportOptions
-from triton_embeddings.export.repository import configs
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"
@@ -145,7 +145,8 @@ def _engine_folder(repo: Path, name: str) -> str:
 def test_tensorrt_engines_are_kept_per_encoder_file_not_per_name(tmp_path):
     """ONNX Runtime's engine id covers the graph, not its weights: a re-export under the same name with other
     weights must not find the old engine, while the same weights find their own again."""
-    from triton_embeddings.export.repository import Artifacts, file_sha256, write_model
+    from triton_embeddings.export.kinds.base import file_sha256
+    from triton_embeddings.export.kinds.embedding import Artifacts, write_model
 
     opts, repo = ExportOptions(name="m", target="gpu", precision="fp16", tensorrt=True), tmp_path / "repo"
     tokenizer = tmp_path / "tokenizer.json"

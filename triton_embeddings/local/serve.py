@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _gateway_server(args, settings):
     from triton_embeddings.gateway.app import create_app
-    from triton_embeddings.gateway.server import make_server
+    from triton_embeddings.gateway.http.server import make_server
 
     return make_server(create_app(settings), settings)  # settings carry args.host and args.port
 

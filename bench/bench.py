@@ -409,10 +409,10 @@ def summary_lines(summary: dict) -> list[str]:
     return lines
 
 
-def report(rounds: list[dict], latency: list[dict], plan: Plan, header: list[str]) -> str:
+def report(rounds: list[dict], summary: dict, plan: Plan, header: list[str]) -> str:
     out = header + ["", f"medians of {len(rounds)} alternating round(s), {plan.seconds:g} s per server run", ""]
     out += throughput_table(rounds, plan) + ["", "Triton per-model metrics (deltas over each run):"]
-    out += triton_table(rounds, plan) + [""] + summary_lines(summarize(rounds, latency, plan))
+    out += triton_table(rounds, plan) + [""] + summary_lines(summary)
     return "\n".join(out)
 
 
@@ -522,10 +522,11 @@ def main(argv=None) -> int:
             rss1 = procstat.rss_of(stack.pids())
         finally:
             stop_stack(stack)
-    print(report(rounds, latency, plan, [machine(prov)]))
+    summary = summarize(rounds, latency, plan)
+    print(report(rounds, summary, plan, [machine(prov)]))
     print(rss_line(rss0, rss1, "models loaded", "end of the run"))
     if args.json:
-        doc = _as_json(rounds, latency, plan, prov) | {"rss_mb": {"models_loaded": rss0, "end": rss1}}
+        doc = _as_json(rounds, latency, summary, plan, prov) | {"rss_mb": {"models_loaded": rss0, "end": rss1}}
         args.json.write_text(json.dumps(doc, indent=1) + "\n")
     return 1 if any(run.errors for r in rounds for run in r.values()) else 0
 
@@ -549,13 +550,13 @@ def rss_line(before: dict[str, float], after: dict[str, float], first: str, then
     return f"RSS MB ({first} -> {then}): " + ", ".join(parts)
 
 
-def _as_json(rounds: list[dict], latency: list[dict], plan: Plan, prov: dict) -> dict:
+def _as_json(rounds: list[dict], latency: list[dict], summary: dict, plan: Plan, prov: dict) -> dict:
     return {
         "provenance": prov,
         "model": plan.model,
         "rounds_run": plan.rounds,
         "seconds_per_run": plan.seconds,
-        "summary": summarize(rounds, latency, plan),
+        "summary": summary,
         "rounds": [{f"{k[0]}/{k[1]}": vars(v) for k, v in r.items()} for r in rounds],
         "latency_p50_ms": latency,
     }

@@ -50,17 +50,19 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 BENCH_PATHS = ("raw", "triton", "gateway", "reference", "raw-int8", "gateway-int8")
 
 
+def _bench_cell(path: str, c: dict | None) -> str:
+    if c is None:
+        return ""
+    if "x_raw" not in c:
+        return f"{c['texts_per_s']:.1f}"
+    ratio = f"**{c['x_raw']:.2f}**" if path == "gateway" else f"{c['x_raw']:.2f}"
+    return f"{c['texts_per_s']:.1f} ({ratio})"
+
+
 def bench_throughput(doc: dict) -> list[str]:
     t = doc["summary"]["throughput"]
     paths = [p for p in BENCH_PATHS if any(p in cells for cells in t.values())]
-    rows = []
-    for load, cells in t.items():
-        row = [load]
-        for path in paths:
-            c = cells.get(path)
-            ratio = "" if c is None or "x_raw" not in c else f" ({'**%.2f**' if path == 'gateway' else '%.2f'})"
-            row.append("" if c is None else f"{c['texts_per_s']:.1f}" + (ratio % c["x_raw"] if ratio else ""))
-        rows.append(row)
+    rows = [[load, *(_bench_cell(path, cells.get(path)) for path in paths)] for load, cells in t.items()]
     errors = sum(c["errors"] for cells in t.values() for c in cells.values())
     head = (f"Medians of {doc['rounds_run']} alternating rounds, {doc['seconds_per_run']:g} s per server run "
             f"(longer where the raw rate needs it), {doc['model']}; texts/s (ratio to raw; int8 paths to raw int8); "

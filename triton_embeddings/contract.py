@@ -40,6 +40,7 @@ ENCODER_INPUTS = {INPUT_IDS: ONNX_INPUT_IDS, ATTENTION_MASK: ONNX_ATTENTION_MASK
 ENCODER_OUTPUT = "last_hidden_state"
 # Pooler input: the encoder's output under the pooler's own name.
 TOKEN_EMBEDDINGS = "TOKEN_EMBEDDINGS"
+FUSED_POOLER_FILE = "pooler.onnx"  # the embedded encoder's copy of the pooler (OnnxStepParams.pooler_file)
 
 # Roles accepted as PROMPT_NAME whatever the model: each picks the first of its prompt names the model
 # defines, else no prompt (so NIM- and Cohere-style clients work with models without prompts).
@@ -197,6 +198,9 @@ class OnnxStepParams(ParameterSet):
     onnx_file: str = param("onnx_file", "model.onnx")
     intra_op_threads: int = param("intra_op_threads", 0)
     regroup_by_length: bool = param("regroup_by_length", False)
+    # The embedded encoder's fused pooling: this pooler ONNX (in the step's folder) turns the encoder's output
+    # into EMBEDDING inside the step, for callers that send token ids (docs/contract.md, "direct path").
+    pooler_file: str = param("pooler_file", "")
 
 
 def is_embedding_ensemble(config: dict) -> bool:

@@ -159,6 +159,13 @@ def encoder_step(opts: ExportOptions, step: c.StepSpec, max_len: int, onnx_sha25
     return config
 
 
+def fuse_pooler(config: mc.ModelConfig, dimension: int) -> None:
+    """An embedded encoder step that can also pool: the per-text EMBEDDING output, from the pooler's ONNX in its
+    folder, for callers that send token ids and ask for EMBEDDING alone."""
+    config.output.extend(_tensor_outputs((c.TensorSpec(c.EMBEDDING, "FP32", (dimension,)),)))
+    _parameters(config, {"pooler_file": c.FUSED_POOLER_FILE})
+
+
 def small_step(opts: ExportOptions, step: c.StepSpec, ragged: bool = False) -> mc.ModelConfig:
     """A few element-wise passes after the transformer (the pooler, the score step)."""
     config = step_config(opts, step, ragged=ragged, threads=SMALL_STEP_THREADS)

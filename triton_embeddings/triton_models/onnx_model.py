@@ -6,6 +6,9 @@ are declared `allow_ragged_batch`, so Triton hands it every queued request whate
   attention mask) and run in groups of similar length, each padded only to its own longest row
   (for embeddings and for a reranker's (query, document) pairs alike);
 - otherwise (the pooler): requests of equal shape are concatenated and run together.
+An embedded encoder declaring `EMBEDDING` (and `pooler_file`) also pools in the step: callers that send token
+ids and ask for EMBEDDING alone (the gateway's direct path) get [N, D] in one hop. Only the outputs a request
+asks for are computed and sent.
 Its knobs are `config.pbtxt` `parameters`, read as `contract.OnnxStepParams` (`session_from_config`;
 `intra_op_threads: 0` shares the cores out between the instances). Runs shrink ONNX Runtime's CPU arena
 afterwards and large blocks go back to the OS, so memory stays bounded under ever new batch shapes.
@@ -13,12 +16,15 @@ afterwards and large blocks go back to the OS, so memory stays bounded under eve
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from triton_embeddings.contract import ONNX_ATTENTION_MASK
+from triton_embeddings.contract import ATTENTION_MASK, EMBEDDING, ONNX_ATTENTION_MASK, TOKEN_EMBEDDINGS
 from triton_embeddings.triton_models.backend_utils import TokenCounters, model_config
 from triton_embeddings.triton_models.onnx_session import (
+    make_session,
     return_large_blocks_to_the_os,
     session_from_config,
     shrinking_run_options,
@@ -34,6 +40,11 @@ class TritonPythonModel:
         self.run_options = shrinking_run_options()
         self.inputs = [i["name"] for i in config["input"]]
         self.outputs = [o["name"] for o in config["output"]]
+        # The fused pooler (embedded encoder): EMBEDDING is computed here, not by the encoder's ONNX.
+        self.pooler = None
+        if params.pooler_file and EMBEDDING in self.outputs:
+            self.pooler = make_session(str(Path(folder) / params.pooler_file), 1, ["CPUExecutionProvider"], True)
+        self.session_outputs = [n for n in self.outputs if not (self.pooler and n == EMBEDDING)]
         # An output declared [-1, ...] has one row per token (hidden states); [k] has one per text (logits).
         self.per_token = [len(o["dims"]) >= 2 and int(o["dims"][0]) == -1 for o in config["output"]]
         self.regroup = params.regroup_by_length
@@ -51,18 +62,30 @@ class TritonPythonModel:
 
     def execute(self, requests):
         arrays = [[pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in self.inputs] for r in requests]
+        wanted = [set(r.requested_output_names()) or set(self.outputs) for r in requests]
         try:
             if self.regroup:
-                results = self._run_regrouped(arrays)
+                results = self._run_regrouped(arrays, set().union(*wanted))
             else:
                 results = self._run_by_shape(arrays)
         except Exception as exc:  # noqa: BLE001 - report per request; the server keeps serving
             error = pb_utils.TritonError(f"onnxruntime failed: {type(exc).__name__}")
             return [pb_utils.InferenceResponse(error=error) for _ in requests]
         return [
-            pb_utils.InferenceResponse([pb_utils.Tensor(n, np.ascontiguousarray(t)) for n, t in zip(self.outputs, out)])
-            for out in results
+            pb_utils.InferenceResponse([pb_utils.Tensor(n, np.ascontiguousarray(t))
+                                        for n, t in zip(self.outputs, out) if n in want])
+            for out, want in zip(results, wanted)
         ]
+
+    def _run_group(self, feed: dict, wanted: set[str]) -> list:
+        """The encoder's outputs for one group (in `self.outputs` order); the pooled EMBEDDING when asked for,
+        and None for outputs nobody asked for."""
+        names = [n for n in self.session_outputs if n in wanted or (self.pooler and n == self.session_outputs[0])]
+        outs = dict(zip(names, self.session.run(names, feed, self.run_options)))
+        if self.pooler is not None and EMBEDDING in wanted:
+            hidden, mask = outs[self.session_outputs[0]], feed[ONNX_ATTENTION_MASK]
+            (outs[EMBEDDING],) = self.pooler.run(None, {TOKEN_EMBEDDINGS: hidden, ATTENTION_MASK: mask})
+        return [outs.get(n) if n in wanted else None for n in self.outputs]
 
     def _run_by_shape(self, arrays):
         groups: dict[tuple, list[int]] = {}
@@ -79,7 +102,7 @@ class TritonPythonModel:
                 offset += rows
         return results
 
-    def _run_regrouped(self, arrays):
+    def _run_regrouped(self, arrays, wanted: set[str]):
         mask_at = self.inputs.index(ONNX_ATTENTION_MASK)
         # One entry per text: (request, row, real length).
         rows = [(i, r) for i, tensors in enumerate(arrays) for r in range(tensors[0].shape[0])]
@@ -94,11 +117,13 @@ class TritonPythonModel:
             }
             real += sum(lengths[g] for g in group)
             padded_total += len(group) * length
-            outs = self.session.run(self.outputs, feed, self.run_options)
+            outs = self._run_group(feed, wanted)
             for pos, g in enumerate(group):
                 i, r = rows[g]
                 n_rows, padded = arrays[i][mask_at].shape
                 for o, out in enumerate(outs):
+                    if out is None:
+                        continue
                     if not self.per_token[o]:  # one value per row (a cross-encoder's logits)
                         if results[i][o] is None:
                             results[i][o] = np.zeros((n_rows, *out.shape[1:]), dtype=out.dtype)

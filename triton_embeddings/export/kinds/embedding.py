@@ -179,7 +179,10 @@ def bound_steps(token_types: bool, hidden: int) -> c.EnsembleSpec:
 
 def encoder_config(opts: ExportOptions, max_len: int, token_types: bool, hidden: int, encoder_sha256: str = ""):
     step = bound_steps(token_types, hidden).step(c.ENCODER_SUFFIX)
-    return tc.encoder_step(opts, step, max_len, encoder_sha256, opts.max_queue_delay_us, opts.encoder_count)
+    config = tc.encoder_step(opts, step, max_len, encoder_sha256, opts.max_queue_delay_us, opts.encoder_count)
+    if opts.target.python_onnx_steps:  # the embedded target also pools in the step (docs/contract.md)
+        tc.fuse_pooler(config, hidden)
+    return config
 
 
 def configs(opts: ExportOptions, spec, token_types: bool, hidden: int, encoder_sha256: str = "") -> dict[str, object]:
@@ -304,6 +307,14 @@ class EmbeddingKind(base.Kind):
 
     def result(self, spec, options, verification, files, repository, note) -> ExportResult:
         return ExportResult(spec, options, verification, files, repository, note)
+
+
+    def write(self, repository: Path, opts: ExportOptions, spec, art: Artifacts) -> list[Path]:
+        written = super().write(repository, opts, spec, art)
+        if opts.target.python_onnx_steps:  # the fused pooler beside the encoder (encoder_config)
+            folder = Path(repository) / c.step_names(opts.name)[1] / "1"
+            written.append(base.copy_file(art.pooler_onnx, folder / c.FUSED_POOLER_FILE))
+        return written
 
 
 EMBEDDING = EmbeddingKind()

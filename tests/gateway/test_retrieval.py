@@ -1,4 +1,5 @@
-"""Retrieval options through the real Triton and gateway, judged by the official openai client (`extra_body`).
+"""Retrieval options through the real Triton and gateway, judged by the official openai client (`extra_body`),
+and the gateway's two paths (the direct path: it tokenizes; the ensembles) judged against each other.
 
 One repository serves all-MiniLM-L6-v2 (no prompts, mean pooling) next to a tiny BERT made here (random
 weights, CLS pooling, e5-style prompts `query: `/`passage: `, default `passage`, 32-token max length).
@@ -15,7 +16,7 @@ import openai
 import pytest
 import torch
 
-from tests.gw_helpers import DEFAULT_MODEL, running_gateway
+from tests.gw_helpers import DEFAULT_MODEL, inference_count, running_gateway
 from tests.tiny_models import TINY_MAX_LENGTH, TINY_PROMPTS, build_tiny_e5
 from triton_embeddings import contract, quantize
 from triton_embeddings.triton_models.tokenize import TextTokenizer
@@ -57,8 +58,17 @@ def stack(tmp_path_factory, tiny_source, model_repository):
         shutil.copytree(model_repository / name, repo / name)
     logs = tmp_path_factory.mktemp("retrieval_logs")
     with TritonServer.on_free_ports(repo, log_file=logs / "triton.log") as triton:
-        with running_gateway(logs, triton_grpc_url=triton.grpc_url, triton_metrics_url="") as gw:
+        # The gateway tokenizes itself (the direct path, what `make serve` runs); `ensemble_gateway` does not.
+        with running_gateway(logs, triton_grpc_url=triton.grpc_url, triton_metrics_url="", model_repository=repo) as gw:
             yield repo, triton, gw
+
+
+@pytest.fixture(scope="module")
+def ensemble_gateway(stack, tmp_path_factory):
+    """A second gateway over the same Triton that sends every request through the ensembles."""
+    with running_gateway(tmp_path_factory.mktemp("ensemble_gw"), triton_grpc_url=stack[1].grpc_url,
+                         triton_metrics_url="") as gw:
+        yield gw
 
 
 @pytest.fixture(scope="module")
@@ -301,3 +311,57 @@ def test_concurrent_mixed_options_keep_each_requests_prompt(client, tiny_st):
         else:
             ref = tiny_st.encode(texts, prompt_name=[None, "query", "passage"][kind])
             assert cosines(got, ref).min() >= 0.9999
+
+
+# ---- the direct path against the ensemble --------------------------------------------------------------
+
+PATH_CASES = [
+    ({}, TEXTS + [LONG]),
+    ({"input_type": "query"}, TEXTS + [LONG]),
+    ({"input_type": "passage", "truncate": "START"}, [LONG, *TEXTS]),
+    ({"truncate": "END", "long_inputs": "chunk"}, [LONG, TEXTS[0]]),
+    ({"dimensions": 16}, TEXTS),
+]
+
+
+@pytest.mark.parametrize("model", [TINY, DEFAULT_MODEL])
+@pytest.mark.parametrize(("extra", "texts"), PATH_CASES)
+def test_direct_path_gives_the_ensembles_vectors_and_tokens(stack, ensemble_gateway, model, extra, texts):
+    """Same vectors (cosine >= 0.99999) and the same token counts, prompts, truncation and windows included."""
+    direct_client = openai.OpenAI(base_url=stack[2].url + "/v1", api_key="unused", max_retries=0)
+    ensemble = openai.OpenAI(base_url=ensemble_gateway.url + "/v1", api_key="unused", max_retries=0)
+    for i, text in enumerate(texts):  # one text per request, and all together: per-text usage and batching
+        got, got_tokens = embed(direct_client, model, [text], **extra)
+        want, want_tokens = embed(ensemble, model, [text], **extra)
+        assert cosines(got, want).min() >= 0.99999 and got_tokens == want_tokens, (i, got_tokens, want_tokens)
+    got, got_tokens = embed(direct_client, model, texts, **extra)
+    want, want_tokens = embed(ensemble, model, texts, **extra)
+    assert cosines(got, want).min() >= 0.99999 and got_tokens == want_tokens
+
+
+def test_direct_path_skips_the_ensemble(stack):
+    """Requests through the direct gateway run the encoder alone: the ensemble's count does not move."""
+    metrics = stack[1].metrics_url
+    before = inference_count(metrics, TINY), inference_count(metrics, f"{TINY}_encoder")
+    texts = [f"direct path text {i}" for i in range(5)]
+    httpx.post(stack[2].url + "/v1/embeddings", json={"model": TINY, "input": texts}, timeout=30).raise_for_status()
+    after = inference_count(metrics, TINY), inference_count(metrics, f"{TINY}_encoder")
+    assert after[0] == before[0] and after[1] - before[1] == len(texts)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"input": LONG, "truncate": "NONE"},
+        {"input": [[-1, 5]]},
+        {"input": [[2**40]]},
+        {"input": ["ok", ""]},
+        {"input": "x", "input_type": "classification"},
+    ],
+)
+def test_direct_path_errors_match_the_ensembles(stack, ensemble_gateway, body):
+    with httpx.Client(timeout=30) as c:
+        got = c.post(stack[2].url + "/v1/embeddings", json={"model": TINY, **body})
+        want = c.post(ensemble_gateway.url + "/v1/embeddings", json={"model": TINY, **body})
+    assert got.status_code == want.status_code and got.status_code in (400, 200)
+    assert got.json().get("error") == want.json().get("error")

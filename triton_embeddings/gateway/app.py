@@ -48,6 +48,7 @@ def _make_backend(settings: Settings) -> Backend:
         ready_timeout_s=settings.ready_timeout_s,
         refresh_interval_s=settings.refresh_interval_s,
         only_models=settings.models,
+        repository=settings.model_repository,
     )
 
 

@@ -67,6 +67,13 @@ class Settings(BaseSettings):
     # --- HTTP server ---
     host: str = Field("127.0.0.1", description="Address the gateway listens on (0.0.0.0 in containers).")
     port: int = Field(8080, description="Port the gateway listens on.")
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Gateway processes on the one port (SO_REUSEPORT; docs/gateway.md#worker-processes). On a "
+        "CPU-only host: one per core Triton leaves free. On a GPU host the gateway is the bottleneck: about one "
+        "per 2 cores, leaving 2 cores per GPU to Triton. Caches, batching and limits are per process.",
+    )
     keep_alive_s: int = Field(
         75, description="Idle keep-alive of client connections; longer than a proxy's (nginx: 60 s) avoids 502s."
     )
@@ -110,6 +117,14 @@ class Settings(BaseSettings):
         30.0, description="How often the served models are re-read from Triton (every 1 s while it is down)."
     )
     retry_after_s: int = Field(1, description="`Retry-After` seconds sent with 429 and 503 answers.")
+
+    model_repository: Path | None = Field(
+        None,
+        description="Triton's model repository as this gateway can read it (e.g. mounted read-only). Set: the "
+        "gateway tokenizes itself and calls each embedded encoder directly with token ids, one Triton hop "
+        "instead of three (docs/contract.md, the direct path); a model it cannot read goes through its "
+        "ensemble. Unset: every request goes through the ensembles.",
+    )
 
     # --- Models ---
     models: list[str] | None = Field(

@@ -130,7 +130,8 @@ def _serve(args, triton) -> None:
     from triton_embeddings.gateway.settings import Settings
 
     settings = Settings(
-        host=args.host, port=args.port, triton_grpc_url=triton.grpc_url, triton_metrics_url=triton.metrics_url
+        host=args.host, port=args.port, triton_grpc_url=triton.grpc_url, triton_metrics_url=triton.metrics_url,
+        model_repository=args.model_repository,
     )
     setup_logging(settings.log_level)
     print(f"serve: starting Triton (gRPC {triton.grpc_url}) ...", flush=True)

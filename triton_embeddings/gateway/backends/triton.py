@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 from tritonclient.grpc import (
@@ -33,12 +34,14 @@ from triton_embeddings.gateway.backends.base import (
     RerankResult,
     WorkerDown,
 )
+from triton_embeddings.gateway.backends.direct import DirectRoute, route_from_configs
 
 log = logging.getLogger("gateway.triton")
 
 # A served model that vanished from Triton (reloading after a crash) answers 503, not 404, this long.
 LOST_MODEL_GRACE_S = 300.0
 PROBE_TEXT = "readiness probe"
+INLINE_TOKENIZE_TEXTS = 16  # the direct path tokenizes this many texts or fewer on the event loop (~0.1 ms)
 
 
 def _fingerprint(config: dict, params: contract.ParameterSet) -> str:
@@ -139,8 +142,11 @@ class TritonBackend:
         ready_timeout_s: float = 1.0,
         refresh_interval_s: float = 30.0,
         only_models: list[str] | None = None,
+        repository: Path | None = None,
     ):
         self.url = url
+        self.repository = repository  # where the direct path reads tokenizers (None: the ensembles only)
+        self.routes: dict[str, tuple[str, DirectRoute | None]] = {}  # model -> (fingerprint, its direct route)
         self.timeout_s = timeout_s
         self.ready_timeout_s = ready_timeout_s
         self.refresh_interval_s = refresh_interval_s
@@ -223,6 +229,7 @@ class TritonBackend:
                 info = model_info_from_config(cfg.get("config", {}), created)
                 if info is not None:
                     found[name] = info
+                    await self._route(info, cfg.get("config", {}))
         except InferenceServerException as e:
             self.healthy = False
             raise _classify(e, "model discovery") from None
@@ -236,6 +243,19 @@ class TritonBackend:
         # Nothing (or not every model) loaded yet, e.g. Triton still (re)loading: look again in 1 s.
         self.healthy = bool(found) and not lost and not self.broken and all(m in found for m in self.only_models or ())
         return self.models
+
+    async def _route(self, info: ModelInfo | RerankModelInfo, ensemble: dict) -> None:
+        """Find (once per export) the model's direct route: its encoder and tokenizer steps' configs."""
+        if self.repository is None or info.kind != ModelInfo.kind:
+            return
+        if self.routes.get(info.name, ("",))[0] == info.fingerprint:
+            return
+        client, (tokenizer, encoder, _) = self._require_client(), contract.step_names(info.name)
+        configs = [(await client.get_model_config(m, as_json=True, client_timeout=self.ready_timeout_s))["config"]
+                   for m in (encoder, tokenizer)]
+        route = await asyncio.to_thread(route_from_configs, self.repository, ensemble, *configs)
+        log.info("model %s: %s", info.name, "direct path (gateway tokenizes)" if route else "through the ensemble")
+        self.routes[info.name] = (info.fingerprint, route)
 
     def _lost_models(self, found: dict[str, ModelInfo | RerankModelInfo]) -> dict[str, ModelInfo | RerankModelInfo]:
         """Models served before and missing now, kept for LOST_MODEL_GRACE_S (then they are unknown: 404)."""
@@ -300,9 +320,14 @@ class TritonBackend:
         self.broken.pop(model, None)
         return result
 
+    def route(self, model: str) -> DirectRoute | None:
+        return self.routes.get(model, ("", None))[1]
+
     async def _embed(
         self, model: str, texts: list[str], request_id: str, options: dict[str, list[str]] | None = None
     ) -> EmbedResult:
+        if (route := self.route(model)) is not None:
+            return await self._embed_direct(model, route, texts, request_id, options)
         n = len(texts)
         inputs = [_bytes_column(contract.TEXT, texts)]
         inputs += [_bytes_column(name, values) for name, values in (options or {}).items()]
@@ -316,6 +341,23 @@ class TritonBackend:
             token_counts=counts.reshape(n).astype(np.int64),
             truncated=truncated.reshape(n).astype(bool),
         )
+
+    async def _embed_direct(self, model: str, route: DirectRoute, texts: list[str], request_id: str,
+                            options: dict[str, list[str]] | None) -> EmbedResult:
+        """Tokenize here (a thread for big batches: the Rust tokenizer releases the GIL), then one encoder call."""
+        try:
+            enc = (route.encode(texts, options) if len(texts) <= INLINE_TOKENIZE_TEXTS
+                   else await asyncio.to_thread(route.encode, texts, options))
+        except ValueError as e:
+            raise BackendError(f"tokenizing for {model}: {e}") from None
+        res = await self._call(route.encoder, route.infer_inputs(enc), [InferRequestedOutput(contract.EMBEDDING)],
+                               request_id)
+        emb = res.as_numpy(contract.EMBEDDING)
+        if emb is None or emb.shape[0] != len(texts):
+            raise BackendError(f"inference on {route.encoder}: unexpected outputs")
+        return EmbedResult(embeddings=np.asarray(emb, dtype=np.float32),
+                           token_counts=enc.token_count.reshape(-1).astype(np.int64),
+                           truncated=enc.truncated.reshape(-1).astype(bool))
 
     async def rerank(self, model: str, queries: list[str], documents: list[str], request_id: str = "") -> RerankResult:
         """Run the rerank ensemble on one batch of pairs (at most the model's max_batch_size)."""
@@ -348,6 +390,8 @@ class TritonBackend:
         self, model: str, texts: list[str], prompt_names: list[str] | None = None, request_id: str = ""
     ) -> list[list[tuple[int, int, int]]]:
         """Per text, the windows (start char, end char, tokens) that the tokenizer step cuts (WINDOW_SPANS)."""
+        if (route := self.route(model)) is not None:
+            return await asyncio.to_thread(route.windows, texts, prompt_names)
         inputs = [_bytes_column(contract.TEXT, texts)]
         if prompt_names:
             inputs.append(_bytes_column(contract.PROMPT_NAME, prompt_names))

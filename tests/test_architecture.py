@@ -103,9 +103,22 @@ def test_the_gateway_boundary_checks_see_imports():
 
 
 def test_gateway_is_three_rooms_and_its_shared_modules():
+    """Three rooms, the shared modules, and the process entry points (__main__, workers)."""
     top = {p.name for p in (PACKAGE / "gateway").iterdir() if not p.name.startswith("__pycache__")}
-    assert top == {"__init__.py", "__main__.py", "app.py", "settings.py", "metrics.py", "errors.py",
+    assert top == {"__init__.py", "__main__.py", "workers.py", "app.py", "settings.py", "metrics.py", "errors.py",
                    "http", "pipeline", "backends"}
+
+
+def test_worker_processes_start_before_prometheus_client_is_imported():
+    """prometheus-client picks its (multiprocess) value store at import: the worker parent must import it only
+    after it made the metrics directory, i.e. never at module level, directly or through the app."""
+    import subprocess
+    import sys
+
+    code = ("import sys, triton_embeddings.gateway.__main__, triton_embeddings.gateway.workers; "
+            "print('prometheus_client' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
 
 
 def test_the_exporter_and_the_launcher_never_import_the_gateway():

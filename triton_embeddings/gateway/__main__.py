@@ -5,16 +5,31 @@ from __future__ import annotations
 import argparse
 import logging
 
-from triton_embeddings.gateway.app import create_app, setup_logging
-from triton_embeddings.gateway.http.server import make_server
 from triton_embeddings.gateway.settings import Settings
 
 
 def run(settings: Settings) -> None:
-    """Serve until SIGINT/SIGTERM (see `http.server.GatewayServer` for the drain), then close the Triton client."""
+    """Serve until SIGINT/SIGTERM (see `http.server.GatewayServer` for the drain), then close the Triton client;
+    with `workers` > 1, as that many processes on one port (workers.py)."""
+    if settings.workers > 1:
+        from triton_embeddings.gateway import workers
+
+        with workers.metrics_directory():  # before anything imports prometheus_client
+            _log_settings(settings)
+            workers.Workers(settings).run()
+        return
+    _log_settings(settings)
+    from triton_embeddings.gateway.app import create_app
+    from triton_embeddings.gateway.http.server import make_server
+
+    make_server(create_app(settings), settings).run()
+
+
+def _log_settings(settings: Settings) -> None:
+    from triton_embeddings.gateway.http.middleware import setup_logging
+
     setup_logging(settings.log_level)
     logging.getLogger("gateway").info("settings: %s", settings.model_dump_json())  # SecretStr prints as ****
-    make_server(create_app(settings), settings).run()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import urllib.request
 
@@ -21,6 +22,7 @@ from prometheus_client.core import (
     Metric,
     SummaryMetricFamily,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.process_collector import ProcessCollector
 
@@ -30,6 +32,7 @@ disable_created_metrics()  # no `_created` series: half the exposition, and noth
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 TRITON_ERROR_KINDS = ("unavailable", "stub_unhealthy", "timeout", "deadline", "error")
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # set by gateway/workers.py for worker processes
 INPUT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
@@ -49,7 +52,8 @@ class GatewayMetrics:
         self.cache_hits = self._counter("gateway_cache_hits", "Inputs answered from the cache.")
         self.cache_misses = self._counter("gateway_cache_misses", "Inputs not in the cache.")
         self.cache_errors = self._counter("gateway_cache_errors", "Failed cache (Redis) calls.")
-        self.in_flight = Gauge("gateway_in_flight_requests", "Embedding and rerank requests in progress.", registry=r)
+        self.in_flight = Gauge("gateway_in_flight_requests", "Embedding and rerank requests in progress.", registry=r,
+                               multiprocess_mode="livesum")
         self.triton_latency = self._histogram(
             "gateway_triton_request_duration_seconds", "Time of one Triton inference call (one chunk).", "model")
         self.triton_errors = self._counter(
@@ -59,9 +63,16 @@ class GatewayMetrics:
         for kind in TRITON_ERROR_KINDS:  # exposed at 0, so that increase() sees the first error
             self.triton_errors.labels(kind)
         self._backend_metrics()
-        ProcessCollector(registry=r)
+        # Worker processes (EMBEDDINGS_WORKERS): every worker's values, summed, from the multiprocess directory;
+        # process_* metrics are per process and left out there.
+        self.exposed = r
+        if MULTIPROC_ENV in os.environ:
+            self.exposed = CollectorRegistry()
+            MultiProcessCollector(self.exposed)
+        else:
+            ProcessCollector(registry=r)
         if triton_metrics_url:
-            r.register(TritonMetricsCollector(triton_metrics_url, triton_timeout_s))
+            self.exposed.register(TritonMetricsCollector(triton_metrics_url, triton_timeout_s))
 
     def _counter(self, name: str, documentation: str, *labels: str) -> Counter:
         return Counter(name, documentation, labels, registry=self.registry)
@@ -95,7 +106,7 @@ class GatewayMetrics:
 
     def exposition(self) -> bytes:
         """The text exposition of everything (blocking: Triton is scraped; run it in a thread)."""
-        return generate_latest(self.registry)
+        return generate_latest(self.exposed)
 
 
 # Triton names that break Prometheus naming rules, renamed explicitly; the rest follow the rules below.

@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import openai.types
 import pytest
+from fastapi import Depends
 from tritonclient.utils import InferenceServerException
 
 from tests.gw_helpers import ROOT, FakeBackend, fake_vector, free_port, triton_error_counts
@@ -793,3 +794,32 @@ def test_openapi_documents_metrics_as_prometheus_text_and_the_response_agrees(ma
     assert served.status_code == 200
     assert served.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     assert "# TYPE gateway_requests_total counter" in served.text
+
+
+@pytest.mark.parametrize(
+    ("raw", "content_type"),
+    [
+        (b'{"model": "fake-model", "input": ["a", "b"], "encoding_format": "base64"}', "application/json"),
+        (b'{"model": "fake-model", "input": "a"}', "application/vnd.api+json; charset=utf-8"),
+        (b'{"model": "fake-model", "input": [1, 2]}', "text/plain"),
+        (b"", "application/json"),
+        (b'{"model": "fake-model", "input": "a"', "application/json"),
+        (b'{"model": "fake-model", "input": NaN}', "application/json"),
+        (b'{"model": "fake-model", "input": "x", "dimensions": "many"}', "application/json"),
+        (b'[1, 2]', "application/json"),
+    ],
+)
+def test_fast_route_answers_as_fastapis_own_handler(make_client, raw, content_type):
+    """The hot routes' lean handler (http/fast_route.py) gives the same status and body as FastAPI's own
+    plumbing on the same endpoint (here reached through its alias served by a plain APIRoute)."""
+    from fastapi.routing import APIRoute
+
+    from triton_embeddings.gateway.http import routes
+
+    client = make_client()
+    plain = APIRoute("/plain-embeddings", routes.create_embeddings, methods=["POST"],
+                     dependencies=[Depends(routes.check_api_key)])
+    client.app.router.routes.insert(0, plain)
+    headers = {"content-type": content_type}
+    fast, slow = (client.post(path, content=raw, headers=headers) for path in ("/v1/embeddings", "/plain-embeddings"))
+    assert (fast.status_code, fast.json()) == (slow.status_code, slow.json())

@@ -57,7 +57,7 @@ def validation_error(exc: RequestValidationError) -> APIError:
             "We could not parse the JSON body of your request. The API expects a JSON object "
             "(Content-Type: application/json).",
         )
-    if first.get("type") == "model_attributes_type":
+    if first.get("type") == "model_attributes_type" or (first.get("type") == "model_type" and not loc):
         return APIError(ErrorKind.INVALID_REQUEST, "The request body must be a JSON object.")
     if first.get("type") == "missing" and loc:
         return APIError(ErrorKind.INVALID_REQUEST, f"Missing required parameter: '{loc[0]}'.", param=loc[0])

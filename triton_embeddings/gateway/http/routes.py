@@ -16,6 +16,7 @@ from starlette.responses import Response
 from triton_embeddings.gateway.errors import APIError, ErrorKind
 from triton_embeddings.gateway.http import wire
 from triton_embeddings.gateway.http.errors import error_response
+from triton_embeddings.gateway.http.fast_route import FastBodyRoute
 from triton_embeddings.gateway.http.protocol import (
     EmbeddingRequest,
     EmbeddingResponse,
@@ -79,8 +80,9 @@ def _api(method: str, path: str, *aliases: str, **kwargs):
 
     def register(handler):
         for alias in aliases:
-            router.api_route(alias, methods=[method], include_in_schema=False, **kwargs)(handler)
-        return router.api_route(path, methods=[method], **kwargs)(handler)
+            router.add_api_route(alias, handler, methods=[method], include_in_schema=False, **kwargs)
+        router.add_api_route(path, handler, methods=[method], **kwargs)
+        return handler
 
     return register
 
@@ -89,7 +91,8 @@ def _label(request: Request, info) -> None:
     request.state.model_label = info.name  # bounded label for the request metrics
 
 
-@_api("POST", "/v1/embeddings", "/embeddings", response_model=EmbeddingResponse, responses=ERRORS)
+@_api("POST", "/v1/embeddings", "/embeddings", response_model=EmbeddingResponse, responses=ERRORS,
+      route_class_override=FastBodyRoute)
 async def create_embeddings(body: EmbeddingRequest, request: Request) -> Response:
     """OpenAI's `POST /v1/embeddings`."""
     state = request.app.state
@@ -104,7 +107,8 @@ async def create_embeddings(body: EmbeddingRequest, request: Request) -> Respons
     return response
 
 
-@_api("POST", "/v1/rerank", "/v2/rerank", response_model=RerankResponse, responses=ERRORS)
+@_api("POST", "/v1/rerank", "/v2/rerank", response_model=RerankResponse, responses=ERRORS,
+      route_class_override=FastBodyRoute)
 async def create_rerank(body: RerankRequest, request: Request) -> Response:
     """Rerank documents against a query, in the Cohere/Jina shape (Cohere's v1 and v2 clients, Jina's API)."""
     return await _rerank_cohere(request, body)

@@ -67,9 +67,12 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
 # The one benchmark: raw ONNX Runtime, Triton, the gateway and the seed-style reference, side by side
-# (bench/bench.py; BENCH_ARGS="--quick" for a seconds-long smoke, "--peer URL" to add another server).
+# (bench/bench.py; BENCH_ARGS="--quick" for a seconds-long smoke, "--peer URL" to add another server), then the
+# near-free model (1 layer, hidden 32: the serving path alone; NEAR_FREE_ARGS for its own --peer), then rerank.
+NEAR_FREE_ARGS ?=
 bench: $(REPO)/$(NAME)_encoder/1/model.onnx
 	HF_HUB_OFFLINE=1 $(PY) bench/bench.py --repository $(REPO) $(BENCH_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) bench/bench.py --model near-free --no-reference $(filter --quick,$(BENCH_ARGS)) $(NEAR_FREE_ARGS)
 	HF_HUB_OFFLINE=1 $(PY) bench/bench_rerank.py --int8 $(filter --quick,$(BENCH_ARGS))
 
 # A 10-minute mixed soak through the gateway (wrk); not part of CI. `make soak MINUTES=1` for a short one.

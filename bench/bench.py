@@ -50,16 +50,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import procstat  # noqa: E402
+from near_free import NAME as NEAR_FREE  # noqa: E402
+from near_free import near_free_folder  # noqa: E402
 from provenance import provenance  # noqa: E402
+from raw_ceiling import Ceiling  # noqa: E402
 
-from triton_embeddings import contract  # noqa: E402
 from triton_embeddings.defaults import DEFAULT_MODEL  # noqa: E402
 from triton_embeddings.local.models import HUB_IDS, model_source  # noqa: E402
 from triton_embeddings.local.processes import free_port, stop_process, wait_http  # noqa: E402
 
 MODEL = DEFAULT_MODEL
 LUA = ROOT / "bench" / "embeddings.lua"
-TRITON_PATHS = ("triton", "gateway", "gateway-int8")
+# The gateway's paths: `gateway` tokenizes itself (the direct path, what `make serve` runs); `gateway-ensemble`
+# sends every request through the ensemble; `gateway-w2` is the direct path with EMBEDDINGS_WORKERS=2.
+GATEWAYS = {"gateway": {}, "gateway-ensemble": {"EMBEDDINGS_MODEL_REPOSITORY": ""},
+            "gateway-w2": {"EMBEDDINGS_WORKERS": "2"}}
+TRITON_PATHS = ("triton", *GATEWAYS, "gateway-int8")
 VOCAB = (
     "the server model batch token request latency throughput vector search index query document cluster "
     "gpu memory queue embedding semantic similarity language network cloud private data cost scale "
@@ -107,16 +113,24 @@ class Stack:
     """Triton (fp32 and, optionally, int8 ensembles), the gateway, the reference server; their processes."""
 
     triton: object
-    gateway_url: str
-    reference_url: str | None
-    procs: list[subprocess.Popen] = field(default_factory=list)
+    gateways: dict[str, tuple[str, subprocess.Popen]]  # path -> (url, process)
+    reference: tuple[str, subprocess.Popen] | None
+
+    @property
+    def gateway_url(self) -> str:
+        return self.gateways["gateway"][0]
+
+    @property
+    def procs(self) -> list[subprocess.Popen]:
+        return [p for _, p in self.gateways.values()] + ([self.reference[1]] if self.reference else [])
 
     def pids(self) -> dict[str, list[int]]:
-        """Process groups whose CPU the table reports."""
+        """Process groups whose CPU the table reports (a gateway with workers: the parent and its workers)."""
         groups = procstat.triton_groups(self.triton.process.pid)
-        groups["gateway"] = [self.procs[0].pid]
-        if self.reference_url:
-            groups["reference"] = [self.procs[1].pid]
+        for path, (_, proc) in self.gateways.items():
+            groups[path] = [proc.pid, *procstat.children(proc.pid)]
+        if self.reference:
+            groups["reference"] = [self.reference[1].pid]
         return groups
 
 
@@ -125,28 +139,48 @@ def spawn(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
         return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def start_stack(repos: list[Path], work: Path, source: str, reference: bool) -> Stack:
+def combined_repository(repos: list[Path], work: Path) -> Path:
+    """One repository linking every model folder of `repos`: Triton serves it, and the gateways' direct path
+    reads the tokenizers from it (EMBEDDINGS_MODEL_REPOSITORY is one folder)."""
+    combined = work / "served"
+    combined.mkdir(exist_ok=True)
+    for repo in repos:
+        for model in repo.resolve().iterdir():
+            if (model / "config.pbtxt").exists() and not (combined / model.name).exists():
+                (combined / model.name).symlink_to(model, target_is_directory=True)
+    return combined
+
+
+def _gateway(path: str, triton, repo: Path, work: Path) -> tuple[str, subprocess.Popen]:
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), EMBEDDINGS_TRITON_GRPC_URL=triton.grpc_url,
+               EMBEDDINGS_TRITON_METRICS_URL="", EMBEDDINGS_PORT=str(port), EMBEDDINGS_CACHE="none",
+               EMBEDDINGS_ACCESS_LOG="false", EMBEDDINGS_LOG_LEVEL="warning", EMBEDDINGS_MODEL_REPOSITORY=str(repo))
+    env.update(GATEWAYS[path])
+    proc = spawn([sys.executable, "-m", "triton_embeddings.gateway"], env, work / f"{path}.log")
+    return f"http://127.0.0.1:{port}", proc
+
+
+def start_stack(repos: list[Path], work: Path, source: str, reference: bool,
+                gateways: tuple[str, ...] | list[str] = ("gateway",)) -> Stack:
     from triton_embeddings.local.launcher import TritonServer
 
-    extra = [f"--model-repository={r.resolve()}" for r in repos[1:]]
-    triton = TritonServer.on_free_ports(repos[0], log_file=work / "triton.log", extra_args=extra).start()
-    gw_port, ref_port = free_port(), free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT), EMBEDDINGS_TRITON_GRPC_URL=triton.grpc_url,
-               EMBEDDINGS_TRITON_METRICS_URL="", EMBEDDINGS_PORT=str(gw_port), EMBEDDINGS_CACHE="none",
-               EMBEDDINGS_ACCESS_LOG="false", EMBEDDINGS_LOG_LEVEL="warning")
-    procs = [spawn([sys.executable, "-m", "triton_embeddings.gateway"], env, work / "gateway.log")]
-    ref_url = None
-    if reference:
-        renv = dict(os.environ, PYTHONPATH=str(ROOT), REFERENCE_MODEL=source)
-        cmd = [sys.executable, "-m", "uvicorn", "bench.reference_server:app", "--port", str(ref_port),
-               "--log-level", "warning", "--no-access-log"]
-        procs.append(spawn(cmd, renv, work / "reference.log"))
-        ref_url = f"http://127.0.0.1:{ref_port}"
-    stack = Stack(triton, f"http://127.0.0.1:{gw_port}", ref_url, procs)
+    repo = combined_repository(repos, work)
+    triton = TritonServer.on_free_ports(repo, log_file=work / "triton.log").start()
+    stack = Stack(triton, {}, None)
     try:
-        wait_http(stack.gateway_url + "/ready", 180, procs[0])
-        if ref_url:
-            wait_http(ref_url + "/docs", 180, procs[1])
+        for path in gateways:
+            stack.gateways[path] = _gateway(path, triton, repo, work)
+        if reference:
+            port = free_port()
+            renv = dict(os.environ, PYTHONPATH=str(ROOT), REFERENCE_MODEL=source)
+            cmd = [sys.executable, "-m", "uvicorn", "bench.reference_server:app", "--port", str(port),
+                   "--log-level", "warning", "--no-access-log"]
+            stack.reference = (f"http://127.0.0.1:{port}", spawn(cmd, renv, work / "reference.log"))
+        for url, proc in stack.gateways.values():
+            wait_http(url + "/ready", 180, proc)
+        if stack.reference:
+            wait_http(stack.reference[0] + "/docs", 180, stack.reference[1])
     except BaseException:
         stop_stack(stack)
         raise
@@ -170,6 +204,7 @@ class Run:
     triton: dict[str, float] = field(default_factory=dict)  # per-model metric deltas
     wall_s: float = 0.0
     model: str = ""
+    ways: dict[str, float] = field(default_factory=dict)  # the raw path: texts/s of each way (raw_ceiling.py)
 
 
 def wrk(url: str, api: str, model: str, load: Load, seconds: float, prefix: str, files: tuple[Path, Path],
@@ -213,12 +248,11 @@ def texts_per_second(load: Load, res: dict) -> float:
     return res["requests"] * load.per_request / (res["duration_us"] / 1e6) if res["requests"] else float("nan")
 
 
-def raw_run(pipeline, texts: list[str]) -> Run:
-    """The ceiling: every text at once, sorted by length, batches of 32, in this process."""
-    t0, c0 = time.perf_counter(), time.process_time()
-    pipeline.embed(texts, batch_size=32, sort_by_length=True)
-    wall = time.perf_counter() - t0
-    return Run(len(texts) / wall, 0.0, 0.0, 0, {"bench": (time.process_time() - c0) / wall})
+def raw_run(ceiling: Ceiling, texts: list[str]) -> Run:
+    """The ceiling: every text at once, sorted by length, batches of 32, in-process; the better of its two ways."""
+    ways = ceiling.run(texts)
+    best = max(ways, key=lambda w: ways[w][0])
+    return Run(ways[best][0], 0.0, 0.0, 0, {"bench": ways[best][1]}, ways={w: v[0] for w, v in ways.items()})
 
 
 def raw_latency_ms(pipeline, texts: list[str]) -> float:
@@ -248,11 +282,13 @@ def path_target(stack: Stack, path: str, model: str, peer: tuple[str, str] | Non
     if path == "triton":
         return stack.triton.http_url, "triton", model
     if path == "reference":
-        return stack.reference_url, "openai", model
+        return stack.reference[0], "openai", model
     if path == "peer":
         return peer[0], "openai", peer[1]
     if path.startswith("gw:"):  # a --compare-repository model, through the same gateway
         return stack.gateway_url, "openai", path[3:]
+    if path in stack.gateways:
+        return stack.gateways[path][0], "openai", model
     return stack.gateway_url, "openai", model + ("-int8" if path == "gateway-int8" else "")
 
 
@@ -378,6 +414,10 @@ def summarize(rounds: list[dict], latency: list[dict], plan: Plan) -> dict:
                            "errors": sum(x.errors for x in runs),
                            "cores": {k: round(_med(x.cores.get(k, 0.0) for x in runs), 2)
                                      for k in sorted({k for x in runs for k in x.cores})}}
+        for path in ("raw", "raw-int8"):
+            if path in cells:
+                runs = [r[(load.name, path)] for r in rounds]
+                cells[path]["ways"] = {w: round(_med(x.ways[w] for x in runs), 1) for w in runs[0].ways}
         for path, cell in cells.items():
             base = cells.get("raw-int8" if path == "gateway-int8" else "raw")
             if base and path not in ("raw", "raw-int8"):
@@ -392,7 +432,36 @@ def summarize(rounds: list[dict], latency: list[dict], plan: Plan) -> dict:
     return out
 
 
-def summary_lines(summary: dict) -> list[str]:
+# Goals of gateway / raw per model and load (issue 19); the near-free model measures the serving path alone.
+RAW_GOALS = {NEAR_FREE: {"S32": 0.25, "B32": 0.85}}
+DEFAULT_RAW_GOALS = {"S32": 0.85}
+
+
+def _ratio(cells: dict, num: str, den: str) -> float | None:
+    if num in cells and den in cells and cells[den]["texts_per_s"]:
+        return cells[num]["texts_per_s"] / cells[den]["texts_per_s"]
+    return None
+
+
+def path_lines(summary: dict, model: str) -> list[str]:
+    """Each load's ratios between paths: against raw (with its goal), direct / ensemble, 2 workers / 1, peer."""
+    lines, goals = [], RAW_GOALS.get(model, DEFAULT_RAW_GOALS)
+    for load, cells in summary["throughput"].items():
+        if ways := cells.get("raw", {}).get("ways"):
+            lines.append(f"raw, {load}: the better of " + ", ".join(f"{w} {v:.1f}" for w, v in ways.items()))
+        if "gateway" in cells:
+            goal = f" (goal >= {goals[load]})" if load in goals else ""
+            lines.append(f"gateway / raw, {load}: {cells['gateway']['x_raw']:.2f}{goal}")
+        pairs = [("gateway", "gateway-ensemble", "direct path / ensemble", ""),
+                 ("gateway-w2", "gateway", "2 gateway workers / 1", " (goal >= 1.6)"),
+                 ("gateway", "peer", "gateway / peer", " (goal >= 3)" if model == NEAR_FREE else "")]
+        for num, den, what, goal in pairs:
+            if (ratio := _ratio(cells, num, den)) is not None:
+                lines.append(f"{what}, {load}: {ratio:.2f}{goal}")
+    return lines
+
+
+def summary_lines(summary: dict, model: str = MODEL) -> list[str]:
     lines = []
     if "p50_one_short_text_ms" in summary:
         p50 = summary["p50_one_short_text_ms"]
@@ -400,9 +469,7 @@ def summary_lines(summary: dict) -> list[str]:
                      f"gateway {p50['gateway']:.1f} ms: gateway = raw {p50['gateway'] - p50['raw']:+.1f} ms "
                      "(goal <= +2 ms)")
         lines += [f"p50, 1 client x 1 short text, {k}: {v:.1f} ms" for k, v in p50.items() if k.startswith("gw:")]
-    for load, cells in summary["throughput"].items():
-        if "gateway" in cells:
-            lines.append(f"gateway / raw, {load}: {cells['gateway']['x_raw']:.2f} (goal >= 0.85)")
+    lines += path_lines(summary, model)
     for load, ratio in summary["int8"].items():
         lines.append(f"int8 / fp32, {load}: through the gateway {ratio['gateway']:.2f} (goal >= 1.6), "
                      f"raw {ratio['raw']:.2f}")
@@ -412,7 +479,7 @@ def summary_lines(summary: dict) -> list[str]:
 def report(rounds: list[dict], summary: dict, plan: Plan, header: list[str]) -> str:
     out = header + ["", f"medians of {len(rounds)} alternating round(s), {plan.seconds:g} s per server run", ""]
     out += throughput_table(rounds, plan) + ["", "Triton per-model metrics (deltas over each run):"]
-    out += triton_table(rounds, plan) + [""] + summary_lines(summary)
+    out += triton_table(rounds, plan) + [""] + summary_lines(summary, plan.model)
     return "\n".join(out)
 
 
@@ -427,8 +494,15 @@ def ensure_repository(given: Path | None, work: Path, name: str, precision: str)
     model = name.removesuffix("-int8")
     print(f"exporting {name} ({precision}) into {repo} ...", file=sys.stderr, flush=True)
     opts = ExportOptions(name=name, precision=precision, source_label=HUB_IDS.get(model, model))
-    export_model(model_source(model), repo, opts, log=lambda _: None)
+    export_model(source_of(model, work), repo, opts, log=lambda _: None)
     return repo
+
+
+def source_of(model: str, work: Path) -> str:
+    """The folder or hub id a model is exported from; the near-free model is built here."""
+    if model == NEAR_FREE:
+        return str(near_free_folder())
+    return model_source(model)
 
 
 def ensemble_name(repo: Path) -> str:
@@ -437,23 +511,18 @@ def ensemble_name(repo: Path) -> str:
 
 
 def raw_pipeline(repo: Path, name: str = MODEL, threads: int = 0):
-    """The repository's own tokenizer step (prompt, pad id, lower-casing), encoder and pooler, in-process."""
-    from triton_embeddings.export import triton_config as tc
-    from triton_embeddings.export.kinds.embedding import OnnxPipeline
-    from triton_embeddings.triton_models.tokenize import TextTokenizer
+    """The repository's own tokenizer step, encoder and pooler, in-process (raw_ceiling.raw_pipeline)."""
+    import raw_ceiling
 
-    tokenizer_step, encoder, pooler = (repo / step for step in contract.step_names(name))
-    params = contract.TokenizerParams.from_config(tc.load(tokenizer_step / "config.pbtxt"))
-    tokenizer = TextTokenizer.from_params(params, tokenizer_step / "1")
-    onnx_file = contract.OnnxStepParams().onnx_file
-    return OnnxPipeline(tokenizer, str(encoder / "1" / onnx_file), str(pooler / "1" / onnx_file), threads=threads)
+    return raw_ceiling.raw_pipeline(repo, name, threads)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="one short round: proves the bench works (CI)")
-    p.add_argument("--model", default=MODEL, choices=sorted(HUB_IDS),
-                   help="the seed model to serve and compare (its packaged copy when installed, else its hub id)")
+    p.add_argument("--model", default=MODEL, choices=[*sorted(HUB_IDS), NEAR_FREE],
+                   help="the seed model to serve and compare (its packaged copy when installed, else its hub id); "
+                   f"{NEAR_FREE}: 1 layer, hidden 32, MiniLM's tokenizer (bench/near_free.py), the serving path alone")
     p.add_argument("--repository", type=Path, help="repository holding MODEL (default: export to a temp dir)")
     p.add_argument("--int8-repository", type=Path, help="repository holding MODEL-int8 (default: export one)")
     p.add_argument("--no-int8", action="store_true", help="skip the int8 line")
@@ -463,11 +532,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compare-repository", type=Path, action="append", default=[],
                    help="another exported model (any name), served by the same Triton and gateway: path gw:<name>")
     p.add_argument("--loads", default="S32,B32,L32,M32", help="comma-separated loads")
+    p.add_argument("--gateways", help="comma-separated gateway paths (default: gateway,gateway-ensemble; "
+                   f"with {NEAR_FREE} also gateway-w2): " + ", ".join(GATEWAYS))
     p.add_argument("--rounds", type=int, help="alternating rounds (default 3; --quick 1)")
     p.add_argument("--seconds", type=float, help="seconds per server run (default 10; --quick 2)")
     p.add_argument("--threads", type=int, default=0, help="raw ONNX Runtime threads (0: every core, as Triton)")
     p.add_argument("--json", type=Path, help="also write every run's figures here")
     args = p.parse_args(argv)
+    default = "gateway,gateway-ensemble" + (",gateway-w2" if args.model == NEAR_FREE else "")
+    args.gateways = [g for g in (args.gateways or default).split(",") if g]
+    if "gateway" not in args.gateways or set(args.gateways) - set(GATEWAYS):
+        p.error(f"--gateways: a comma-separated list of {', '.join(GATEWAYS)}, gateway included")
+    if args.model == NEAR_FREE:
+        args.no_int8 = True  # quantizing a model that costs nothing measures nothing
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.seconds = args.seconds or (2.0 if args.quick else 10.0)
     return args
@@ -475,7 +552,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def make_plan(args) -> Plan:
     loads = [ld for ld in LOADS if ld.name in args.loads.split(",")]
-    paths = ["raw", "triton", "gateway"] + ([] if args.no_reference else ["reference"])
+    paths = ["raw", "triton", *args.gateways] + ([] if args.no_reference else ["reference"])
     paths += ["peer"] if args.peer else []
     paths += [f"gw:{ensemble_name(r)}" for r in args.compare_repository]
     raw_texts = {"S32": 128, "B32": 128, "L32": 16, "M32": 40} if args.quick else \
@@ -510,18 +587,20 @@ def main(argv=None) -> int:
         files[1].write_text("\n".join(long) + "\n")
         name = plan.model
         repos = [ensure_repository(args.repository, work, name, "fp32")]
-        raw = {"fp32": raw_pipeline(repos[0], name, args.threads)}
+        raw = {"fp32": Ceiling(repos[0], name, args.threads)}
         if not args.no_int8:
             repos.append(ensure_repository(args.int8_repository, work, name + "-int8", "int8"))
-            raw["int8"] = raw_pipeline(repos[1], name + "-int8", args.threads)
+            raw["int8"] = Ceiling(repos[1], name + "-int8", args.threads)
         repos += args.compare_repository
-        stack = start_stack(repos, work, model_source(name), not args.no_reference)
+        stack = start_stack(repos, work, source_of(name, work), not args.no_reference, args.gateways)
         try:
             rss0 = procstat.rss_of(stack.pids())
             rounds, latency = measure(args, plan, stack, raw, files)
             rss1 = procstat.rss_of(stack.pids())
         finally:
             stop_stack(stack)
+            for ceiling in raw.values():
+                ceiling.close()
     summary = summarize(rounds, latency, plan)
     print(report(rounds, summary, plan, [machine(prov)]))
     print(rss_line(rss0, rss1, "models loaded", "end of the run"))

@@ -33,11 +33,12 @@ def test_quick_bench_prints_a_full_table_without_errors(model_repository, tmp_pa
     rows = [line.split() for line in throughput.splitlines() if line.split()[:1] and line.split()[0] in LOADS]
     table = {(r[0], r[1]): r for r in rows}
     for load in LOADS:
-        for path in ("raw", "triton", "gateway", "reference"):
+        for path in ("raw", "triton", "gateway", "gateway-ensemble", "reference"):
             assert (load, path) in table, f"no {load} {path} row in:\n{proc.stdout}"
     for load in ("S32", "L32"):
         assert (load, "gateway-int8") in {(r[0], r[1]) for r in rows}
     assert "gateway / raw, S32:" in proc.stdout and "p50, 1 client x 1 short text" in proc.stdout
+    assert "direct path / ensemble, S32:" in proc.stdout and "raw, S32: the better of" in proc.stdout
     assert "int8 / fp32, S32: through the gateway" in proc.stdout
     doc = json.loads(out_json.read_text())
     assert doc["provenance"]["commit"] and doc["provenance"]["machine"]["cores"] and doc["provenance"]["date"]
@@ -47,6 +48,28 @@ def test_quick_bench_prints_a_full_table_without_errors(model_repository, tmp_pa
     assert runs and all(run["errors"] == 0 for run in runs.values())
     served = [run for key, run in runs.items() if not key.split("/")[1].startswith("raw")]
     assert all(run["texts_per_s"] > 0 for run in served), runs
+
+
+@pytest.mark.slow
+def test_quick_near_free_bench_measures_the_serving_path_and_the_workers(tmp_path):
+    """The named near-free model (built here, 1 layer, hidden 32): the direct path, the ensemble, 2 workers, and
+    the ceiling's two ways, side by side."""
+    require("wrk")
+    out_json = tmp_path / "near_free.json"
+    proc = subprocess.run(
+        [sys.executable, "bench/bench.py", "--quick", "--model", "near-free", "--no-reference", "--loads", "S32",
+         "--json", str(out_json)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for line in ("gateway / raw, S32:", "(goal >= 0.25)", "2 gateway workers / 1, S32:", "direct path / ensemble"):
+        assert line in proc.stdout, proc.stdout
+    cells = json.loads(out_json.read_text())["summary"]["throughput"]["S32"]
+    assert set(cells["raw"]["ways"]) == {"1 session x all cores", "1 process x 1 thread per core"}
+    assert cells["raw"]["texts_per_s"] == max(cells["raw"]["ways"].values())  # one round: its better way
+    assert all(cells[p]["texts_per_s"] > 0 and cells[p]["errors"] == 0
+               for p in ("triton", "gateway", "gateway-ensemble", "gateway-w2"))
+    assert cells["gateway-w2"]["cores"]["gateway-w2"] > 0  # the workers' CPU is counted, not the parent's alone
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ from triton_embeddings.local.processes import free_port, stop_process, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 __all__ = ["DEFAULT_MODEL", "ROOT", "FakeBackend", "GatewayProcess", "concurrently_while_frozen", "fake_vector",
-           "free_port", "inference_count", "running_gateway", "wait_http"]
+           "free_port", "inference_count", "redis_process", "running_gateway", "wait_http"]
 
 
 def fake_vector(text: str, dim: int) -> np.ndarray:
@@ -209,3 +209,28 @@ def concurrently_while_frozen(triton, gateway_url: str, path: str, body: dict, n
         finally:
             os.kill(triton.process.pid, signal.SIGCONT)
         return [f.result() for f in futures]
+
+
+@contextmanager
+def redis_process(binary: str, folder: Path):
+    """A real redis-server on a free loopback port, nothing persisted: (process, port, redis.Redis client)."""
+    import redis
+
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    r = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            r.ping()
+            break
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+    try:
+        yield proc, port, r
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(10)

@@ -106,7 +106,16 @@ def test_gateway_is_three_rooms_and_its_shared_modules():
     """Three rooms, the shared modules, and the process entry points (__main__, workers)."""
     top = {p.name for p in (PACKAGE / "gateway").iterdir() if not p.name.startswith("__pycache__")}
     assert top == {"__init__.py", "__main__.py", "workers.py", "app.py", "settings.py", "metrics.py", "errors.py",
-                   "http", "pipeline", "backends"}
+                   "http", "pipeline", "backends", "teams"}
+
+
+def test_gateway_teams_import_neither_http_nor_pipeline_nor_the_web_framework():
+    """teams/ (keys, quotas, the rate-limit headers) sits beside the pipeline: the HTTP room calls it, it calls
+    no room above the backends' types, and its middleware is pure ASGI."""
+    banned = (f"{GW}.http", f"{GW}.pipeline", f"{GW}.app", f"{GW}.backends.triton", f"{GW}.backends.upstream",
+              f"{GW}.backends.routing", *WEB, "pydantic")
+    assert outside(room("gateway/teams"), lambda m: not within(m, *banned)) == []
+    assert f"{GW}.teams.quotas.Teams" in imports(PACKAGE / "gateway" / "http" / "routes.py")
 
 
 def test_worker_processes_start_before_prometheus_client_is_imported():

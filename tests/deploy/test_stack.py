@@ -26,7 +26,7 @@ from .stack import ROOT, gateway, nginx, prometheus, wait_until
 pytestmark = pytest.mark.slow
 
 DIMENSION = 384
-GRAFANA_VARS = {"$__rate_interval": "1m", "${model:regex}": ".*", "$model": ".*"}
+GRAFANA_VARS = {"$__rate_interval": "1m", "${model:regex}": ".*", "$model": ".*", "$team": ".*"}
 # Series Triton exports only when it runs on a GPU (its DCGM-based metrics); this stack runs on CPU.
 GPU_ONLY = {
     "nv_gpu_utilization": "GPU metric: exported by Triton only with a GPU present",
@@ -43,6 +43,12 @@ UPSTREAM_ONLY = {
     "gateway_shadow_duration_seconds_bucket": "observed only with shadow traffic configured",
     "backend_model:upstream_cost_usd_per_hour": "recorded from gateway_upstream_tokens_total",
     "backend:upstream_cost_per_1m_tokens_usd": "recorded from gateway_upstream_tokens_total",
+    "team_model:upstream_cost_usd_per_hour": "recorded from gateway_team_tokens_total{backend!=\"local\"}",
+}
+# Series that exist only with keys that have quotas (gateway/teams/); this stack's gateways run without keys.
+QUOTA_ONLY = {
+    "gateway_team_quota": "exposed only for keys with rpm=/tpm=/tpd= quotas",
+    "gateway_team_rate_limited_total": "counted only when a key's quota refused a request",
 }
 
 
@@ -82,7 +88,7 @@ def test_metric_names_extraction():
 
 def grafana_exprs() -> list[str]:
     dash = json.loads((ROOT / "monitoring/grafana/dashboards/embeddings.json").read_text())
-    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    exprs = [t["expr"] for p in dash["panels"] if p["type"] != "row" for t in p["targets"]]
     out = []
     for e in exprs:
         for var, value in GRAFANA_VARS.items():
@@ -184,10 +190,11 @@ def test_every_dashboard_and_alert_metric_appears_in_a_real_scrape(traffic):
     used = set().union(*(metric_names(e) for e in exprs))
     assert set(GPU_ONLY) <= used, "GPU-only allow-list names a metric nothing uses"
     assert set(UPSTREAM_ONLY) <= used, "upstream-only allow-list names a metric nothing uses"
+    assert set(QUOTA_ONLY) <= used, "quota-only allow-list names a metric nothing uses"
 
     def missing() -> set[str]:
         keep_counting(traffic)
-        return used - set(prom.api("label/__name__/values")) - set(GPU_ONLY) - set(UPSTREAM_ONLY)
+        return used - set(prom.api("label/__name__/values")) - set(GPU_ONLY) - set(UPSTREAM_ONLY) - set(QUOTA_ONLY)
     with contextlib.suppress(TimeoutError):
         wait_until(lambda: not missing(), 20, "metric names")
     assert missing() == set(), f"used by the dashboard/alerts but never scraped: {sorted(missing())}"
@@ -202,7 +209,8 @@ def test_dashboard_and_adapter_queries_return_data(traffic):
     # This stack serves no reranker: rerank panels are checked by tests/gateway/test_rerank_gateway.py.
     rerank = [e for e in queries if 'kind="rerank"' in e]
     assert rerank, "the dashboard has a rerank panel"
-    expected = [e for e in queries if not metric_names(e) & (set(GPU_ONLY) | set(UPSTREAM_ONLY)) and e not in rerank]
+    absent_here = set(GPU_ONLY) | set(UPSTREAM_ONLY) | set(QUOTA_ONLY)
+    expected = [e for e in queries if not metric_names(e) & absent_here and e not in rerank]
 
     def empty() -> list[str]:
         keep_counting(traffic)

@@ -635,9 +635,14 @@ def test_grafana_dashboard_panels_and_provisioning():
     assert set(REQUIRED_PANELS) <= set(titles)
     assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])
     for p in dash["panels"]:
-        assert p["targets"] and all(t["expr"] for t in p["targets"]), p["title"]
+        assert p["type"] == "row" or (p["targets"] and all(t["expr"] for t in p["targets"])), p["title"]
         assert p["datasource"]["uid"] == "${datasource}"
     variables = {v["name"]: v for v in dash["templating"]["list"]}
+    rows = [p for p in dash["panels"] if p["type"] == "row"]
+    assert [(r["title"], r["repeat"]) for r in rows] == [("Team $team", "team")], "a row repeated per team"
+    assert variables["team"]["multi"] and "gateway_team_requests_total" in variables["team"]["definition"]
+    below = [p for p in dash["panels"] if p["gridPos"]["y"] > rows[0]["gridPos"]["y"]]
+    assert below and all('team=~"$team"' in t["expr"] for p in below for t in p["targets"])
     assert variables["datasource"]["query"] == "prometheus"
     source = yaml.safe_load((ROOT / "monitoring/grafana/provisioning/datasources/prometheus.yml").read_text())
     ds = source["datasources"][0]

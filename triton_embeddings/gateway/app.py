@@ -25,6 +25,8 @@ from triton_embeddings.gateway.pipeline.rerank import RerankServing
 from triton_embeddings.gateway.pipeline.serving import make_batcher
 from triton_embeddings.gateway.pipeline.shadow import Shadow
 from triton_embeddings.gateway.settings import Settings
+from triton_embeddings.gateway.teams.middleware import RateLimitHeaders
+from triton_embeddings.gateway.teams.quotas import Teams
 
 __all__ = ["create_app", "setup_logging"]  # setup_logging: for __main__ and local/serve.py
 log = logging.getLogger("gateway")
@@ -80,6 +82,7 @@ def _lifespan(settings: Settings, backend: Backend | None, cache: Cache | None, 
         ca.on_error = app.state.metrics.cache_errors.inc
         dec = decoder or await _load_decoder(settings)
         await be.start()
+        await app.state.teams.start()
         app.state.registry = ModelRegistry(settings, be)
         app.state.decoder = dec
         batcher = make_batcher(settings, app.state.metrics)
@@ -93,13 +96,14 @@ def _lifespan(settings: Settings, backend: Backend | None, cache: Cache | None, 
             {m: c.backend_name for m, c in settings.upstreams.items()} or "none",
             ca.name,
             "on" if dec.available else "off",
-            "on" if app.state.api_keys else "off",
+            "on" if app.state.teams.store.auth_on else "off",
         )
         try:
             yield
         finally:
             await be.close()
             await ca.close()
+            await app.state.teams.close()
 
     return lifespan
 
@@ -126,8 +130,9 @@ def create_app(
     app.state.settings = settings
     app.state.draining = False  # set on SIGTERM by server.GatewayServer: /ready answers 503
     app.state.metrics = metrics
-    app.state.api_keys = [k.encode("utf-8") for k in settings.load_api_keys()]
+    app.state.teams = Teams(settings, metrics)  # the keys (hashed), their quotas; gateway/teams/
     install_error_handlers(app, settings.retry_after_s)
     app.include_router(router)
+    app.add_middleware(RateLimitHeaders, teams=app.state.teams, metrics=metrics)
     app.add_middleware(RequestContextMiddleware, settings=settings, metrics=metrics)
     return app

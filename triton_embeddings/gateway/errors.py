@@ -30,6 +30,11 @@ class ErrorKind(enum.Enum):
     UPSTREAM_UNAVAILABLE = (503, "server_error", "service_unavailable", True)
     UPSTREAM_TIMEOUT = (504, "server_error", "timeout", False)  # one backend call ran past its deadline
     REQUEST_TIMEOUT = (504, "server_error", "timeout", False)  # the whole request ran past its deadline
+    # A key's quota (gateway/teams/): OpenAI's 429 names the limit that refused in `type`.
+    RATE_LIMIT_REQUESTS = (429, "requests", "rate_limit_exceeded", True)
+    RATE_LIMIT_TOKENS = (429, "tokens", "rate_limit_exceeded", True)
+    TOKENS_OVER_QUOTA = (400, "invalid_request_error", "tokens_exceed_quota", False)  # could never be admitted
+    KEY_IN_URL = (400, "invalid_request_error", "api_key_in_url", False)
 
     def __new__(cls, status: int, type_: str, code: str | None, retry_after: bool) -> ErrorKind:
         kind = object.__new__(cls)

@@ -63,6 +63,7 @@ class GatewayMetrics:
         for kind in TRITON_ERROR_KINDS:  # exposed at 0, so that increase() sees the first error
             self.triton_errors.labels(kind)
         self._backend_metrics()
+        self._team_metrics()
         # Worker processes (EMBEDDINGS_WORKERS): every worker's values, summed, from the multiprocess directory;
         # process_* metrics are per process and left out there.
         self.exposed = r
@@ -73,6 +74,10 @@ class GatewayMetrics:
             ProcessCollector(registry=r)
         if triton_metrics_url:
             self.exposed.register(TritonMetricsCollector(triton_metrics_url, triton_timeout_s))
+
+    def register(self, collector) -> None:
+        """A collector read at each scrape (its values are this process's view, the same in every worker)."""
+        self.exposed.register(collector)
 
     def _counter(self, name: str, documentation: str, *labels: str) -> Counter:
         return Counter(name, documentation, labels, registry=self.registry)
@@ -103,6 +108,22 @@ class GatewayMetrics:
         self.shadow_duration = self._histogram(
             "gateway_shadow_duration_seconds",
             "Time the local model took for a shadow copy (the client did not wait for it).", "target")
+
+    def _team_metrics(self) -> None:
+        """Usage per team (named keys, gateway/teams/): labelled with the team's name, never with a key."""
+        self.team_requests = self._counter(
+            "gateway_team_requests", "Requests of a team's keys answered, by team, model and status code.",
+            "team", "model", "status")
+        self.team_tokens = self._counter(
+            "gateway_team_tokens",
+            "Input tokens (usage, cache hits included) of a team's requests and batch jobs, by team, model, kind "
+            "(embedding, rerank) and backend (local or an upstream).", "team", "model", "kind", "backend")
+        self.team_rate_limited = self._counter(
+            "gateway_team_rate_limited",
+            "Requests refused with 429 by a key's quota, by team and limit (requests, tokens, tokens_per_day).",
+            "team", "limit")
+        self.quota_errors = self._counter(
+            "gateway_quota_store_errors", "Failed Redis calls of the shared quotas (then enforced per process).")
 
     def exposition(self) -> bytes:
         """The text exposition of everything (blocking: Triton is scraped; run it in a thread)."""

@@ -210,6 +210,30 @@ class Settings(BaseSettings):
         4, ge=1, description="Shadow copies (see `upstreams`) running at once; more are dropped and counted."
     )
 
+    # --- Teams and quotas (keys: `api_keys`, `api_keys_file`; see docs/gateway.md#teams-keys-and-quotas) ---
+    default_team: str = Field(
+        "default", pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="Team of the keys that name none (the old one-key-per-line format), and of every request "
+        "while auth is off.",
+    )
+    quota_requests_per_minute: int = Field(
+        0, ge=0, description="Requests per minute of a key that sets no `rpm=`; 0: no limit."
+    )
+    quota_tokens_per_minute: int = Field(
+        0, ge=0, description="Tokens per minute of a key that sets no `tpm=`; 0: no limit."
+    )
+    quota_tokens_per_day: int = Field(
+        0, ge=0, description="Tokens per day of a key that sets no `tpd=`; 0: no limit."
+    )
+    quota_store: Literal["memory", "redis"] = Field(
+        "memory",
+        description="Where quotas are counted: memory (each gateway process enforces its own) or redis "
+        "(`EMBEDDINGS_REDIS_URL`; every gateway sharing it enforces them together).",
+    )
+    api_keys_reload_s: float = Field(
+        2.0, ge=0, description="How often the key file is checked for changes (0: only on SIGHUP)."
+    )
+
     @field_validator("models", mode="before")
     @classmethod
     def _empty_list_is_none(cls, v):

@@ -4,7 +4,6 @@ work is in the pipeline (`app.state.embeddings`, `app.state.rerank`)."""
 from __future__ import annotations
 
 import asyncio
-import hmac
 
 import orjson
 from fastapi import APIRouter, Body, Depends, Request
@@ -31,6 +30,8 @@ from triton_embeddings.gateway.http.protocol import (
 )
 from triton_embeddings.gateway.http.registry import EMBEDDING, RERANK, ModelRegistry
 from triton_embeddings.gateway.pipeline.rerank import RerankServing
+from triton_embeddings.gateway.teams import estimate
+from triton_embeddings.gateway.teams.quotas import Teams, Usage
 
 router = APIRouter()
 
@@ -50,23 +51,13 @@ def registry_of(request: Request) -> ModelRegistry:
 
 
 async def check_api_key(request: Request) -> None:
-    """Bearer auth against the configured keys (constant-time); no keys configured: open."""
-    keys: list[bytes] = request.app.state.api_keys
-    if not keys:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    given = token.strip().encode("utf-8") if scheme.lower() == "bearer" else b""
-    ok = False
-    for key in keys:  # compare against every key so timing does not tell which one matched
-        ok |= hmac.compare_digest(given, key)
-    if not ok:
-        message = (
-            "Incorrect API key provided."
-            if given
-            else "You didn't provide an API key. Send it in an Authorization header: 'Bearer YOUR_KEY'."
-        )
-        raise APIError(ErrorKind.INVALID_API_KEY, message, headers={"WWW-Authenticate": "Bearer"})
+    """Bearer auth by the keys' sha256 (gateway/teams/keys.py); no keys configured: open. Sets `request.state`'s
+    `key_id` (sha256 hex of the key; None while auth is off), `team` and `quota_key`."""
+    teams: Teams = request.app.state.teams
+    key = teams.authenticate(request.headers.get("authorization", ""), request.query_params.keys())
+    request.state.key_id = key.id if key is not None else None
+    request.state.team = teams.team_of(key)
+    request.state.quota_key = key
 
 
 async def check_metrics_key(request: Request) -> None:
@@ -91,6 +82,12 @@ def _label(request: Request, info) -> None:
     request.state.model_label = info.name  # bounded label for the request metrics
 
 
+def _quota(request: Request, info, estimated: estimate.Estimate):
+    """The request's quota held while it runs (gateway/teams/quotas.py): 400/429 when it cannot be admitted."""
+    usage = Usage(request.state.team, info.name, info.kind, info.backend)
+    return request.app.state.teams.hold(request.state, usage, estimated)
+
+
 @_api("POST", "/v1/embeddings", "/embeddings", response_model=EmbeddingResponse, responses=ERRORS,
       route_class_override=FastBodyRoute)
 async def create_embeddings(body: EmbeddingRequest, request: Request) -> Response:
@@ -99,12 +96,20 @@ async def create_embeddings(body: EmbeddingRequest, request: Request) -> Respons
     info = registry_of(request).resolve(body.model, EMBEDDING)
     _label(request, info)
     inputs = wire.embeddings_input(body, info, state.settings, state.decoder)
-    embedded = await state.embeddings.serve(info, inputs, request.state.request_id)
+    embedded = await _embedded(request, info, inputs)
     response = json_response(wire.embeddings_answer(body, info, embedded))
     upstream = state.settings.upstreams.get(info.name)
     if upstream is not None and state.shadow.sampled(upstream.shadow):  # runs after the response has been sent
         response.background = BackgroundTask(state.shadow.run, info.name, upstream.shadow.model, inputs.texts)
     return response
+
+
+async def _embedded(request: Request, info, inputs):
+    max_length = 0 if inputs.options.chunk else info.max_seq_length  # windows: no cap per input
+    async with _quota(request, info, estimate.of_texts(inputs.texts, max_length)) as held:
+        embedded = await request.app.state.embeddings.serve(info, inputs, request.state.request_id)
+        held.used(embedded.tokens)
+    return embedded
 
 
 @_api("POST", "/v1/rerank", "/v2/rerank", response_model=RerankResponse, responses=ERRORS,
@@ -120,8 +125,15 @@ async def _rerank_cohere(request: Request, body: RerankRequest) -> Response:
     service: RerankServing = request.app.state.rerank
     pairs = wire.rerank_input(body, request.app.state.settings)
     wire.check_rerank_options(body)
-    scored = await service.serve(info, pairs, request.state.request_id)
+    scored = await _scored(request, service, info, pairs)
     return json_response(wire.rerank_answer(body, pairs, scored))
+
+
+async def _scored(request: Request, service: RerankServing, info, pairs):
+    async with _quota(request, info, estimate.of_pairs(pairs.query, pairs.documents, info.max_seq_length)) as held:
+        scored = await service.serve(info, pairs, request.state.request_id)
+        held.used(scored.tokens)
+    return scored
 
 
 @_api(
@@ -137,8 +149,8 @@ async def rerank_any_shape(request: Request, body: dict = Body(...)) -> Response
     registry = registry_of(request)
     info = registry.resolve(tei.model, RERANK) if tei.model else registry.default_reranker()
     _label(request, info)
-    scored = await request.app.state.rerank.serve(info, wire.tei_input(tei, request.app.state.settings),
-                                                  request.state.request_id)
+    pairs = wire.tei_input(tei, request.app.state.settings)
+    scored = await _scored(request, request.app.state.rerank, info, pairs)
     return json_response(wire.tei_answer(tei, scored))
 
 

@@ -13,6 +13,9 @@ from triton_embeddings.gateway.backends.base import Backend
 from triton_embeddings.gateway.backends.routing import RoutedBackend
 from triton_embeddings.gateway.backends.triton import TritonBackend
 from triton_embeddings.gateway.backends.upstream import make_upstreams
+from triton_embeddings.gateway.batch.routes import router as batch_router
+from triton_embeddings.gateway.batch.runner import Runner
+from triton_embeddings.gateway.batch.store import make_store
 from triton_embeddings.gateway.http.errors import install_error_handlers
 from triton_embeddings.gateway.http.middleware import RequestContextMiddleware, setup_logging
 from triton_embeddings.gateway.http.registry import ModelRegistry
@@ -94,13 +97,28 @@ def _lifespan(settings: Settings, backend: Backend | None, cache: Cache | None, 
             "on" if dec.available else "off",
             "on" if app.state.api_keys else "off",
         )
+        runner = _start_batch(app, settings)
         try:
             yield
         finally:
+            if runner is not None:
+                await runner.stop()
+                await app.state.batch_store.close()
             await be.close()
             await ca.close()
 
     return lifespan
+
+
+def _start_batch(app: FastAPI, settings: Settings) -> Runner | None:
+    """The Batch API's store on `app.state.batch_store` (None when it is off) and its runner, started."""
+    app.state.batch_store = None
+    if not settings.batch_enabled:
+        return None
+    app.state.batch_store = make_store(settings.batch_store.get_secret_value())
+    runner = Runner(app.state, app.state.batch_store, settings, app.state.metrics)
+    runner.start()
+    return runner
 
 
 def create_app(
@@ -128,5 +146,6 @@ def create_app(
     app.state.api_keys = [k.encode("utf-8") for k in settings.load_api_keys()]
     install_error_handlers(app, settings.retry_after_s)
     app.include_router(router)
+    app.include_router(batch_router)
     app.add_middleware(RequestContextMiddleware, settings=settings, metrics=metrics)
     return app

@@ -59,6 +59,7 @@ class GatewayMetrics:
         for kind in TRITON_ERROR_KINDS:  # exposed at 0, so that increase() sees the first error
             self.triton_errors.labels(kind)
         self._backend_metrics()
+        self._batch_metrics()
         ProcessCollector(registry=r)
         if triton_metrics_url:
             r.register(TritonMetricsCollector(triton_metrics_url, triton_timeout_s))
@@ -92,6 +93,21 @@ class GatewayMetrics:
         self.shadow_duration = self._histogram(
             "gateway_shadow_duration_seconds",
             "Time the local model took for a shadow copy (the client did not wait for it).", "target")
+
+    def _batch_metrics(self) -> None:
+        """The Batch API's jobs (as the store holds them, the same from every gateway) and this gateway's runner."""
+        r = self.registry
+        self.batch_jobs = Gauge("gateway_batch_jobs", "Batch jobs in the store by status.", ["status"], registry=r)
+        self.batch_queue = Gauge("gateway_batch_queue_lines",
+                                 "Lines not run yet of the unfinished batch jobs in the store.", registry=r)
+        self.batch_lines = self._counter("gateway_batch_lines",
+                                         "Batch lines this gateway ran, by outcome (completed, failed).", "outcome")
+        for outcome in ("completed", "failed"):
+            self.batch_lines.labels(outcome)
+        self.batch_tokens = self._counter("gateway_batch_tokens", "Tokens of the batch lines this gateway ran.",
+                                          "model")
+        self.batch_progress = Gauge("gateway_batch_last_progress_timestamp_seconds",
+                                    "When this gateway's runner last wrote a batch line (Unix time).", registry=r)
 
     def exposition(self) -> bytes:
         """The text exposition of everything (blocking: Triton is scraped; run it in a thread)."""

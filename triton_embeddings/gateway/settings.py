@@ -195,6 +195,33 @@ class Settings(BaseSettings):
         4, ge=1, description="Shadow copies (see `upstreams`) running at once; more are dropped and counted."
     )
 
+    # --- Batch ---
+    batch_store: SecretStr = Field(
+        SecretStr("sqlite:///~/.local/state/triton-embeddings/batch.sqlite3"),
+        description="Where `/v1/files` and `/v1/batches` keep files and jobs: sqlite:///path (one file; in "
+        "containers on a volume) or redis://host:port/db (shared by every gateway; may hold a password, so it "
+        "is redacted).",
+    )
+    batch_enabled: bool = Field(True, description="Serve `/v1/files` and `/v1/batches` and run batch jobs.")
+    batch_max_requests: int = Field(50_000, ge=1, description="Most lines (requests) in one batch file; above: 413.")
+    batch_max_upload_bytes: int = Field(
+        200 * 1024 * 1024, ge=1024, description="Most bytes in one `/v1/files` upload; above it: 413."
+    )
+    batch_chunk_lines: int = Field(4, ge=1, description="Lines a runner sends at once (a small chunk).")
+    batch_yield_in_flight: int = Field(
+        1, ge=1, description="Online requests in flight at or above which the runner waits before its next chunk."
+    )
+    batch_max_wait_s: float = Field(
+        1.0, ge=0, description="Longest wait for online traffic to go idle; then one chunk is sent anyway."
+    )
+    batch_poll_s: float = Field(1.0, gt=0, description="How often a runner looks for a job to run.")
+    batch_lease_s: float = Field(
+        30.0, gt=0, description="A runner's lease on a job; renewed every third of it, taken over once expired."
+    )
+    batch_retries: int = Field(
+        5, ge=0, description="Retries of a line that failed with 429/503/504 before it goes to the error file."
+    )
+
     @field_validator("models", mode="before")
     @classmethod
     def _empty_list_is_none(cls, v):

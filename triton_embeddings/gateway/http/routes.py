@@ -4,6 +4,7 @@ work is in the pipeline (`app.state.embeddings`, `app.state.rerank`)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 
 import orjson
@@ -49,8 +50,11 @@ def registry_of(request: Request) -> ModelRegistry:
 
 
 async def check_api_key(request: Request) -> None:
-    """Bearer auth against the configured keys (constant-time); no keys configured: open."""
+    """Bearer auth against the configured keys (constant-time); no keys configured: open.
+
+    `request.state.key_id`: sha256 hex of the accepted key (what owns batch jobs and files); None when open."""
     keys: list[bytes] = request.app.state.api_keys
+    request.state.key_id = None
     if not keys:
         return
     header = request.headers.get("authorization", "")
@@ -66,6 +70,7 @@ async def check_api_key(request: Request) -> None:
             else "You didn't provide an API key. Send it in an Authorization header: 'Bearer YOUR_KEY'."
         )
         raise APIError(ErrorKind.INVALID_API_KEY, message, headers={"WWW-Authenticate": "Bearer"})
+    request.state.key_id = hashlib.sha256(given).hexdigest()
 
 
 async def check_metrics_key(request: Request) -> None:

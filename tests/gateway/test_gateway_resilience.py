@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.gw_helpers import DEFAULT_MODEL, GatewayProcess, free_port, running_gateway, triton_error_counts
+from tests.gw_helpers import DEFAULT_MODEL, GatewayProcess, running_gateway, triton_error_counts
 
 pytestmark = pytest.mark.slow
 
@@ -149,43 +148,6 @@ def test_gateway_started_before_triton_serves_once_it_is_up(model_repository, tm
 
 
 # ---- Redis ---------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def redis_server(redis_binary, tmp_path):
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            redis_binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    import redis
-
-    r = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            r.ping()
-            break
-        except redis.ConnectionError:
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-    yield proc, port, r
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
 
 
 def _metric(text: str, name: str) -> float:

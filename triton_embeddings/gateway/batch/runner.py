@@ -46,6 +46,7 @@ class Runner:
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
+        log.info("batch runner %s on the %s store", self.id, self.store.name)
         self._task = asyncio.create_task(self._loop(), name="batch-runner")
 
     async def stop(self) -> None:

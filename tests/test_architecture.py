@@ -105,7 +105,16 @@ def test_the_gateway_boundary_checks_see_imports():
 def test_gateway_is_three_rooms_and_its_shared_modules():
     top = {p.name for p in (PACKAGE / "gateway").iterdir() if not p.name.startswith("__pycache__")}
     assert top == {"__init__.py", "__main__.py", "app.py", "settings.py", "metrics.py", "errors.py",
-                   "http", "pipeline", "backends"}
+                   "http", "pipeline", "backends", "batch"}
+
+
+def test_gateway_batch_sits_on_http_and_is_wired_only_by_the_app():
+    """batch/ (OpenAI's Batch API) runs lines through the HTTP room's wire code and the pipeline; it never
+    imports a backend implementation or the app, and no other room imports it."""
+    banned = (f"{GW}.backends", f"{GW}.app")
+    assert outside(room("gateway/batch"), lambda m: not within(m, *banned)) == []
+    others = room("gateway/http") + room("gateway/pipeline") + room("gateway/backends")
+    assert outside(others, lambda m: not within(m, f"{GW}.batch")) == []
 
 
 def test_the_exporter_and_the_launcher_never_import_the_gateway():

@@ -27,7 +27,7 @@ from triton_embeddings.gateway.pipeline.embeddings import EmbeddingServing
 from triton_embeddings.gateway.pipeline.rerank import RerankServing
 from triton_embeddings.gateway.pipeline.serving import make_batcher
 from triton_embeddings.gateway.pipeline.shadow import Shadow
-from triton_embeddings.gateway.settings import Settings
+from triton_embeddings.gateway.settings import DEFAULT_BATCH_STORE, Settings
 
 __all__ = ["create_app", "setup_logging"]  # setup_logging: for __main__ and local/serve.py
 log = logging.getLogger("gateway")
@@ -115,7 +115,8 @@ def _start_batch(app: FastAPI, settings: Settings) -> Runner | None:
     app.state.batch_store = None
     if not settings.batch_enabled:
         return None
-    app.state.batch_store = make_store(settings.batch_store.get_secret_value())
+    url = settings.batch_store.get_secret_value() if settings.batch_store else DEFAULT_BATCH_STORE
+    app.state.batch_store = make_store(url)
     runner = Runner(app.state, app.state.batch_store, settings, app.state.metrics)
     runner.start()
     return runner

@@ -12,6 +12,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Target meaning "the default model" in `model_aliases`.
 DEFAULT_TARGET = "default"
+# The Batch API's store when EMBEDDINGS_BATCH_STORE is unset.
+DEFAULT_BATCH_STORE = "sqlite:///~/.local/state/triton-embeddings/batch.sqlite3"
 
 
 class ShadowConfig(BaseModel):
@@ -196,11 +198,11 @@ class Settings(BaseSettings):
     )
 
     # --- Batch ---
-    batch_store: SecretStr = Field(
-        SecretStr("sqlite:///~/.local/state/triton-embeddings/batch.sqlite3"),
+    batch_store: SecretStr | None = Field(
+        None,
         description="Where `/v1/files` and `/v1/batches` keep files and jobs: sqlite:///path (one file; in "
         "containers on a volume) or redis://host:port/db (shared by every gateway; may hold a password, so it "
-        "is redacted).",
+        f"is redacted); unset: {DEFAULT_BATCH_STORE}.",
     )
     batch_enabled: bool = Field(True, description="Serve `/v1/files` and `/v1/batches` and run batch jobs.")
     batch_max_requests: int = Field(50_000, ge=1, description="Most lines (requests) in one batch file; above: 413.")

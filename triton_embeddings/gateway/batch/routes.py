@@ -43,6 +43,12 @@ def _visible(request: Request, found: tuple[dict, str | None] | None, what: str,
     return found[0]
 
 
+async def _listing(request: Request, kind: str, limit: int, after: str | None) -> Response:
+    """A cursor page of the caller's files or batches, newest first."""
+    page = await getattr(_store(request), f"list_{kind}")(_key(request), limit, after)
+    return json_response(listing(page.data, page.has_more))
+
+
 def _file_problem(e: jsonl.FileProblems) -> APIError:
     first = e.problems[0]
     more = f" ({len(e.problems) - 1} more lines have problems.)" if len(e.problems) > 1 else ""
@@ -73,8 +79,7 @@ async def create_file(request: Request, file: UploadFile = File(...), purpose: s
 
 @router.get("/v1/files")
 async def list_files(request: Request, limit: int = Query(100, ge=1, le=10_000), after: str | None = None) -> Response:
-    page = await _store(request).list_files(_key(request), limit, after)
-    return json_response(listing(page.data, page.has_more))
+    return await _listing(request, "files", limit, after)
 
 
 @router.get("/v1/files/{file_id}", response_model=FileObject)
@@ -127,8 +132,7 @@ async def get_batch(batch_id: str, request: Request) -> Response:
 
 @router.get("/v1/batches")
 async def list_batches(request: Request, limit: int = Query(20, ge=1, le=100), after: str | None = None) -> Response:
-    page = await _store(request).list_batches(_key(request), limit, after)
-    return json_response(listing(page.data, page.has_more))
+    return await _listing(request, "batches", limit, after)
 
 
 @router.post("/v1/batches/{batch_id}/cancel", response_model=Batch)

@@ -106,7 +106,7 @@ def test_gateway_is_three_rooms_and_its_shared_modules():
     """Three rooms, the shared modules, and the process entry points (__main__, workers)."""
     top = {p.name for p in (PACKAGE / "gateway").iterdir() if not p.name.startswith("__pycache__")}
     assert top == {"__init__.py", "__main__.py", "workers.py", "app.py", "settings.py", "metrics.py", "errors.py",
-                   "http", "pipeline", "backends", "teams"}
+                   "http", "pipeline", "backends", "teams", "batch"}
 
 
 def test_gateway_teams_import_neither_http_nor_pipeline_nor_the_web_framework():
@@ -128,6 +128,13 @@ def test_worker_processes_start_before_prometheus_client_is_imported():
             "print('prometheus_client' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+def test_gateway_batch_sits_on_http_and_is_wired_only_by_the_app():
+    """batch/ (OpenAI's Batch API) runs lines through the HTTP room's wire code and the pipeline; it never
+    imports a backend implementation or the app, and no other room imports it."""
+    banned = (f"{GW}.backends", f"{GW}.app")
+    assert outside(room("gateway/batch"), lambda m: not within(m, *banned)) == []
+    others = room("gateway/http") + room("gateway/pipeline") + room("gateway/backends")
+    assert outside(others, lambda m: not within(m, f"{GW}.batch")) == []
 
 
 def test_the_exporter_and_the_launcher_never_import_the_gateway():

@@ -626,7 +626,7 @@ def test_promtool_cost_rules_tests_can_fail(tmp_path):
 
 REQUIRED_PANELS = ["Requests/s", "Latency p50 / p95", "Tokens/s", "Average batch size (encoder)",
                    "Queue and compute time per request", "GPU utilization", "GPU memory", "Cache hit rate",
-                   "Errors by status", "Rerank documents/s"]
+                   "Errors by status", "Rerank documents/s", "Batch jobs and queue", "Batch lines/s and tokens/s"]
 
 
 def test_grafana_dashboard_panels_and_provisioning():
@@ -733,10 +733,15 @@ def _by_kind(docs, kind):
 def test_kubernetes_objects_reference_each_other(kustomized):
     deployments, services = _by_kind(kustomized, "Deployment"), _by_kind(kustomized, "Service")
     assert set(deployments) == {"triton", "gateway"}
+    stores = _by_kind(kustomized, "StatefulSet")
+    assert set(stores) == {"batch-store"} and stores["batch-store"]["spec"]["serviceName"] == "batch-store"
+    gateway_env = _by_kind(kustomized, "ConfigMap")["gateway"]["data"]
+    assert gateway_env["EMBEDDINGS_BATCH_STORE"] == "redis://batch-store:6379/0"  # the Batch API's shared store
     for name, svc in services.items():
-        pod_labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
+        workload = {**deployments, **stores}
+        pod_labels = workload[name]["spec"]["template"]["metadata"]["labels"]
         assert svc["spec"]["selector"].items() <= pod_labels.items(), name
-        container_ports = {p["name"] for c in deployments[name]["spec"]["template"]["spec"]["containers"]
+        container_ports = {p["name"] for c in workload[name]["spec"]["template"]["spec"]["containers"]
                            for p in c["ports"]}
         assert {p["targetPort"] for p in svc["spec"]["ports"]} <= container_ports
     for pdb in _by_kind(kustomized, "PodDisruptionBudget").values():

@@ -11,13 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.gw_helpers import (
-    DEFAULT_MODEL,
-    GatewayProcess,
-    redis_process,
-    running_gateway,
-    triton_error_counts,
-)
+from tests.gw_helpers import DEFAULT_MODEL, GatewayProcess, running_gateway, triton_error_counts
 
 pytestmark = pytest.mark.slow
 
@@ -154,12 +148,6 @@ def test_gateway_started_before_triton_serves_once_it_is_up(model_repository, tm
 
 
 # ---- Redis ---------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def redis_server(redis_binary, tmp_path):
-    with redis_process(redis_binary, tmp_path) as server:
-        yield server
 
 
 def _metric(text: str, name: str) -> float:

@@ -13,6 +13,9 @@ from triton_embeddings.gateway.backends.base import Backend
 from triton_embeddings.gateway.backends.routing import RoutedBackend
 from triton_embeddings.gateway.backends.triton import TritonBackend
 from triton_embeddings.gateway.backends.upstream import make_upstreams
+from triton_embeddings.gateway.batch.routes import router as batch_router
+from triton_embeddings.gateway.batch.runner import Runner
+from triton_embeddings.gateway.batch.store import make_store
 from triton_embeddings.gateway.http.errors import install_error_handlers
 from triton_embeddings.gateway.http.middleware import RequestContextMiddleware, setup_logging
 from triton_embeddings.gateway.http.registry import ModelRegistry
@@ -24,7 +27,7 @@ from triton_embeddings.gateway.pipeline.embeddings import EmbeddingServing
 from triton_embeddings.gateway.pipeline.rerank import RerankServing
 from triton_embeddings.gateway.pipeline.serving import make_batcher
 from triton_embeddings.gateway.pipeline.shadow import Shadow
-from triton_embeddings.gateway.settings import Settings
+from triton_embeddings.gateway.settings import DEFAULT_BATCH_STORE, Settings
 from triton_embeddings.gateway.teams.middleware import RateLimitHeaders
 from triton_embeddings.gateway.teams.quotas import Teams
 
@@ -98,14 +101,30 @@ def _lifespan(settings: Settings, backend: Backend | None, cache: Cache | None, 
             "on" if dec.available else "off",
             "on" if app.state.teams.store.auth_on else "off",
         )
+        runner = _start_batch(app, settings)
         try:
             yield
         finally:
+            if runner is not None:
+                await runner.stop()
+                await app.state.batch_store.close()
             await be.close()
             await ca.close()
             await app.state.teams.close()
 
     return lifespan
+
+
+def _start_batch(app: FastAPI, settings: Settings) -> Runner | None:
+    """The Batch API's store on `app.state.batch_store` (None when it is off) and its runner, started."""
+    app.state.batch_store = None
+    if not settings.batch_enabled:
+        return None
+    url = settings.batch_store.get_secret_value() if settings.batch_store else DEFAULT_BATCH_STORE
+    app.state.batch_store = make_store(url)
+    runner = Runner(app.state, app.state.batch_store, settings, app.state.metrics)
+    runner.start()
+    return runner
 
 
 def create_app(
@@ -134,5 +153,6 @@ def create_app(
     install_error_handlers(app, settings.retry_after_s)
     app.include_router(router)
     app.add_middleware(RateLimitHeaders, teams=app.state.teams, metrics=metrics)
+    app.include_router(batch_router)
     app.add_middleware(RequestContextMiddleware, settings=settings, metrics=metrics)
     return app

@@ -24,6 +24,7 @@ class ErrorKind(enum.Enum):
     NOT_FOUND = (404, "invalid_request_error", "not_found", False)
     MODEL_NOT_FOUND = (404, "invalid_request_error", "model_not_found", False)
     METHOD_NOT_ALLOWED = (405, "invalid_request_error", "method_not_allowed", False)
+    CONFLICT = (409, "invalid_request_error", None, False)  # e.g. cancelling a batch that has finished
     BODY_TOO_LARGE = (413, "invalid_request_error", "request_too_large", False)
     OVERLOADED = (429, "rate_limit_error", "rate_limit_exceeded", True)
     INTERNAL = (500, "server_error", "internal_error", False)
@@ -78,6 +79,10 @@ class DeadlineExceeded(Exception):
     kind = "deadline"  # the `kind` label of gateway_triton_errors_total
 
 
+class StoreUnavailable(Exception):
+    """The batch store (SQLite file, Redis) failed a call."""
+
+
 class SharedCallCancelled(Exception):
     """The request computing a shared key was cancelled before it finished."""
 
@@ -90,6 +95,7 @@ FAILURES: tuple[tuple[type[Exception], ErrorKind, str], ...] = (
     (BadInput, ErrorKind.INVALID_REQUEST, "{server} rejected the input (HTTP {status}{code})."),
     (DeadlineExceeded, ErrorKind.REQUEST_TIMEOUT, "The request was not answered within {deadline} s; retry shortly."),
     (SharedCallCancelled, ErrorKind.UPSTREAM_UNAVAILABLE, "The inference server did not answer; retry shortly."),
+    (StoreUnavailable, ErrorKind.UPSTREAM_UNAVAILABLE, "The batch store is not reachable right now; retry shortly."),
 )
 
 

@@ -63,6 +63,7 @@ class GatewayMetrics:
         for kind in TRITON_ERROR_KINDS:  # exposed at 0, so that increase() sees the first error
             self.triton_errors.labels(kind)
         self._backend_metrics()
+        self._batch_metrics()
         self._team_metrics()
         # Worker processes (EMBEDDINGS_WORKERS): every worker's values, summed, from the multiprocess directory;
         # process_* metrics are per process and left out there.
@@ -124,6 +125,20 @@ class GatewayMetrics:
             "team", "limit")
         self.quota_errors = self._counter(
             "gateway_quota_store_errors", "Failed Redis calls of the shared quotas (then enforced per process).")
+    def _batch_metrics(self) -> None:
+        """The Batch API's jobs (as the store holds them, the same from every gateway) and this gateway's runner."""
+        r = self.registry
+        self.batch_jobs = Gauge("gateway_batch_jobs", "Batch jobs in the store by status.", ["status"], registry=r)
+        self.batch_queue = Gauge("gateway_batch_queue_lines",
+                                 "Lines not run yet of the unfinished batch jobs in the store.", registry=r)
+        self.batch_lines = self._counter("gateway_batch_lines",
+                                         "Batch lines this gateway ran, by outcome (completed, failed).", "outcome")
+        for outcome in ("completed", "failed"):
+            self.batch_lines.labels(outcome)
+        self.batch_tokens = self._counter("gateway_batch_tokens", "Tokens of the batch lines this gateway ran.",
+                                          "model")
+        self.batch_progress = Gauge("gateway_batch_last_progress_timestamp_seconds",
+                                    "When this gateway's runner last wrote a batch line (Unix time).", registry=r)
 
     def exposition(self) -> bytes:
         """The text exposition of everything (blocking: Triton is scraped; run it in a thread)."""

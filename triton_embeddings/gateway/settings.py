@@ -12,6 +12,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Target meaning "the default model" in `model_aliases`.
 DEFAULT_TARGET = "default"
+# The Batch API's store when EMBEDDINGS_BATCH_STORE is unset.
+DEFAULT_BATCH_STORE = "sqlite:///~/.local/state/triton-embeddings/batch.sqlite3"
 
 
 class ShadowConfig(BaseModel):
@@ -232,6 +234,33 @@ class Settings(BaseSettings):
     )
     api_keys_reload_s: float = Field(
         2.0, ge=0, description="How often the key file is checked for changes (0: only on SIGHUP)."
+    )
+
+    # --- Batch ---
+    batch_store: SecretStr | None = Field(
+        None,
+        description="Where `/v1/files` and `/v1/batches` keep files and jobs: sqlite:///path (one file; in "
+        "containers on a volume) or redis://host:port/db (shared by every gateway; may hold a password, so it "
+        f"is redacted); unset: {DEFAULT_BATCH_STORE}.",
+    )
+    batch_enabled: bool = Field(True, description="Serve `/v1/files` and `/v1/batches` and run batch jobs.")
+    batch_max_requests: int = Field(50_000, ge=1, description="Most lines (requests) in one batch file; above: 413.")
+    batch_max_upload_bytes: int = Field(
+        200 * 1024 * 1024, ge=1024, description="Most bytes in one `/v1/files` upload; above it: 413."
+    )
+    batch_chunk_lines: int = Field(4, ge=1, description="Lines a runner sends at once (a small chunk).")
+    batch_yield_in_flight: int = Field(
+        1, ge=1, description="Online requests in flight at or above which the runner waits before its next chunk."
+    )
+    batch_max_wait_s: float = Field(
+        1.0, ge=0, description="Longest wait for online traffic to go idle; then one chunk is sent anyway."
+    )
+    batch_poll_s: float = Field(1.0, gt=0, description="How often a runner looks for a job to run.")
+    batch_lease_s: float = Field(
+        30.0, gt=0, description="A runner's lease on a job; renewed every third of it, taken over once expired."
+    )
+    batch_retries: int = Field(
+        5, ge=0, description="Retries of a line that failed with 429/503/504 before it goes to the error file."
     )
 
     @field_validator("models", mode="before")

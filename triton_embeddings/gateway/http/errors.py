@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from triton_embeddings.gateway.errors import APIError, ErrorKind
+from triton_embeddings.gateway.errors import APIError, ErrorKind, StoreUnavailable, client_error
 
 log = logging.getLogger("gateway")
 
@@ -113,6 +113,10 @@ def install_error_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         err = http_error(request, exc)
         return internal_error_response(request_id_of(request)) if err is None else error_response(err, retry_after_s)
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store(request: Request, exc: StoreUnavailable) -> Response:  # the batch store: 503
+        return error_response(client_error(exc, "", None), retry_after_s)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

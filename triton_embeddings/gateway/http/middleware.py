@@ -75,6 +75,8 @@ class RequestContextMiddleware:
         """The body cap (by Content-Length when given, else while reading the body, then replayed); a body
         that is not UTF-8 is refused with its byte offset instead of a generic parse error."""
         cap = self.settings.max_body_bytes
+        if scope["path"] == "/v1/files":  # batch input files: their own cap
+            cap = self.settings.batch_max_upload_bytes
         length = _header(scope, b"content-length")
         too_large = length.isdigit() and int(length) > cap
         if not too_large and scope["method"] in ("POST", "PUT", "PATCH"):

@@ -46,6 +46,11 @@ class Admission:
         self.metrics = metrics
         self._in_flight = 0
 
+    @property
+    def in_flight(self) -> int:
+        """Requests admitted and not answered yet (the batch runner yields to them)."""
+        return self._in_flight
+
     @contextmanager
     def gate(self) -> Iterator[None]:
         """Admit one request (429 past `max_in_flight`) for as long as its computation runs."""

@@ -197,6 +197,16 @@ class OnnxStepParams(ParameterSet):
     onnx_file: str = param("onnx_file", "model.onnx")
     intra_op_threads: int = param("intra_op_threads", 0)
     regroup_by_length: bool = param("regroup_by_length", False)
+    # Which engine runs the step (triton_models/gpu_engine.py): "auto" (PyTorch on a CUDA GPU when the version
+    # folder holds TORCH_WEIGHTS and torch is installed, else ONNX Runtime on the CPU), "onnxruntime" (always),
+    # "torch" (PyTorch always: on the GPU if any, else on the CPU; tests and the GPU bench's CPU mode).
+    engine: str = param("engine", "auto")
+
+
+ENGINES = ("auto", "onnxruntime", "torch")
+# The encoder's version folder (embedded target, fp32): the transformer's Hugging Face config.json and
+# model.safetensors, the same weights as model.onnx, for the GPU engine.
+TORCH_WEIGHTS = "torch"
 
 
 def is_embedding_ensemble(config: dict) -> bool:

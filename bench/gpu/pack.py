@@ -6,8 +6,9 @@
   nvidia-pytriton, with the shared libraries they need (the ELF NEEDED closure within nvidia_pytriton.libs),
   laid out as pytriton's own folders so that local/launcher.py finds them (`import pytriton`);
 - stub-numpy.tar.xz: numpy 1.26.4 for Python 3.12 (the stub fails every output with numpy 2), tests left out;
-- wheels/: cp312 wheels of the gateway's packages the machine lacks, and onnx (the export), at the versions
-  this venv runs. The run extracts only those the machine's Python does not have.
+- wheels/: cp312 wheels of the gateway's packages the machine lacks, onnx (the export), and small ones of
+  the gateway's other imports (in case), at the versions this venv runs. The run extracts only those the
+  machine's Python does not have.
 Refuses a bundle over 60 MiB.
 """
 
@@ -26,7 +27,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from facts import GATEWAY_WHEELS, MIB  # noqa: E402
+from facts import GATEWAY_WHEELS, INSURANCE_WHEELS, MIB, dist_of  # noqa: E402
 
 STUB_PYTHON = "3.12"
 STUB_NUMPY = "1.26.4"
@@ -104,23 +105,25 @@ def pinned(dists) -> list[str]:
 
 
 def top_levels(wheel: Path) -> list[str]:
-    """The import names a wheel provides (its top-level folders and modules)."""
+    """The import names a wheel provides (its top-level packages and modules, extension modules too)."""
     with zipfile.ZipFile(wheel) as whl:
         names = {n.split("/")[0] for n in whl.namelist()}
-    return sorted(n.removesuffix(".py") for n in names if not n.endswith((".dist-info", ".data", ".libs"))
-                  and "." not in n.removesuffix(".py"))
+    return sorted({n.split(".")[0] for n in names if not n.endswith((".dist-info", ".data", ".libs", "-stubs"))})
 
 
-def pack(out: Path) -> dict:
+def pack(out: Path, reuse: bool = False) -> dict:
+    """Build the bundle in `out`; `reuse` keeps the two tar.xz files already there (xz -9 takes minutes)."""
     out.mkdir(parents=True, exist_ok=True)
     for old in (out / "wheels").glob("*.whl"):
         old.unlink()
     with tempfile.TemporaryDirectory() as tmp:
-        write_triton(out / "triton.tar.xz")
-        write_stub_numpy(out / "stub-numpy.tar.xz", Path(tmp))
-    wheels = download(pinned(GATEWAY_WHEELS + EXTRA_WHEELS), out / "wheels")
+        if not (reuse and (out / "triton.tar.xz").exists()):
+            write_triton(out / "triton.tar.xz")
+        if not (reuse and (out / "stub-numpy.tar.xz").exists()):
+            write_stub_numpy(out / "stub-numpy.tar.xz", Path(tmp))
+    wheels = download(pinned(GATEWAY_WHEELS + EXTRA_WHEELS + INSURANCE_WHEELS), out / "wheels")
     manifest = {"stub_python": STUB_PYTHON, "stub_numpy": STUB_NUMPY,
-                "wheels": {w.name: top_levels(w) for w in wheels}}
+                "wheels": {w.name: {"dist": dist_of(w), "modules": top_levels(w)} for w in wheels}}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     manifest["bytes"] = size
@@ -132,8 +135,9 @@ def pack(out: Path) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE / "bundle")
+    parser.add_argument("--reuse", action="store_true", help="keep the tar.xz files already built in --out")
     args = parser.parse_args(argv)
-    manifest = pack(args.out)
+    manifest = pack(args.out, args.reuse)
     for p in sorted(args.out.rglob("*")):
         if p.is_file():
             print(f"{p.stat().st_size / MIB:8.2f} MiB  {p.relative_to(args.out)}")

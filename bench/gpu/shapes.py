@@ -1,9 +1,9 @@
 """Random-weight sentence-transformers models of the measured shapes, built from configs (no weights, no hub).
 
 Throughput does not depend on the weight values, so a model built from all-MiniLM-L6-v2's, all-mpnet-base-v2's
-or bge-large-en-v1.5's config costs what the trained one does. Their tokenizer is a WordPiece one over a
-made-up vocabulary `w0 w1 ...`: a text of n such words is exactly n + 2 tokens, so the lengths measured are
-the lengths asked for. `tiny` is the CPU quick mode's.
+or bge-large-en-v1.5's config costs what the trained one does (`tiny` and `tiny-mpnet` are the CPU's). Their
+tokenizer is a WordPiece one over a made-up vocabulary `w0 w1 ...`: a text of n such words is exactly n + 2
+tokens, so the lengths measured are the lengths asked for.
 """
 
 from __future__ import annotations
@@ -33,8 +33,10 @@ SHAPES = {s.name: s for s in (
                                           num_attention_heads=16, intermediate_size=4096), pooling="cls"),
     Shape("tiny", "BertConfig", dict(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                      intermediate_size=64)),
+    Shape("tiny-mpnet", "MPNetConfig", dict(vocab_size=1000, hidden_size=32, num_hidden_layers=2,
+                                            num_attention_heads=2, intermediate_size=64, max_position_embeddings=514),
+          pooling="cls", normalize=False),
 )}
-FULL = ("minilm-l6", "mpnet-base", "bge-large")
 
 
 def word(i: int) -> str:

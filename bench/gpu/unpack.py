@@ -1,7 +1,7 @@
 """Put the bundle (bench/gpu/pack.py) to use on the lent machine: only what its Python lacks.
 
 - the trimmed Triton, unless `pytriton` is importable (here, the venv's nvidia-pytriton);
-- each wheel whose import names are all missing, extracted into one folder put first on the path;
+- each wheel whose distribution is not installed, extracted into one folder put first on the path;
 - numpy 1.26.4 for the Python-backend stub when the machine's numpy is 2 or newer (the stub's path only);
 - a bare `libcuda.so` symlink when only `libcuda.so.1` loads (tritonserver and the Python backend open the
   bare name).
@@ -19,6 +19,8 @@ import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from facts import installed
 
 
 @dataclass
@@ -74,8 +76,8 @@ def _libcuda_link(work: Path) -> Path | None:
 def _extract_wheels(bundle: Path, site: Path) -> list[str]:
     manifest = json.loads((bundle / "manifest.json").read_text()) if (bundle / "manifest.json").exists() else {}
     done = []
-    for wheel, modules in manifest.get("wheels", {}).items():
-        if modules and all(_missing(m) for m in modules):
+    for wheel, info in manifest.get("wheels", {}).items():
+        if not installed(info["dist"]):
             with zipfile.ZipFile(bundle / "wheels" / wheel) as whl:
                 whl.extractall(site)
             done.append(wheel)

@@ -20,6 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench" / "gpu"))
 
+import facts  # noqa: E402
 import pack  # noqa: E402
 import unpack  # noqa: E402
 
@@ -38,7 +39,9 @@ def test_quick_gpu_run_measures_every_path(tmp_path):
     assert sum(line.startswith(("PASS", "FAIL"), 11) for line in proc.stdout.splitlines()) == len(run["facts"])
     assert [e["rc"] for e in run["exports"]] == [0]
     assert all(f["passed"] and f["device"] == "cpu" for f in run["fidelity"]) and len(run["fidelity"]) == 2
-    assert run["gateway_vs_raw_min_cosine"]["tiny"] >= 0.9999  # Triton served the engine's vectors
+    agree = run["served_vs_raw_min_cosine"]
+    assert agree["gateway tiny"] >= 0.9999 and agree["seed tiny"] >= 0.9999  # the engine's vectors, served
+    assert "failures" not in run and "skipped" not in run
     got = {(r["path"], r["load"], r["tokens"]) for r in run["results"]}
     assert got == {("raw", "batch", 16), ("raw", "batch", 64), *((p, load, 16) for p in ("gateway", "seed")
                                                                    for load in ("single", "batch"))}
@@ -71,14 +74,15 @@ def _wheel(path: Path, module: str) -> Path:
 def test_unpack_extracts_only_what_the_python_lacks(tmp_path, monkeypatch):
     bundle = tmp_path / "bundle"
     (bundle / "wheels").mkdir(parents=True)
-    for module in ("gpu_run_missing_pkg", "json"):
-        _wheel(bundle / "wheels" / f"{module}-1.0-py3-none-any.whl", module)
-    manifest = {"wheels": {w.name: pack.top_levels(w) for w in (bundle / "wheels").iterdir()}}
+    wheels = [_wheel(bundle / "wheels" / "gpu_run_missing_pkg-1.0-py3-none-any.whl", "gpu_run_missing_pkg"),
+              _wheel(bundle / "wheels" / "pytest-1.0-py3-none-any.whl", "pytest_shadow")]  # pytest is installed
+    manifest = {"wheels": {w.name: {"dist": facts.dist_of(w), "modules": pack.top_levels(w)} for w in wheels}}
+    assert [m["modules"] for m in manifest["wheels"].values()] == [["gpu_run_missing_pkg"], ["pytest_shadow"]]
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     monkeypatch.setattr(sys, "path", list(sys.path))
     got = unpack.unpack(bundle, tmp_path / "work")
-    assert got.extracted == ["gpu_run_missing_pkg-1.0-py3-none-any.whl"]  # json is the standard library's
-    assert not (got.site / "json").exists()
+    assert got.extracted == ["gpu_run_missing_pkg-1.0-py3-none-any.whl"]
+    assert not (got.site / "pytest_shadow").exists()
     import gpu_run_missing_pkg
 
     assert gpu_run_missing_pkg.VALUE == 42 and str(got.site) == sys.path[0]

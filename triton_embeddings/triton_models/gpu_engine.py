@@ -1,5 +1,6 @@
-"""The encoder step on a GPU: PyTorch fp16 with SDPA attention, on the weights the export wrote beside
-model.onnx (`contract.TORCH_WEIGHTS`), pooling on the GPU so that only [N, D] comes back to the host.
+"""The encoder step on a GPU: PyTorch fp16 with SDPA attention (where transformers has it for the architecture),
+on the weights the export wrote beside model.onnx (`contract.TORCH_WEIGHTS`), pooling on the GPU so that only
+[N, D] comes back to the host.
 
 Importable without Triton and without torch (torch is imported when an engine is built). `engine_or_session`
 is what the Python-backend step calls: on a host without a CUDA device (or without torch, or without the
@@ -49,8 +50,12 @@ class TorchEncoder:
         self.torch = torch
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
-        model = AutoModel.from_pretrained(str(weights), dtype=self.dtype, attn_implementation="sdpa")
+        try:
+            model = AutoModel.from_pretrained(str(weights), dtype=self.dtype, attn_implementation="sdpa")
+        except ValueError:  # an architecture without SDPA in this transformers (MPNet in 4.57): its own attention
+            model = AutoModel.from_pretrained(str(weights), dtype=self.dtype, attn_implementation="eager")
         self.model = model.to(self.device).eval()
+        self.attention = self.model.config._attn_implementation
         self.inputs = set(inspect.signature(self.model.forward).parameters)
 
     def _last_hidden_state(self, feed: dict[str, np.ndarray]):

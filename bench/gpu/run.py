@@ -12,7 +12,8 @@
 5. starts Triton (all models), the gateway and the seed-style server (seed_server.py), and measures both at
    each length and load with a closed-loop HTTP load (loadgen.py): texts/s, tokens/s, latency, GPU
    utilization, per-process CPU;
-6. writes `gpu_run.json` under --out after every measurement (a run cut short keeps what it measured).
+6. writes `gpu_run.json` under --out after every measurement (a run cut short keeps what it measured), and
+   `logs.txt`: the tails of the exports', Triton's, the gateway's and the seed server's logs.
 In --quick mode the encoder is told `engine: torch`, so Triton serves through the GPU engine's CPU fallback.
 """
 
@@ -412,6 +413,13 @@ def run(args, plan: Plan, rec: Record, work: Path) -> None:
         gpu.stop()
 
 
+def save_logs(work: Path, out: Path, tail: int = 20_000) -> None:
+    """The tails of the servers' and exports' logs, in one file beside the JSON (one device call: no rerun)."""
+    parts = [f"===== {p.name} (last {tail} characters)\n{p.read_text(errors='replace')[-tail:]}"
+             for p in sorted(work.glob("*.log"))]
+    (out / "logs.txt").write_text("\n".join(parts))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     plan = plan_of(args)
@@ -428,6 +436,7 @@ def main(argv=None) -> int:
             raise
         finally:
             rec.save()
+            save_logs(Path(tmp), args.out)
             print("\n".join(summary(rec.data.get("results", []))))
     return 0 if not rec.data.get("failures") else 1
 

@@ -51,6 +51,8 @@ def test_quick_gpu_run_measures_every_path(tmp_path):
     encoder_cpu = [r["cores"].get("encoder", 0) for r in run["results"] if r["path"] == "gateway"]
     assert max(encoder_cpu) > 0  # per-process CPU: the encoder's stub worked in the window
     assert "| tiny | 16 | batch | gateway |" in proc.stdout
+    logs = (out / "logs.txt").read_text()
+    assert all(f"===== {name}.log" in logs for name in ("triton", "gateway", "seed"))
 
 
 def test_the_triton_closure_takes_what_the_server_needs_and_no_more():

@@ -336,6 +336,17 @@ def agreement(url: str, model: str, texts: list[str], vectors) -> float:
     return float(cosine(served, vectors).min())
 
 
+def agreements(stack: Stack, probes: dict, rec: Record) -> dict[str, float]:
+    out = {}
+    for name, (texts, vectors) in probes.items():
+        for path, url in stack.urls.items():
+            try:
+                out[f"{path} {name}"] = agreement(url, name, texts, vectors)
+            except Exception as exc:  # noqa: BLE001 - recorded; the measurements go on
+                rec.add("failures", {"measurement": f"{path} {name} vectors", "error": f"{type(exc).__name__}: {exc}"})
+    return out
+
+
 def measure_http(plan: Plan, stack: Stack, models: list[str], exported: list[str], rec: Record, gpu) -> None:
     for name in models:
         for tokens in plan.http_lengths or plan.lengths:
@@ -345,7 +356,12 @@ def measure_http(plan: Plan, stack: Stack, models: list[str], exported: list[str
                     if rec.elapsed() > plan.budget_s:
                         rec.add("skipped", f"{what}: over the {plan.budget_s:.0f}s budget")
                         continue
-                    result = http_path(stack, path, name, tokens, load, plan, gpu)
+                    try:
+                        result = http_path(stack, path, name, tokens, load, plan, gpu)
+                    except Exception as exc:  # noqa: BLE001 - recorded; the other measurements go on
+                        rec.add("failures", {"measurement": what, "error": f"{type(exc).__name__}: {exc}"})
+                        log(f"{what} failed: {type(exc).__name__}: {exc}")
+                        continue
                     rec.add("results", {"model": name, "tokens": tokens, "load": load_name, "path": path, **result})
                     log(f"{what}: {result['texts_per_s']:.0f} texts/s, {result['tokens_per_s']:.0f} tok/s, "
                         f"p50 {result['p50_ms']:.1f} ms, {result['errors']} errors, GPU {result['gpu']}")
@@ -399,13 +415,17 @@ def run(args, plan: Plan, rec: Record, work: Path) -> None:
     repo, sources, exported = export_all(plan, work, env, rec)
     gpu = GpuSampler()
     try:
-        probes = {name: measure_raw(plan, repo, name, sources[name], rec, gpu) for name in exported}
+        probes = {}
+        for name in exported:
+            try:
+                probes[name] = measure_raw(plan, repo, name, sources[name], rec, gpu)
+            except Exception as exc:  # noqa: BLE001 - recorded; Triton and the seed server are still measured
+                rec.add("failures", {"measurement": f"raw {name}", "error": f"{type(exc).__name__}: {exc}"})
+                log(f"raw {name} failed: {type(exc).__name__}: {exc}")
         stack = start_stack(repo, work, sources, exported, unpacked, env, rec)
         log(f"servers up after {rec.elapsed():.0f}s: {sorted(stack.urls)}")
         try:
-            rec.data["served_vs_raw_min_cosine"] = {
-                f"{path} {name}": agreement(stack.urls[path], name, *probes[name])
-                for name in exported for path in stack.urls}
+            rec.data["served_vs_raw_min_cosine"] = agreements(stack, probes, rec)
             measure_http(plan, stack, list(sources), exported, rec, gpu)
         finally:
             stack.stop()

@@ -92,8 +92,8 @@ def _over(cells: dict, num: str, den: str) -> float | None:
 
 def _path_goals(doc: dict) -> list[list[str]]:
     """Per load: gateway / raw against its goal, gateway / peer, 2 workers / 1, and direct / ensemble (no goal)."""
-    t, near_free = doc["summary"]["throughput"], doc["model"] == "near-free"
-    goals, rows = GOALS_X_RAW.get(doc["model"], DEFAULT_GOALS_X_RAW), []
+    t, near_free = doc["summary"]["throughput"], doc.get("model") == "near-free"
+    goals, rows = GOALS_X_RAW.get(doc.get("model", ""), DEFAULT_GOALS_X_RAW), []
     for load, goal in goals.items():
         if load in t and "gateway" in t[load]:
             x = t[load]["gateway"]["x_raw"]

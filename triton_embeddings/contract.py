@@ -201,6 +201,16 @@ class OnnxStepParams(ParameterSet):
     # The embedded encoder's fused pooling: this pooler ONNX (in the step's folder) turns the encoder's output
     # into EMBEDDING inside the step, for callers that send token ids (docs/contract.md, "direct path").
     pooler_file: str = param("pooler_file", "")
+    # Which engine runs the step (triton_models/gpu_engine.py): "auto" (PyTorch on a CUDA GPU when the version
+    # folder holds TORCH_WEIGHTS and torch is installed, else ONNX Runtime on the CPU), "onnxruntime" (always),
+    # "torch" (PyTorch always: on the GPU if any, else on the CPU; tests and the GPU bench's CPU mode).
+    engine: str = param("engine", "auto")
+
+
+ENGINES = ("auto", "onnxruntime", "torch")
+# The encoder's version folder (embedded target, fp32): the transformer's Hugging Face config.json and
+# model.safetensors, the same weights as model.onnx, for the GPU engine.
+TORCH_WEIGHTS = "torch"
 
 
 def is_embedding_ensemble(config: dict) -> bool:

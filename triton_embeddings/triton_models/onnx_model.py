@@ -23,10 +23,10 @@ import triton_python_backend_utils as pb_utils
 
 from triton_embeddings.contract import ATTENTION_MASK, EMBEDDING, ONNX_ATTENTION_MASK, TOKEN_EMBEDDINGS
 from triton_embeddings.triton_models.backend_utils import TokenCounters, model_config
+from triton_embeddings.triton_models.gpu_engine import engine_or_session
 from triton_embeddings.triton_models.onnx_session import (
     make_session,
     return_large_blocks_to_the_os,
-    session_from_config,
     shrinking_run_options,
 )
 from triton_embeddings.triton_models.regroup import gather_rows, plan_groups
@@ -36,7 +36,8 @@ class TritonPythonModel:
     def initialize(self, args):
         config, folder = model_config(args)
         return_large_blocks_to_the_os()  # this process holds only this step: bounded RSS under ragged shapes
-        self.session, params = session_from_config(config, folder)
+        # PyTorch on the GPU when the config and the host allow (gpu_engine.py), else ONNX Runtime on the CPU.
+        self.session, params = engine_or_session(config, folder)
         self.run_options = shrinking_run_options()
         self.inputs = [i["name"] for i in config["input"]]
         self.outputs = [o["name"] for o in config["output"]]

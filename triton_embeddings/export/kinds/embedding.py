@@ -4,6 +4,7 @@ verified by cosine against `SentenceTransformer.encode`."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from triton_embeddings.export.model_spec import ModelSpec, UnsupportedModelError
 from triton_embeddings.export.options import ExportOptions
 from triton_embeddings.export.pooler import build_pooler
 from triton_embeddings.export.steps import ExportError, Log, done, step
+from triton_embeddings.triton_models import gpu_engine
 from triton_embeddings.triton_models.tokenize import TextTokenizer
 
 # Minimum cosine per precision, over every verification text.
@@ -116,15 +118,47 @@ class OnnxPipeline(base.OnnxSteps):
         return pooled
 
     def embed(self, texts: list[str], batch_size: int = 32, sort_by_length: bool = True) -> np.ndarray:
-        """Embed in batches; sorting by length first keeps padding small (sentence-transformers does too)."""
-        order = list(range(len(texts)))
-        if sort_by_length:
-            order.sort(key=lambda i: len(texts[i]))
-        out = np.zeros((len(texts), self.head.get_outputs()[0].shape[-1]), dtype=np.float32)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            out[idx] = self.embed_batch([texts[i] for i in idx])
-        return out
+        return in_batches(self.embed_batch, texts, self.head.get_outputs()[0].shape[-1], batch_size, sort_by_length)
+
+
+def in_batches(embed_batch, texts: list[str], dim: int, batch_size: int = 32, sort_by_length: bool = True):
+    """[len(texts), dim] float32 embedded in batches; sorting by length first keeps padding small
+    (sentence-transformers does too)."""
+    order = list(range(len(texts)))
+    if sort_by_length:
+        order.sort(key=lambda i: len(texts[i]))
+    out = np.zeros((len(texts), dim), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        out[idx] = embed_batch([texts[i] for i in idx])
+    return out
+
+
+class TorchPipeline:
+    """The tokenizer, then the GPU engine (gpu_engine.TorchEncoder) pooling on its device: what the embedded
+    encoder serves on a GPU host, in-process (the export's GPU check, the GPU bench's raw ceiling)."""
+
+    def __init__(self, tokenizer: TextTokenizer, engine, pooling_mode: str, normalize: bool):
+        self.tokenizer, self.engine, self.pooling_mode, self.normalize = tokenizer, engine, pooling_mode, normalize
+
+    def embed_batch(self, texts: list[str]) -> np.ndarray:
+        feed = {k: v for k, v in base.encoder_feed(self.tokenizer(texts)).items() if v is not None}
+        return self.engine.pooled(feed, self.pooling_mode, self.normalize)
+
+    def embed(self, texts: list[str], batch_size: int = 32, sort_by_length: bool = True) -> np.ndarray:
+        dim = self.engine.model.config.hidden_size
+        return in_batches(self.embed_batch, texts, dim, batch_size, sort_by_length)
+
+
+def torch_verification(model, spec: ModelSpec, tokenizer: TextTokenizer, weights: Path, device: str | None = None,
+                       dtype=None) -> Verification:
+    """The GPU engine (fp16 on CUDA; `device="cpu"` runs the same code in fp32) against sentence-transformers
+    fp32 on the verification texts, at the bar of the engine's precision."""
+    engine = gpu_engine.TorchEncoder(weights, device, dtype)
+    precision = str(engine.dtype).removeprefix("torch.").replace("float", "fp")
+    texts = verification_texts()
+    pipeline = TorchPipeline(tokenizer, engine, spec.pooling_mode, spec.normalize)
+    return verify(pipeline, reference_embeddings(model, texts), texts, precision)
 
 
 def calibration_feeds(tokenizer: TextTokenizer, texts: list[str], batch_size: int = 16):
@@ -142,6 +176,8 @@ class Artifacts(base.StepArtifacts):
     tokenizer_json: Path
     token_types: bool
     hidden: int
+    torch_weights: Path | None = None  # the transformer in Hugging Face's format, for the GPU engine
+    gpu_check: Verification | None = None  # the GPU engine's verification, when the export ran on a GPU host
 
     @property
     def encoder(self) -> Path:
@@ -267,7 +303,9 @@ class EmbeddingKind(base.Kind):
         onnx.save(build_pooler(spec.pooling_mode, spec.normalize, spec.dimension), str(pooler))
         tokenizer_json = work / tokenizer_params(spec).tokenizer_file
         model[0].tokenizer.backend_tokenizer.save(str(tokenizer_json))
-        return Artifacts(encoder, pooler, tokenizer_json, steps.takes_token_types(encoder), spec.dimension)
+        weights = work / c.TORCH_WEIGHTS
+        model[0].auto_model.save_pretrained(str(weights), safe_serialization=True)
+        return Artifacts(encoder, pooler, tokenizer_json, steps.takes_token_types(encoder), spec.dimension, weights)
 
     def tokenizer(self, spec: ModelSpec, art: Artifacts) -> TextTokenizer:
         return TextTokenizer.from_params(tokenizer_params(spec), art.tokenizer_json.parent)
@@ -297,6 +335,11 @@ class EmbeddingKind(base.Kind):
                log: Log):
         """Every prompt checked; the int8/uint8 output ranges calibrated on the served pipeline's vectors."""
         _check_prompts(model, spec, art, runner, result.threshold, log)
+        if art.torch_weights and gpu_engine.cuda_present():
+            t = step(log, "Verifying the GPU engine (PyTorch fp16) against sentence-transformers fp32")
+            art.gpu_check = torch_verification(model, spec, self.tokenizer(spec, art), art.torch_weights)
+            log(art.gpu_check.table())
+            done(log, t)
         t = step(log, "Calibrating the int8/uint8 output ranges")
         vectors = runner.embed(calibration)
         done(log, t, f"{len(calibration)} texts")
@@ -307,6 +350,25 @@ class EmbeddingKind(base.Kind):
 
     def result(self, spec, options, verification, files, repository, note) -> ExportResult:
         return ExportResult(spec, options, verification, files, repository, note)
+
+    def write(self, repository: Path, opts: ExportOptions, spec, art: Artifacts) -> list[Path]:
+        """The steps, and for the embedded target at fp32 the GPU engine's weights beside model.onnx (int8 is a
+        CPU plan: its encoder stays on ONNX Runtime)."""
+        weights = art.torch_weights if serves_torch_weights(opts) else None
+        if weights and art.gpu_check is not None and not art.gpu_check.passed:
+            raise ExportError(f"the GPU engine is not faithful (min cosine {art.gpu_check.min_cosine:.6f} < "
+                              f"{art.gpu_check.threshold}); nothing was written")
+        files = super().write(repository, opts, spec, art)
+        if weights:
+            target = Path(repository) / f"{opts.name}{c.ENCODER_SUFFIX}" / "1" / c.TORCH_WEIGHTS
+            shutil.copytree(weights, target)
+            files += sorted(target.iterdir())
+        return files
+
+
+def serves_torch_weights(opts: ExportOptions) -> bool:
+    """Whether the export writes the GPU engine's weights: the embedded target's fp32 encoder."""
+    return opts.target.python_onnx_steps and opts.precision == "fp32"
 
 
     def write(self, repository: Path, opts: ExportOptions, spec, art: Artifacts) -> list[Path]:

@@ -359,6 +359,9 @@ class EmbeddingKind(base.Kind):
             raise ExportError(f"the GPU engine is not faithful (min cosine {art.gpu_check.min_cosine:.6f} < "
                               f"{art.gpu_check.threshold}); nothing was written")
         files = super().write(repository, opts, spec, art)
+        if opts.target.python_onnx_steps:  # the fused pooler beside the encoder (encoder_config)
+            folder = Path(repository) / c.step_names(opts.name)[1] / "1"
+            files.append(base.copy_file(art.pooler_onnx, folder / c.FUSED_POOLER_FILE))
         if weights:
             target = Path(repository) / f"{opts.name}{c.ENCODER_SUFFIX}" / "1" / c.TORCH_WEIGHTS
             shutil.copytree(weights, target)
@@ -369,14 +372,6 @@ class EmbeddingKind(base.Kind):
 def serves_torch_weights(opts: ExportOptions) -> bool:
     """Whether the export writes the GPU engine's weights: the embedded target's fp32 encoder."""
     return opts.target.python_onnx_steps and opts.precision == "fp32"
-
-
-    def write(self, repository: Path, opts: ExportOptions, spec, art: Artifacts) -> list[Path]:
-        written = super().write(repository, opts, spec, art)
-        if opts.target.python_onnx_steps:  # the fused pooler beside the encoder (encoder_config)
-            folder = Path(repository) / c.step_names(opts.name)[1] / "1"
-            written.append(base.copy_file(art.pooler_onnx, folder / c.FUSED_POOLER_FILE))
-        return written
 
 
 EMBEDDING = EmbeddingKind()

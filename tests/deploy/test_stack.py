@@ -45,10 +45,11 @@ UPSTREAM_ONLY = {
     "backend:upstream_cost_per_1m_tokens_usd": "recorded from gateway_upstream_tokens_total",
     "team_model:upstream_cost_usd_per_hour": "recorded from gateway_team_tokens_total{backend!=\"local\"}",
 }
-# Series that exist only with keys that have quotas (gateway/teams/); this stack's gateways run without keys.
+# Series that exist only with keys that have quotas (gateway/teams/) or once a batch job ran; this stack has neither.
 QUOTA_ONLY = {
     "gateway_team_quota": "exposed only for keys with rpm=/tpm=/tpd= quotas",
     "gateway_team_rate_limited_total": "counted only when a key's quota refused a request",
+    "gateway_batch_tokens_total": "counted (by model) once a batch line ran; this stack runs no batch job",
 }
 
 

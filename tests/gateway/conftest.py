@@ -5,14 +5,10 @@ Integration fixtures build on the session fixtures of tests/conftest.py (`triton
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import time
-
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.gw_helpers import FakeBackend, free_port, running_gateway
+from tests.gw_helpers import FakeBackend, redis_process, running_gateway
 from tests.tools import require
 from triton_embeddings.gateway.app import create_app
 from triton_embeddings.gateway.http.token_ids import TokenDecoder, load_cl100k
@@ -72,36 +68,6 @@ def redis_binary() -> str:
 
 @pytest.fixture
 def redis_server(redis_binary, tmp_path):
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            redis_binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    import redis
-
-    r = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            r.ping()
-            break
-        except redis.ConnectionError:
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-    yield proc, port, r
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
+    """A real redis-server on a free port (tests/gw_helpers.py): (process, port, client)."""
+    with redis_process(redis_binary, tmp_path) as server:
+        yield server

@@ -17,7 +17,10 @@ from hypothesis import strategies as st
 from triton_embeddings.gateway.backends.base import BackendUnavailable
 from triton_embeddings.gateway.batch import jsonl
 from triton_embeddings.gateway.batch.runner import Runner
+from triton_embeddings.gateway.batch.redis_store import RedisStore
+from triton_embeddings.gateway.batch.routes import file_content
 from triton_embeddings.gateway.batch.sqlite_store import SQLiteStore
+from triton_embeddings.gateway.batch.store import FAILED, OK, Line
 from triton_embeddings.gateway.settings import Settings
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
@@ -92,11 +95,11 @@ async def test_sqlite_lines_are_written_once_and_the_lease_is_exclusive(tmp_path
     store = SQLiteStore(str(tmp_path / "b.db"))
     batch = {"id": "batch_1", "status": "in_progress", "request_counts": {"total": 2, "completed": 0, "failed": 0}}
     await store.put_batch(batch, "owner")
-    assert await store.put_line("batch_1", 0, False, b"first")
-    assert not await store.put_line("batch_1", 0, True, b"second")  # the first write wins
-    assert await store.put_line("batch_1", 1, True, b"error")
-    assert [(x.index, x.failed, x.body) for x in await store.lines("batch_1")] == [(0, False, b"first"),
-                                                                                  (1, True, b"error")]
+    assert await store.put_line("batch_1", 0, OK, b"first")
+    assert not await store.put_line("batch_1", 0, FAILED, b"second")  # the first write wins
+    assert await store.put_line("batch_1", 1, FAILED, b"error")
+    assert await store.line_page("batch_1", False, -1, 10) == [Line(0, b"first")]
+    assert await store.line_page("batch_1", True, -1, 10) == [Line(1, b"error")]
     got, owner = await store.get_batch("batch_1")
     assert got["request_counts"] == {"total": 2, "completed": 1, "failed": 1} and owner == "owner"
     assert await store.acquire("batch_1", "a", 0.3) and await store.acquire("batch_1", "a", 0.3)
@@ -104,6 +107,73 @@ async def test_sqlite_lines_are_written_once_and_the_lease_is_exclusive(tmp_path
     await asyncio.sleep(0.35)
     assert await store.acquire("batch_1", "b", 10)  # expired: taken over
     assert not await store.acquire("batch_1", "a", 10)
+    await store.close()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request, tmp_path):
+    """Each store, the real thing: SQLite in a file, a real redis-server (the test closes it)."""
+    if request.param == "sqlite":
+        return SQLiteStore(str(tmp_path / "b.db"))
+    return RedisStore(f"redis://127.0.0.1:{request.getfixturevalue('redis_server')[1]}/0")
+
+
+def _out(i: int) -> bytes:
+    return json.dumps({"custom_id": f"c{i}", "response": "x" * (i % 7)}).encode()
+
+
+async def _stored(store, n: int, batch_id: str = "batch_s") -> dict[bool, bytes]:
+    """n lines, every third failed, the last quarter never run, written out of order: each file's expected bytes."""
+    batch = {"id": batch_id, "status": "in_progress", "request_counts": {"total": n, "completed": 0, "failed": 0}}
+    await store.put_batch(batch, "k")
+    ran = n - n // 4
+    for i in reversed(range(ran)):
+        assert await store.put_line(batch_id, i, FAILED if i % 3 == 0 else OK, _out(i))
+    await store.put_unrun(batch_id, [(i, _out(i)) for i in range(ran - 2, n)])  # those that ran are kept
+    assert not await store.put_line(batch_id, n - 1, OK, b"late")
+    errors = [i for i in range(n) if i % 3 == 0 or i >= ran]
+    return {e: b"".join(_out(i) + b"\n" for i in range(n) if (i in errors) == e) for e in (False, True)}
+
+
+async def test_output_files_are_the_stored_lines_streamed_a_page_at_a_time(store):
+    expected = await _stored(store, 40)
+    got, _ = await store.get_batch("batch_s")
+    assert got["request_counts"] == {"total": 40, "completed": 20, "failed": 10}  # the unrun counted in neither
+    for errors, kind in ((False, "output"), (True, "error")):
+        lines, size = await store.line_stats("batch_s", errors)
+        assert (lines, size) == (expected[errors].count(b"\n"), len(expected[errors]))
+        await store.put_output_file({"id": f"file_{kind}", "bytes": size}, "k", "batch_s", errors)
+        pages = [p async for p in store.file_pages(f"file_{kind}", 3)]
+        assert b"".join(pages) == expected[errors] and {p.count(b"\n") for p in pages[:-1]} == {3}
+        assert await store.get_file(f"file_{kind}") == ({"id": f"file_{kind}", "bytes": size}, "k")
+    await store.put_file({"id": "file_in"}, "k", b"uploaded\n")
+    assert [p async for p in store.file_pages("file_in", 3)] == [b"uploaded\n"]
+    assert await store.delete_file("file_output") and await store.get_file("file_output") is None
+    assert await store.file_source("file_output") is None and await store.file_source("file_error") is not None
+    await store.close()
+
+
+async def test_the_content_route_reads_one_page_before_each_it_sends(tmp_path):
+    """The route streams: when its first chunk is out, the store was asked for one page, of the setting's size."""
+    store = SQLiteStore(str(tmp_path / "b.db"))
+    expected = (await _stored(store, 400))[False]
+    await store.put_output_file({"id": "file_o", "bytes": len(expected), "purpose": "batch_output"}, None,
+                                "batch_s", False)
+    asked, read = [], store.line_page
+
+    async def line_page(batch_id, errors, after, limit):
+        asked.append(limit)
+        return await read(batch_id, errors, after, limit)
+
+    store.line_page = line_page
+    app = SimpleNamespace(state=SimpleNamespace(batch_store=store, settings=Settings(batch_page_lines=8)))
+    response = await file_content("file_o", SimpleNamespace(app=app, state=SimpleNamespace()))
+    chunks = response.body_iterator
+    first = await anext(chunks)
+    assert asked == [8] and first.count(b"\n") == 8
+    rest = [c async for c in chunks]
+    assert first + b"".join(rest) == expected and int(response.headers["content-length"]) == len(expected)
+    assert asked == [8] * len(asked) and len(asked) == expected.count(b"\n") // 8 + 1
     await store.close()
 
 

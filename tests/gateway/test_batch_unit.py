@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from triton_embeddings.gateway.backends.base import BackendUnavailable
 from triton_embeddings.gateway.batch import jsonl
-from triton_embeddings.gateway.batch.runner import Runner
 from triton_embeddings.gateway.batch.redis_store import RedisStore
 from triton_embeddings.gateway.batch.routes import file_content
+from triton_embeddings.gateway.batch.runner import Runner
 from triton_embeddings.gateway.batch.sqlite_store import SQLiteStore
 from triton_embeddings.gateway.batch.store import FAILED, OK, Line
 from triton_embeddings.gateway.settings import Settings

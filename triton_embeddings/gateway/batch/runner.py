@@ -21,6 +21,7 @@ from triton_embeddings.gateway.batch.store import ACTIVE, FAILED, OK, TERMINAL, 
 from triton_embeddings.gateway.errors import StoreUnavailable
 from triton_embeddings.gateway.http.middleware import request_id_var
 from triton_embeddings.gateway.metrics import GatewayMetrics
+from triton_embeddings.gateway.pipeline.batcher import BATCH, row_priority
 from triton_embeddings.gateway.settings import Settings
 
 log = logging.getLogger("gateway.batch")
@@ -171,6 +172,7 @@ class Job:
     async def _line(self, request: jsonl.Request) -> None:
         rid = f"{self.id}:{request.index}"
         request_id_var.set(rid)  # this task's log lines carry the line's request id
+        row_priority.set(BATCH)  # the batcher ranks this line's rows below online rows
         outcome = await self._attempts(request, rid)
         body = output_line(derived_id("batch_req", self.id, request.index), request, rid, outcome)
         failed = outcome.status != 200

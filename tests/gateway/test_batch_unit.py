@@ -248,6 +248,15 @@ def test_past_its_window_a_batch_expires_and_keeps_what_ran(batch_client, fake_b
     unrun = _rows(client, batch["error_file_id"])
     assert len(done) >= 2 and len(done) + len(unrun) == 40 and batch["expired_at"]
     assert {r["error"]["code"] for r in unrun} == {"batch_expired"}
+    for file_id in (batch["output_file_id"], batch["error_file_id"]):  # bytes: exactly what the download sends
+        content = client.get(f"/v1/files/{file_id}/content").content
+        assert client.get(f"/v1/files/{file_id}").json()["bytes"] == len(content)
+    r = client.post("/v1/batches", json={"input_file_id": batch["output_file_id"], "endpoint": "/v1/embeddings",
+                                         "completion_window": "24h"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input_file_id"  # an output file is no input
+    assert client.delete(f"/v1/files/{batch['output_file_id']}").json()["deleted"]
+    assert client.get(f"/v1/files/{batch['output_file_id']}/content").status_code == 404
+    assert client.get(f"/v1/batches/{created['id']}").json()["request_counts"] == batch["request_counts"]
 
 
 def test_keys_own_their_jobs(batch_client):

@@ -21,6 +21,7 @@ from triton_embeddings.gateway.batch.routes import file_content
 from triton_embeddings.gateway.batch.runner import Runner
 from triton_embeddings.gateway.batch.sqlite_store import SQLiteStore
 from triton_embeddings.gateway.batch.store import FAILED, OK, Line
+from triton_embeddings.gateway.pipeline.batcher import BATCH, ONLINE, row_priority
 from triton_embeddings.gateway.settings import Settings
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
@@ -231,6 +232,21 @@ def test_a_line_answered_503_is_retried_then_kept(batch_client, fake_backend):
     fake_backend.fail = None
     batch = _wait(client, _upload(client, _fake_lines(1))["id"], "completed")
     assert batch["request_counts"] == {"total": 1, "completed": 1, "failed": 0}
+
+
+def test_batch_lines_reach_the_batcher_as_batch_rows_and_online_requests_do_not(batch_client):
+    client = batch_client()
+    batcher = client.app.state.embeddings.batcher
+    seen, submit = [], batcher.submit
+
+    async def spy(info, rows, *args, **kwargs):
+        seen.append((rows[0].text, row_priority.get()))
+        return await submit(info, rows, *args, **kwargs)
+
+    batcher.submit = spy
+    _wait(client, _upload(client, _fake_lines(2))["id"], "completed")
+    assert client.post("/v1/embeddings", json={"model": "fake-model", "input": "online"}).status_code == 200
+    assert sorted(seen) == [("online", ONLINE), ("text 0", BATCH), ("text 1", BATCH)]
 
 
 def test_past_its_window_a_batch_expires_and_keeps_what_ran(batch_client, fake_backend):

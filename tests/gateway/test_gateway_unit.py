@@ -463,6 +463,17 @@ async def test_online_rows_go_first_and_batch_rows_fill_what_is_left():
     assert [await t for t in (first, *waiting)] == [["o-first"], ["b1", "b2", "b3"], ["o1", "o2"]]
 
 
+async def test_batch_rows_never_make_an_online_call_longer():
+    batcher, info, held, first = await _held_batcher(max_batch_size=64)
+    tasks = [_queue(batcher, info, held, [f"b{i}" for i in range(40)], BATCH),
+             _queue(batcher, info, held, [f"o{i}" for i in range(6)])]
+    await _until(lambda: len(batcher._queues[info.name]) == 46)
+    assert await held.next_call() == [f"o{i}" for i in range(6)]  # sized for the online rows alone, not 46
+    assert await held.next_call() == [f"b{i}" for i in range(40)]  # no online row waits: a whole call of batch rows
+    held.go.release()
+    await asyncio.gather(first, *tasks)
+
+
 async def test_batch_rows_are_not_starved_by_steady_online_rows():
     batcher, info, held, first = await _held_batcher(max_batch_size=2)
     tasks = [_queue(batcher, info, held, ["b1", "b2"], BATCH)]

@@ -15,9 +15,11 @@ instance, so a call holding most of the work would leave the other instances idl
 outweighs spreading.
 
 Online rows go first: a row carries the priority of the request that queued it (`row_priority`, ONLINE unless
-the batch runner set BATCH for its lines). A call is filled with the waiting online rows first; batch rows fill
-what is left. So that batch work is never starved, once `PASSED_OVER_MAX` calls in a row have left out waiting
-batch rows, the next call takes batch rows first.
+the batch runner set BATCH for its lines). While online rows wait, a call is sized for them alone (the even
+share above, of the online rows) and filled with them first; batch rows fill what is left, so they never make
+an online call longer. With no online row waiting, batch rows take whole calls. So that batch work is never
+starved, once `PASSED_OVER_MAX` calls in a row have left out waiting batch rows, the next call takes batch rows
+first.
 """
 
 from __future__ import annotations
@@ -64,6 +66,10 @@ class _Queue:
 
     def __len__(self) -> int:
         return len(self.lanes[ONLINE]) + len(self.lanes[BATCH])
+
+    def sizing(self) -> int:
+        """The rows the next call is sized for: the online rows when any wait, else the batch rows."""
+        return len(self.lanes[ONLINE]) or len(self.lanes[BATCH])
 
     def take(self, size: int) -> list[_Item]:
         """The rows of the next call, at most `size`; rows of requests that went away are dropped."""
@@ -121,7 +127,7 @@ class Batcher:
     def _pump(self, info: ModelInfo | RerankModelInfo) -> None:
         queue = self._queues[info.name]
         while queue and self._calls.get(info.name, 0) < self.max_calls:
-            batch = queue.take(min(info.max_batch_size, self._share(info, len(queue))))
+            batch = queue.take(min(info.max_batch_size, self._share(info, queue.sizing())))
             if not batch:
                 return
             self._calls[info.name] = self._calls.get(info.name, 0) + 1

@@ -15,10 +15,14 @@ AUTHENTICATED = (*ANY_ROUTE, 400, 401)  # 400: an API key in the URL; 401: no ke
 INFERENCE = (*AUTHENTICATED, 404, 429, 504)
 
 
-def errors(*statuses: int) -> dict[int | str, dict]:
-    """FastAPI `responses` for these error statuses: OpenAI's error body; 429 and 503 carry `Retry-After`."""
-    return {s: {"model": ErrorResponse, **({"headers": RETRY_AFTER} if s in (429, 503) else {})}
-            for s in sorted(set(statuses))}
+def errors(*statuses: int, by_reference: bool = False) -> dict[int | str, dict]:
+    """FastAPI `responses` for these error statuses: OpenAI's error body; 429 and 503 carry `Retry-After`.
+
+    `by_reference`: for a route whose own media type is not JSON (FastAPI would give its error bodies that type),
+    the JSON body is named by reference (the JSON routes register `ErrorResponse`)."""
+    body = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}} \
+        if by_reference else {"model": ErrorResponse}
+    return {s: {**body, **({"headers": RETRY_AFTER} if s in (429, 503) else {})} for s in sorted(set(statuses))}
 
 
 def without_422(app: FastAPI) -> None:

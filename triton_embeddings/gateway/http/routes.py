@@ -202,7 +202,7 @@ class PrometheusText(Response):
 
 @router.get("/metrics", dependencies=[Depends(check_metrics_key)], response_class=PrometheusText,
             responses={200: {"description": "Prometheus text exposition (format 0.0.4), not JSON"},
-                       **errors(*AUTHENTICATED)})  # 400/401 only with metrics_require_auth
+                       **errors(*AUTHENTICATED, by_reference=True)})  # 400/401: metrics_require_auth
 async def metrics(request: Request) -> Response:
     """Prometheus exposition: the gateway's metrics and Triton's, merged."""
     body = await asyncio.to_thread(request.app.state.metrics.exposition)

@@ -42,8 +42,8 @@ SENT: dict[str, list[int]] = {"with_key": [], "without_key": []}  # statuses ans
 def gateway(mixed_triton, tmp_path_factory):
     d = tmp_path_factory.mktemp("generated_input")
     with running_gateway(d, triton_grpc_url=mixed_triton.grpc_url, triton_metrics_url=mixed_triton.metrics_url,
-                         api_keys=json.dumps([KEY]), metrics_require_auth=True, shutdown_delay_s=0, batch_store=f"sqlite:///{d}/batch.db",
-                         batch_poll_s=0.2, batch_max_requests=8) as gw:
+                         api_keys=json.dumps([KEY]), metrics_require_auth=True, shutdown_delay_s=0,
+                         batch_store=f"sqlite:///{d}/batch.db", batch_poll_s=0.2, batch_max_requests=8) as gw:
         yield gw
 
 

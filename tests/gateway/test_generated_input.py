@@ -35,6 +35,8 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
           response_headers_conformance, negative_data_rejection]
 EXAMPLES = 200  # per operation, positive and negative cases together
+BATCH_LINE = json.dumps({"custom_id": "a", "method": "POST", "url": "/v1/embeddings",
+                         "body": {"model": DEFAULT_MODEL, "input": "x"}})
 SENT: dict[str, list[int]] = {"with_key": [], "without_key": []}  # statuses answered, per run
 
 
@@ -50,9 +52,8 @@ def gateway(mixed_triton, tmp_path_factory):
 @pytest.fixture(scope="module")
 def existing(gateway) -> dict[str, str]:
     """Ids the valid cases name: a file to delete, a file the other file routes and the batches read, a batch."""
-    line = {"custom_id": "a", "method": "POST", "url": "/v1/embeddings", "body": {"model": DEFAULT_MODEL, "input": "x"}}
     with httpx.Client(base_url=gateway.url, headers=AUTH, timeout=30) as c:
-        files = [c.post("/v1/files", files={"file": ("in.jsonl", json.dumps(line).encode())},
+        files = [c.post("/v1/files", files={"file": ("in.jsonl", BATCH_LINE.encode())},
                         data={"purpose": "batch"}).json()["id"] for _ in range(2)]
         batch = c.post("/v1/batches", json={"input_file_id": files[1], "endpoint": "/v1/embeddings",
                                             "completion_window": "24h"}).json()["id"]
@@ -68,7 +69,9 @@ def narrowed(spec: dict, ids: dict[str, str]) -> dict:
     schemas["BatchCreateRequest"]["properties"]["input_file_id"] = {"type": "string", "enum": [ids["input_file_id"]]}
     tei = spec["paths"]["/rerank"]["post"]["requestBody"]["content"]["application/json"]["schema"]["oneOf"][1]
     tei["properties"]["model"] = {"anyOf": [{"type": "string", "enum": [RERANK_MODEL]}, {"type": "null"}]}
-    schemas["Body_create_file_v1_files_post"]["properties"]["purpose"] = {"type": "string", "enum": ["batch"]}
+    upload = schemas["Body_create_file_v1_files_post"]["properties"]
+    upload["purpose"] = {"type": "string", "enum": ["batch"]}
+    upload["file"] = {**upload["file"], "enum": [BATCH_LINE]}  # a JSONL file the check accepts
     served = {"model_id": [DEFAULT_MODEL, RERANK_MODEL], "file_id": [ids["input_file_id"]],
               "batch_id": [ids["batch_id"]]}
     for operations in spec["paths"].values():

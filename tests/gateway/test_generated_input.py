@@ -37,7 +37,6 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 EXAMPLES = 200  # per operation, positive and negative cases together
 BATCH_LINE = json.dumps({"custom_id": "a", "method": "POST", "url": "/v1/embeddings",
                          "body": {"model": DEFAULT_MODEL, "input": "x"}})
-SENT: dict[str, list[int]] = {"with_key": [], "without_key": []}  # statuses answered, per run
 
 
 @pytest.fixture(scope="module")
@@ -133,25 +132,18 @@ def generated(api_schema, method: str, path: str, headers: dict, examples: int) 
 
 @pytest.mark.parametrize(("method", "path"), OPERATIONS)
 def test_generated_requests_with_the_key(api_schema, method, path):
+    """Valid cases are answered (they reached Triton or the store: a 200, or 409 for cancelling the finished batch),
+    invalid ones are refused; the key is accepted throughout."""
     statuses = generated(api_schema, method, path, AUTH, EXAMPLES)
-    print(f"{method} {path}: {sorted(Counter(statuses).items())}")  # (status, count), shown with -s
-    SENT["with_key"] += statuses
+    print(f"{method} {path}: {len(statuses)} requests, {sorted(Counter(statuses).items())}")  # shown with -s
+    assert {200, 409} & set(statuses) and 401 not in statuses, statuses
 
 
 @pytest.mark.parametrize(("method", "path"), OPERATIONS)
 def test_generated_requests_without_a_key(api_schema, method, path):
-    """Without a key every authenticated route answers 401 (documented, OpenAI-shaped); 400 for a key in the URL."""
+    """Without a key every route behind the key check (/metrics too: metrics_require_auth) answers 401, or 400 for
+    a key-like name in the query string; /health and /ready answer."""
     statuses = generated(api_schema, method, path, {}, 10)
-    SENT["without_key"] += statuses
-    if path not in ("/health", "/ready"):
-        assert set(statuses) <= {400, 401, 413}, statuses
-
-
-def test_generated_requests_reached_the_gateway_and_triton():
-    """The runs above sent what they were meant to: hundreds of requests per run, valid ones answered 200 (they
-    reached Triton), invalid ones 4xx, and without a key 401s."""
-    with_key, without_key = SENT["with_key"], SENT["without_key"]
-    print(f"generated requests: {len(with_key)} with the key, {len(without_key)} without")
-    assert len(with_key) >= 1000 and with_key.count(200) >= 200
-    assert {400, 404}.issubset(with_key) and all(s < 500 for s in with_key)
-    assert without_key.count(401) >= len(without_key) // 2
+    print(f"{method} {path} without a key: {len(statuses)} requests, {sorted(Counter(statuses).items())}")
+    assert set(statuses) <= ({200} if path in ("/health", "/ready") else {400, 401}), statuses
+    assert path in ("/health", "/ready") or 401 in statuses

@@ -1,7 +1,7 @@
 """Generated requests (schemathesis, from the gateway's own /openapi.json) against a real gateway process over the
 real Triton serving MiniLM and the tiny reranker, keys on: valid and invalid bodies, parameters and uploads on
-every operation. No answer is a 5xx, every status is documented, and every answer's content type, body and
-headers are those the document declares."""
+every operation. No answer is a 5xx, what the document forbids is refused with a 4xx, every status is documented,
+and every answer's content type, body and headers are those the document declares."""
 
 from __future__ import annotations
 

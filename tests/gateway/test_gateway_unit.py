@@ -867,6 +867,37 @@ def test_openapi_schema_lists_the_api(make_client):
     assert "EmbeddingResponse" in json.dumps(schema["responses"]["200"])
 
 
+def test_openapi_documents_every_error_status_with_the_openai_body_and_no_422(make_client):
+    """Regressions found by tests/gateway/test_generated_input.py: FastAPI's 422 (the gateway answers 400), and
+    401/413/500/503 missing where a route answers them; 429 and 503 must say Retry-After."""
+    spec = make_client().get("/openapi.json").json()
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            assert "422" not in responses, (method, path)
+            assert {"413", "500", "503"} <= set(responses), (method, path)
+            if path not in ("/health", "/ready"):
+                assert {"400", "401"} <= set(responses), (method, path)
+            for status, response in responses.items():
+                if status.startswith(("4", "5")):
+                    error = response["content"]["application/json"]["schema"]
+                    assert error == {"$ref": "#/components/schemas/ErrorResponse"}, (method, path, status)
+                assert response.get("headers", {}).get("Retry-After", {}).get("required") is (
+                    True if status in ("429", "503") else None), (method, path, status)
+    assert "409" in spec["paths"]["/v1/batches/{batch_id}/cancel"]["post"]["responses"]
+    assert set(spec["paths"]["/v1/files/{file_id}/content"]["get"]["responses"]["200"]["content"]) == {
+        "application/jsonl"}
+
+
+def test_the_document_declares_the_fast_routes_bodies(make_client):
+    paths = make_client().get("/openapi.json").json()["paths"]
+    for path, model in (("/v1/embeddings", "EmbeddingRequest"), ("/v1/rerank", "RerankRequest")):
+        body = paths[path]["post"]["requestBody"]
+        assert body["required"] is True
+        assert body["content"]["application/json"]["schema"] == {"$ref": f"#/components/schemas/{model}"}
+
+
 def test_openapi_documents_metrics_as_prometheus_text_and_the_response_agrees(make_client):
     client = make_client()
     content = client.app.openapi()["paths"]["/metrics"]["get"]["responses"]["200"]["content"]

@@ -18,6 +18,7 @@ from triton_embeddings.gateway.batch.runner import Runner
 from triton_embeddings.gateway.batch.store import make_store
 from triton_embeddings.gateway.http.errors import install_error_handlers
 from triton_embeddings.gateway.http.middleware import RequestContextMiddleware, setup_logging
+from triton_embeddings.gateway.http.openapi import without_422
 from triton_embeddings.gateway.http.registry import ModelRegistry
 from triton_embeddings.gateway.http.routes import router
 from triton_embeddings.gateway.http.token_ids import TokenDecoder, load_cl100k
@@ -155,4 +156,5 @@ def create_app(
     app.add_middleware(RateLimitHeaders, teams=app.state.teams, metrics=metrics)
     app.include_router(batch_router)
     app.add_middleware(RequestContextMiddleware, settings=settings, metrics=metrics)
+    without_422(app)
     return app

@@ -62,6 +62,32 @@ class Batch(TypedDict):
     metadata: dict | None
 
 
+class FileDeleted(TypedDict):
+    id: str
+    object: Literal["file"]
+    deleted: bool
+
+
+class FileList(TypedDict):
+    """A cursor page of files (`after` = `last_id`)."""
+
+    object: Literal["list"]
+    data: list[FileObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class BatchList(TypedDict):
+    """A cursor page of batches (`after` = `last_id`)."""
+
+    object: Literal["list"]
+    data: list[Batch]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
 def file_object(file_id: str, size: int, filename: str, purpose: str) -> FileObject:
     return {"id": file_id, "object": "file", "bytes": size, "created_at": int(time.time()), "filename": filename,
             "purpose": purpose, "status": "processed", "status_details": None}

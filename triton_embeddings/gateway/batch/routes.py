@@ -9,6 +9,9 @@ from triton_embeddings.gateway.batch import jsonl
 from triton_embeddings.gateway.batch.protocol import (
     Batch,
     BatchCreateRequest,
+    BatchList,
+    FileDeleted,
+    FileList,
     FileObject,
     file_object,
     listing,
@@ -18,9 +21,13 @@ from triton_embeddings.gateway.batch.protocol import (
 )
 from triton_embeddings.gateway.batch.store import BatchStore
 from triton_embeddings.gateway.errors import APIError, ErrorKind
-from triton_embeddings.gateway.http.routes import ERRORS, check_api_key, json_response
+from triton_embeddings.gateway.http.openapi import AUTHENTICATED, errors
+from triton_embeddings.gateway.http.routes import check_api_key, json_response
 
-router = APIRouter(dependencies=[Depends(check_api_key)], responses={**ERRORS, 409: ERRORS[400]})
+# 404: no such file or batch, or the Batch API turned off.
+router = APIRouter(dependencies=[Depends(check_api_key)], responses=errors(*AUTHENTICATED, 404))
+JSONL = {200: {"content": {"application/jsonl": {"schema": {"type": "string"}}},
+               "description": "The file's bytes as uploaded (JSONL)."}}
 CANCELLABLE = ("validating", "in_progress")
 
 
@@ -77,7 +84,7 @@ async def create_file(request: Request, file: UploadFile = File(...), purpose: s
     return json_response(meta)
 
 
-@router.get("/v1/files")
+@router.get("/v1/files", response_model=FileList)
 async def list_files(request: Request, limit: int = Query(100, ge=1, le=10_000), after: str | None = None) -> Response:
     return await _listing(request, "files", limit, after)
 
@@ -93,7 +100,7 @@ async def _chain(first: bytes, rest):
         yield page
 
 
-@router.get("/v1/files/{file_id}/content")
+@router.get("/v1/files/{file_id}/content", response_class=Response, responses=JSONL)
 async def file_content(file_id: str, request: Request) -> Response:
     """The file streamed a page of lines at a time (`EMBEDDINGS_BATCH_PAGE_LINES`); its first page is read
     before the answer starts, so a store that is down is still a 503."""
@@ -105,7 +112,7 @@ async def file_content(file_id: str, request: Request) -> Response:
                              headers={"content-length": str(meta["bytes"])})
 
 
-@router.delete("/v1/files/{file_id}")
+@router.delete("/v1/files/{file_id}", response_model=FileDeleted)
 async def delete_file(file_id: str, request: Request) -> Response:
     store = _store(request)
     _visible(request, await store.get_file(file_id), "File", file_id)
@@ -143,12 +150,12 @@ async def get_batch(batch_id: str, request: Request) -> Response:
     return json_response(_visible(request, await _store(request).get_batch(batch_id), "batch", batch_id))
 
 
-@router.get("/v1/batches")
+@router.get("/v1/batches", response_model=BatchList)
 async def list_batches(request: Request, limit: int = Query(20, ge=1, le=100), after: str | None = None) -> Response:
     return await _listing(request, "batches", limit, after)
 
 
-@router.post("/v1/batches/{batch_id}/cancel", response_model=Batch)
+@router.post("/v1/batches/{batch_id}/cancel", response_model=Batch, responses=errors(409))
 async def cancel_batch(batch_id: str, request: Request) -> Response:
     """validating or in_progress -> cancelling (the runner writes what ran, then `cancelled`); finished: 409."""
     store = _store(request)

@@ -16,10 +16,10 @@ from triton_embeddings.gateway.errors import APIError, ErrorKind
 from triton_embeddings.gateway.http import wire
 from triton_embeddings.gateway.http.errors import error_response
 from triton_embeddings.gateway.http.fast_route import FastBodyRoute
+from triton_embeddings.gateway.http.openapi import ANY_ROUTE, AUTHENTICATED, INFERENCE, errors
 from triton_embeddings.gateway.http.protocol import (
     EmbeddingRequest,
     EmbeddingResponse,
-    ErrorResponse,
     ModelList,
     ModelWithPrompts,
     RerankRequest,
@@ -35,7 +35,7 @@ from triton_embeddings.gateway.teams.quotas import Teams, Usage
 
 router = APIRouter()
 
-ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 413, 429, 500, 503, 504)}
+ERRORS = errors(*INFERENCE)
 
 
 Body200 = EmbeddingResponse | RerankResponse | list[TEIRerankItem] | ModelList | ModelWithPrompts | Status
@@ -162,25 +162,26 @@ def _validated(model: type[BaseModel], body: dict):
         raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from None
 
 
-@_api("GET", "/v1/models", "/models", response_model=ModelList)
+@_api("GET", "/v1/models", "/models", response_model=ModelList, responses=errors(*AUTHENTICATED))
 async def list_models(request: Request) -> Response:
     """Every served model plus its aliases."""
     return json_response(registry_of(request).list())
 
 
-@_api("GET", "/v1/models/{model_id:path}", "/models/{model_id:path}", response_model=ModelWithPrompts, responses=ERRORS)
+@_api("GET", "/v1/models/{model_id:path}", "/models/{model_id:path}", response_model=ModelWithPrompts,
+      responses=errors(*AUTHENTICATED, 404))
 async def get_model(model_id: str, request: Request) -> Response:
     """One model or alias; unknown: 404 `model_not_found`."""
     return json_response(registry_of(request).get(model_id))
 
 
-@router.get("/health")
+@router.get("/health", response_model=Status, responses=errors(*ANY_ROUTE))
 async def health() -> Response:
     """Liveness: the process answers; Triton is not called."""
     return json_response({"status": "ok"})
 
 
-@router.get("/ready", responses={503: {"model": ErrorResponse}})
+@router.get("/ready", response_model=Status, responses=errors(*ANY_ROUTE))
 async def ready(request: Request) -> Response:
     """Readiness: Triton live and every configured model ready."""
     if request.app.state.draining:
@@ -200,7 +201,8 @@ class PrometheusText(Response):
 
 
 @router.get("/metrics", dependencies=[Depends(check_metrics_key)], response_class=PrometheusText,
-            responses={200: {"description": "Prometheus text exposition (format 0.0.4), not JSON"}})
+            responses={200: {"description": "Prometheus text exposition (format 0.0.4), not JSON"},
+                       **errors(*AUTHENTICATED, by_reference=True)})  # 400/401: metrics_require_auth
 async def metrics(request: Request) -> Response:
     """Prometheus exposition: the gateway's metrics and Triton's, merged."""
     body = await asyncio.to_thread(request.app.state.metrics.exposition)

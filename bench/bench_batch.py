@@ -32,6 +32,7 @@ sys.path.append(str(ROOT / "bench"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import procstat  # noqa: E402
 from provenance import provenance  # noqa: E402
 
 from bench import LOADS, MODEL, ensure_repository, make_texts, start_stack, stop_stack, wrk  # noqa: E402
@@ -59,19 +60,23 @@ def lines_done(client: httpx.Client, batch_id: str) -> tuple[str, int]:
     return b["status"], b["request_counts"]["completed"] + b["request_counts"]["failed"]
 
 
-def wait_running(client: httpx.Client, batch_id: str) -> None:
-    deadline = time.monotonic() + 60
-    while lines_done(client, batch_id)[0] == "validating":
+ENDED = ("completed", "failed", "expired", "cancelled")
+
+
+def wait_status(client: httpx.Client, batch_id: str, statuses: tuple[str, ...], timeout: float | None = 60) -> str:
+    """Poll until the batch's status is one of `statuses`; that status."""
+    deadline = time.monotonic() + (timeout or float("inf"))
+    while (status := lines_done(client, batch_id)[0]) not in statuses:
         if time.monotonic() > deadline:
-            raise RuntimeError("the batch did not start")
+            raise RuntimeError(f"batch {batch_id} still {status} after {timeout} s")
         time.sleep(0.05)
+    return status
 
 
 def batch_alone(client: httpx.Client, texts: list[str], per_line: int) -> dict:
     t0 = time.perf_counter()
     batch_id = submit(client, texts, per_line)
-    while (status := lines_done(client, batch_id)[0]) not in ("completed", "failed", "expired", "cancelled"):
-        time.sleep(0.05)
+    status = wait_status(client, batch_id, ENDED, timeout=None)
     wall = time.perf_counter() - t0
     b = client.get(f"/v1/batches/{batch_id}").json()
     return {"status": status, "texts": len(texts), "seconds": round(wall, 3),
@@ -95,15 +100,19 @@ def online_round(r: int, stack, client: httpx.Client, texts: list[str], args, fi
     """wrk S32 alone, then the same with a batch running (started first, cancelled after)."""
     alone = wrk(stack.gateway_url, "openai", MODEL, S32, args.seconds, f"a{r}", files, stack.pids(), None)
     batch_id = submit(client, [f"r{r} {t}" for t in texts], args.per_line)
-    wait_running(client, batch_id)
+    wait_status(client, batch_id, ("in_progress", *ENDED))
     _, before = lines_done(client, batch_id)
     t0 = time.perf_counter()
-    loaded = wrk(stack.gateway_url, "openai", MODEL, S32, args.seconds, f"b{r}", files, stack.pids(), None)
+    # No process groups: wrk would wait for the server to go idle after its run, which it does not while the
+    # batch runs (the window, and the batch's rate, would then stretch over a wait without online load).
+    loaded = wrk(stack.gateway_url, "openai", MODEL, S32, args.seconds, f"b{r}", files, {}, None)
     status, after = lines_done(client, batch_id)
     wall = time.perf_counter() - t0
     if status != "in_progress":
         print(f"round {r}: the batch ended ({status}) inside the window; use more --batch-texts", file=sys.stderr)
     client.post(f"/v1/batches/{batch_id}/cancel")
+    wait_status(client, batch_id, ENDED)
+    procstat.wait_idle(stack.pids())  # the next run starts on an idle server
     return {"alone": {"p50_ms": alone.p50_ms, "p99_ms": alone.p99_ms, "texts_per_s": alone.texts_per_s,
                       "errors": alone.errors},
             "with_batch": {"p50_ms": loaded.p50_ms, "p99_ms": loaded.p99_ms, "texts_per_s": loaded.texts_per_s,

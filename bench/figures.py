@@ -9,7 +9,7 @@ A markdown file quotes a run in a block:
     python bench/figures.py            # rewrite every block from its JSON
     python bench/figures.py --check    # exit 1 naming each block that differs (tests/test_figures.py)
 
-Each JSON is written by the tool that measured it (bench.py, bench_rerank.py, compare_demo.py, soak.py,
+Each JSON is written by the tool that measured it (bench.py, bench_rerank.py, bench_batch.py, compare_demo.py, soak.py,
 quantization_quality.py, gpu_throughput.py with --json/--out) and carries its provenance (bench/provenance.py);
 every block opens with that line, so a figure always says which run, commit, machine and day it comes from.
 """
@@ -219,10 +219,34 @@ def gpu_proxy(doc: dict) -> list[str]:
             *_table(["model", "dtype", "tokens per text", "batch 32", "batch 128"], rows)]
 
 
+def _p50s(r: dict) -> list[str]:
+    return [f"{r['p50_ms']:.0f} ms", f"{r['p99_ms']:.0f} ms", f"{r['texts_per_s']:.1f}"]
+
+
+def batch(doc: dict) -> list[str]:
+    """bench_batch.py: online S32 alone and beside a running batch, and the batch's own rate."""
+    plan, s, rounds = doc["plan"], doc["summary"], doc["rounds"]
+    errors = sum(r[k]["errors"] for r in rounds for k in ("alone", "with_batch"))
+    head = (f"{plan['model']}, {plan['load']}; rounds {len(rounds)}, wrk runs of {plan['seconds']:g} s "
+            f"(table: the median round by p50 with a batch), batches of {plan['batch_texts']:,} texts, "
+            f"{plan['per_line']} per line; errors {errors}:")
+    mid = sorted(rounds, key=lambda r: r["with_batch"]["p50_ms"])[len(rounds) // 2]
+    rows = [["online alone", *_p50s(mid["alone"]), ""],
+            ["online + a batch", *_p50s(mid["with_batch"]), f"{mid['with_batch']['batch_texts_per_s']:.1f}"],
+            ["the batch alone (created to completed)", "", "", "", f"{doc['batch_alone']['texts_per_s']:.1f}"],
+            ["`embeddings-reembed` alone", "", "", "", f"{doc['reembed_alone']['texts_per_s']:.1f}"]]
+    goal = [[f"online p50 under {plan['load']} rises <= 20% while a batch runs",
+             f"{s['s32_p50_ms_alone']:.0f} -> {s['s32_p50_ms_with_batch']:.0f} ms ({s['s32_p50_rise']:+.0%})",
+             _verdict(s["s32_p50_rise_within_20pct"])]]
+    return [head, "", *_table(["", "online p50", "online p99", "online texts/s", "batch texts/s"], rows), "",
+            *_table(["goal (medians of rounds)", "measured", ""], goal)]
+
+
 RENDERERS: dict[str, Callable[[dict], list[str]]] = {
     "bench-throughput": bench_throughput, "bench-goals": bench_goals, "bench-cpu": bench_cpu, "rerank": rerank,
     "cost": cost, "compare-agreement": compare_agreement, "compare-quality": compare_quality,
     "compare-speed": compare_speed, "soak": soak, "quantization": quantization, "gpu-proxy": gpu_proxy,
+    "batch": batch,
 }
 
 

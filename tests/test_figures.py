@@ -81,3 +81,27 @@ def test_goal_verdicts_are_computed_from_the_figures():
     assert "not met" not in met and met.count("| met |") == 3
     missed = "\n".join(figures.bench_goals(_bench(0.8, 2.5, 1.5)))
     assert missed.count("**not met**") == 3
+
+
+def _batch_run(p50_alone: float, p50_with: float) -> dict:
+    """bench/bench_batch.py's JSON (the shape its --quick run writes), three rounds."""
+    round_ = lambda a, b: {"alone": {"p50_ms": a, "p99_ms": 2 * a, "texts_per_s": 80.0, "errors": 0},  # noqa: E731
+                           "with_batch": {"p50_ms": b, "p99_ms": 2 * b, "texts_per_s": 60.0, "errors": 0,
+                                          "batch_status_at_end": "in_progress", "batch_texts_per_s": 25.0}}
+    rise = p50_with / p50_alone - 1
+    return {"plan": {"rounds": 3, "seconds": 2.0, "batch_texts": 512, "per_line": 32, "model": "all-MiniLM-L6-v2",
+                     "load": "32 clients x 1 short text", "quick": True},
+            "rounds": [round_(p50_alone, p50_with), round_(p50_alone + 10, p50_with + 900),
+                       round_(p50_alone - 10, p50_with - 20)],
+            "batch_alone": {"texts_per_s": 29.4}, "reembed_alone": {"texts_per_s": 24.1},
+            "summary": {"s32_p50_ms_alone": p50_alone, "s32_p50_ms_with_batch": p50_with,
+                        "s32_p50_rise": rise, "s32_p50_rise_within_20pct": rise <= 0.2}}
+
+
+def test_the_batch_bench_renders_its_rounds_rates_and_goal():
+    met = "\n".join(figures.batch(_batch_run(400.0, 440.0)))
+    assert "| online + a batch | 440 ms | 880 ms | 60.0 | 25.0 |" in met  # the median round by p50 with a batch
+    assert "| the batch alone (created to completed) |  |  |  | 29.4 |" in met
+    assert "| `embeddings-reembed` alone |  |  |  | 24.1 |" in met
+    assert "400 -> 440 ms (+10%) | met |" in met
+    assert "(+50%) | **not met** |" in "\n".join(figures.batch(_batch_run(400.0, 600.0)))

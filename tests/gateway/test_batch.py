@@ -53,11 +53,12 @@ def submit(client: openai.OpenAI, rows: list[dict], endpoint: str = "/v1/embeddi
 
 @pytest.fixture(scope="module")
 def batch_gateway(triton, tmp_path_factory):
-    """Keys on, no cache (every vector comes from Triton), one line at a time (as a lone online request)."""
+    """Keys on, no cache (every vector comes from Triton), one line at a time (as a lone online request), output
+    files streamed 4 lines per page (so the client reads several)."""
     d = tmp_path_factory.mktemp("batch_gateway")
     with running_gateway(d, triton_grpc_url=triton.grpc_url, triton_metrics_url=triton.metrics_url,
                          api_keys=json.dumps([KEY_A, KEY_B]), cache="none", shutdown_delay_s=0, batch_store=f"sqlite:///{d}/b.db",
-                         batch_poll_s=0.1, batch_chunk_lines=1, batch_max_requests=50,
+                         batch_poll_s=0.1, batch_chunk_lines=1, batch_page_lines=4, batch_max_requests=50,
                          batch_max_upload_bytes=64 * 1024) as gw:
         yield gw
 
@@ -217,7 +218,7 @@ def test_two_gateways_share_one_redis_store(triton, redis_server, tmp_path):
     _, port, r = redis_server
     n = 40
     settings = dict(triton_grpc_url=triton.grpc_url, triton_metrics_url="", shutdown_delay_s=0, batch_poll_s=0.1,
-                    batch_lease_s=2, batch_chunk_lines=2, batch_store=f"redis://127.0.0.1:{port}/0")
+                    batch_lease_s=2, batch_chunk_lines=2, batch_page_lines=8, batch_store=f"redis://127.0.0.1:{port}/0")
     gateways = [GatewayProcess(tmp_path / f"gw{i}.log", **settings).start() for i in range(2)]
     try:
         clients = [openai.OpenAI(base_url=g.url + "/v1", api_key="-", max_retries=0) for g in gateways]

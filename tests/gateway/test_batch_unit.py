@@ -16,8 +16,12 @@ from hypothesis import strategies as st
 
 from triton_embeddings.gateway.backends.base import BackendUnavailable
 from triton_embeddings.gateway.batch import jsonl
+from triton_embeddings.gateway.batch.redis_store import RedisStore
+from triton_embeddings.gateway.batch.routes import file_content
 from triton_embeddings.gateway.batch.runner import Runner
 from triton_embeddings.gateway.batch.sqlite_store import SQLiteStore
+from triton_embeddings.gateway.batch.store import FAILED, OK, Line
+from triton_embeddings.gateway.pipeline.batcher import BATCH, ONLINE, row_priority
 from triton_embeddings.gateway.settings import Settings
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
@@ -92,11 +96,11 @@ async def test_sqlite_lines_are_written_once_and_the_lease_is_exclusive(tmp_path
     store = SQLiteStore(str(tmp_path / "b.db"))
     batch = {"id": "batch_1", "status": "in_progress", "request_counts": {"total": 2, "completed": 0, "failed": 0}}
     await store.put_batch(batch, "owner")
-    assert await store.put_line("batch_1", 0, False, b"first")
-    assert not await store.put_line("batch_1", 0, True, b"second")  # the first write wins
-    assert await store.put_line("batch_1", 1, True, b"error")
-    assert [(x.index, x.failed, x.body) for x in await store.lines("batch_1")] == [(0, False, b"first"),
-                                                                                  (1, True, b"error")]
+    assert await store.put_line("batch_1", 0, OK, b"first")
+    assert not await store.put_line("batch_1", 0, FAILED, b"second")  # the first write wins
+    assert await store.put_line("batch_1", 1, FAILED, b"error")
+    assert await store.line_page("batch_1", False, -1, 10) == [Line(0, b"first")]
+    assert await store.line_page("batch_1", True, -1, 10) == [Line(1, b"error")]
     got, owner = await store.get_batch("batch_1")
     assert got["request_counts"] == {"total": 2, "completed": 1, "failed": 1} and owner == "owner"
     assert await store.acquire("batch_1", "a", 0.3) and await store.acquire("batch_1", "a", 0.3)
@@ -104,6 +108,73 @@ async def test_sqlite_lines_are_written_once_and_the_lease_is_exclusive(tmp_path
     await asyncio.sleep(0.35)
     assert await store.acquire("batch_1", "b", 10)  # expired: taken over
     assert not await store.acquire("batch_1", "a", 10)
+    await store.close()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request, tmp_path):
+    """Each store, the real thing: SQLite in a file, a real redis-server (the test closes it)."""
+    if request.param == "sqlite":
+        return SQLiteStore(str(tmp_path / "b.db"))
+    return RedisStore(f"redis://127.0.0.1:{request.getfixturevalue('redis_server')[1]}/0")
+
+
+def _out(i: int) -> bytes:
+    return json.dumps({"custom_id": f"c{i}", "response": "x" * (i % 7)}).encode()
+
+
+async def _stored(store, n: int, batch_id: str = "batch_s") -> dict[bool, bytes]:
+    """n lines, every third failed, the last quarter never run, written out of order: each file's expected bytes."""
+    batch = {"id": batch_id, "status": "in_progress", "request_counts": {"total": n, "completed": 0, "failed": 0}}
+    await store.put_batch(batch, "k")
+    ran = n - n // 4
+    for i in reversed(range(ran)):
+        assert await store.put_line(batch_id, i, FAILED if i % 3 == 0 else OK, _out(i))
+    await store.put_unrun(batch_id, [(i, _out(i)) for i in range(ran - 2, n)])  # those that ran are kept
+    assert not await store.put_line(batch_id, n - 1, OK, b"late")
+    errors = [i for i in range(n) if i % 3 == 0 or i >= ran]
+    return {e: b"".join(_out(i) + b"\n" for i in range(n) if (i in errors) == e) for e in (False, True)}
+
+
+async def test_output_files_are_the_stored_lines_streamed_a_page_at_a_time(store):
+    expected = await _stored(store, 40)
+    got, _ = await store.get_batch("batch_s")
+    assert got["request_counts"] == {"total": 40, "completed": 20, "failed": 10}  # the unrun counted in neither
+    for errors, kind in ((False, "output"), (True, "error")):
+        lines, size = await store.line_stats("batch_s", errors)
+        assert (lines, size) == (expected[errors].count(b"\n"), len(expected[errors]))
+        await store.put_output_file({"id": f"file_{kind}", "bytes": size}, "k", "batch_s", errors)
+        pages = [p async for p in store.file_pages(f"file_{kind}", 3)]
+        assert b"".join(pages) == expected[errors] and {p.count(b"\n") for p in pages[:-1]} == {3}
+        assert await store.get_file(f"file_{kind}") == ({"id": f"file_{kind}", "bytes": size}, "k")
+    await store.put_file({"id": "file_in"}, "k", b"uploaded\n")
+    assert [p async for p in store.file_pages("file_in", 3)] == [b"uploaded\n"]
+    assert await store.delete_file("file_output") and await store.get_file("file_output") is None
+    assert await store.file_source("file_output") is None and await store.file_source("file_error") is not None
+    await store.close()
+
+
+async def test_the_content_route_reads_one_page_before_each_it_sends(tmp_path):
+    """The route streams: when its first chunk is out, the store was asked for one page, of the setting's size."""
+    store = SQLiteStore(str(tmp_path / "b.db"))
+    expected = (await _stored(store, 400))[False]
+    await store.put_output_file({"id": "file_o", "bytes": len(expected), "purpose": "batch_output"}, None,
+                                "batch_s", False)
+    asked, read = [], store.line_page
+
+    async def line_page(batch_id, errors, after, limit):
+        asked.append(limit)
+        return await read(batch_id, errors, after, limit)
+
+    store.line_page = line_page
+    app = SimpleNamespace(state=SimpleNamespace(batch_store=store, settings=Settings(batch_page_lines=8)))
+    response = await file_content("file_o", SimpleNamespace(app=app, state=SimpleNamespace()))
+    chunks = response.body_iterator
+    first = await anext(chunks)
+    assert asked == [8] and first.count(b"\n") == 8
+    rest = [c async for c in chunks]
+    assert first + b"".join(rest) == expected and int(response.headers["content-length"]) == len(expected)
+    assert asked == [8] * len(asked) and len(asked) == expected.count(b"\n") // 8 + 1
     await store.close()
 
 
@@ -163,6 +234,21 @@ def test_a_line_answered_503_is_retried_then_kept(batch_client, fake_backend):
     assert batch["request_counts"] == {"total": 1, "completed": 1, "failed": 0}
 
 
+def test_batch_lines_reach_the_batcher_as_batch_rows_and_online_requests_do_not(batch_client):
+    client = batch_client()
+    batcher = client.app.state.embeddings.batcher
+    seen, submit = [], batcher.submit
+
+    async def spy(info, rows, *args, **kwargs):
+        seen.append((rows[0].text, row_priority.get()))
+        return await submit(info, rows, *args, **kwargs)
+
+    batcher.submit = spy
+    _wait(client, _upload(client, _fake_lines(2))["id"], "completed")
+    assert client.post("/v1/embeddings", json={"model": "fake-model", "input": "online"}).status_code == 200
+    assert sorted(seen) == [("online", ONLINE), ("text 0", BATCH), ("text 1", BATCH)]
+
+
 def test_past_its_window_a_batch_expires_and_keeps_what_ran(batch_client, fake_backend):
     client = batch_client(batch_chunk_lines=1)
     fake_backend.delay = 0.05
@@ -178,6 +264,15 @@ def test_past_its_window_a_batch_expires_and_keeps_what_ran(batch_client, fake_b
     unrun = _rows(client, batch["error_file_id"])
     assert len(done) >= 2 and len(done) + len(unrun) == 40 and batch["expired_at"]
     assert {r["error"]["code"] for r in unrun} == {"batch_expired"}
+    for file_id in (batch["output_file_id"], batch["error_file_id"]):  # bytes: exactly what the download sends
+        content = client.get(f"/v1/files/{file_id}/content").content
+        assert client.get(f"/v1/files/{file_id}").json()["bytes"] == len(content)
+    r = client.post("/v1/batches", json={"input_file_id": batch["output_file_id"], "endpoint": "/v1/embeddings",
+                                         "completion_window": "24h"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input_file_id"  # an output file is no input
+    assert client.delete(f"/v1/files/{batch['output_file_id']}").json()["deleted"]
+    assert client.get(f"/v1/files/{batch['output_file_id']}/content").status_code == 404
+    assert client.get(f"/v1/batches/{created['id']}").json()["request_counts"] == batch["request_counts"]
 
 
 def test_keys_own_their_jobs(batch_client):

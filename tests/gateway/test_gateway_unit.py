@@ -31,7 +31,7 @@ from triton_embeddings.gateway.backends.triton import (
 )
 from triton_embeddings.gateway.http.token_ids import TokenDecoder
 from triton_embeddings.gateway.metrics import GatewayMetrics, translate_family
-from triton_embeddings.gateway.pipeline.batcher import Batcher
+from triton_embeddings.gateway.pipeline.batcher import BATCH, PASSED_OVER_MAX, Batcher, row_priority
 from triton_embeddings.gateway.pipeline.cache import CacheEntry, MemoryCache, RedisCache, cache_key
 from triton_embeddings.gateway.pipeline.embeddings import TextRow, embed_batch
 from triton_embeddings.gateway.settings import Settings
@@ -405,6 +405,87 @@ async def test_upstream_models_get_full_calls():
     cloud = dataclasses.replace(backend.models["fake-model"], backend="teamcloud")  # no instances; bills requests
     await _embed(Batcher(max_calls=4), backend, cloud, [f"t{i}" for i in range(100)])
     assert sorted(len(call) for call in backend.calls) == [36, 64]
+
+
+class HeldCalls:
+    """A batch call that records its rows and returns only when the test lets one call go (no timing)."""
+
+    def __init__(self):
+        self.calls: list[list[str]] = []
+        self.go = asyncio.Semaphore(0)
+
+    async def __call__(self, info, rows, request_id):
+        self.calls.append(list(rows))
+        await self.go.acquire()
+        return rows
+
+    async def next_call(self) -> list[str]:
+        """Let the oldest running call return; the rows of the call that forms next."""
+        seen = len(self.calls)
+        self.go.release()
+        await _until(lambda: len(self.calls) > seen)
+        return self.calls[-1]
+
+
+async def _until(condition) -> None:
+    """Let the event loop run until `condition()` holds (a bounded number of turns, no clock)."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the condition never held")
+
+
+def _queue(batcher, info, held, rows: list[str], priority: int = 0) -> asyncio.Task:
+    async def submit():
+        row_priority.set(priority)
+        return await batcher.submit(info, rows, [1] * len(rows), held)
+
+    return asyncio.create_task(submit())
+
+
+async def _held_batcher(max_batch_size: int):
+    """A one-call batcher over `held`, busy with a first online call, so the rows queued next wait."""
+    info = dataclasses.replace(FakeBackend().models["fake-model"], max_batch_size=max_batch_size)
+    batcher, held = Batcher(max_calls=1), HeldCalls()
+    first = _queue(batcher, info, held, ["o-first"])
+    await _until(lambda: held.calls == [["o-first"]])
+    return batcher, info, held, first
+
+
+async def test_online_rows_go_first_and_batch_rows_fill_what_is_left():
+    batcher, info, held, first = await _held_batcher(max_batch_size=3)
+    waiting = [_queue(batcher, info, held, ["b1", "b2", "b3"], BATCH), _queue(batcher, info, held, ["o1", "o2"])]
+    await _until(lambda: len(batcher._queues[info.name]) == 5)  # both queued, the batch rows first
+    assert await held.next_call() == ["o1", "o2", "b1"]  # online rows first though queued last; batch fills up
+    assert await held.next_call() == ["b2", "b3"]
+    held.go.release()
+    assert [await t for t in (first, *waiting)] == [["o-first"], ["b1", "b2", "b3"], ["o1", "o2"]]
+
+
+async def test_batch_rows_never_make_an_online_call_longer():
+    batcher, info, held, first = await _held_batcher(max_batch_size=64)
+    tasks = [_queue(batcher, info, held, [f"b{i}" for i in range(40)], BATCH),
+             _queue(batcher, info, held, [f"o{i}" for i in range(6)])]
+    await _until(lambda: len(batcher._queues[info.name]) == 46)
+    assert await held.next_call() == [f"o{i}" for i in range(6)]  # sized for the online rows alone, not 46
+    assert await held.next_call() == [f"b{i}" for i in range(40)]  # no online row waits: a whole call of batch rows
+    held.go.release()
+    await asyncio.gather(first, *tasks)
+
+
+async def test_batch_rows_are_not_starved_by_steady_online_rows():
+    batcher, info, held, first = await _held_batcher(max_batch_size=2)
+    tasks = [_queue(batcher, info, held, ["b1", "b2"], BATCH)]
+    tasks += [_queue(batcher, info, held, [f"o{i}a", f"o{i}b"]) for i in range(PASSED_OVER_MAX + 2)]
+    await _until(lambda: len(batcher._queues[info.name]) == 2 * PASSED_OVER_MAX + 6)
+    calls = [await held.next_call() for _ in range(PASSED_OVER_MAX + 1)]
+    assert all(c[0].startswith("o") for c in calls[:PASSED_OVER_MAX])  # online rows waiting: they go first...
+    assert calls[PASSED_OVER_MAX] == ["b1", "b2"]  # ...until the batch rows were passed over PASSED_OVER_MAX times
+    assert await held.next_call() == [f"o{PASSED_OVER_MAX}a", f"o{PASSED_OVER_MAX}b"]
+    for _ in range(4):
+        held.go.release()
+    await asyncio.gather(first, *tasks)
 
 
 # ---- auth, request ids, logs ---------------------------------------------------------------------------

@@ -249,6 +249,9 @@ class Settings(BaseSettings):
         200 * 1024 * 1024, ge=1024, description="Most bytes in one `/v1/files` upload; above it: 413."
     )
     batch_chunk_lines: int = Field(4, ge=1, description="Lines a runner sends at once (a small chunk).")
+    batch_page_lines: int = Field(
+        32, ge=1, description="Output lines read from the store at a time while a file's content is streamed."
+    )
     batch_yield_in_flight: int = Field(
         1, ge=1, description="Online requests in flight at or above which the runner waits before its next chunk."
     )

@@ -1,5 +1,6 @@
 """The Redis batch store, shared by every gateway: a job is a hash (record, owner, status), its output lines a
-hash by line index written with HSETNX (counted in the same script), its lease a key with an expiry."""
+hash by line index written with HSETNX (in the same script: counted, indexed in a sorted set per output file,
+their bytes added up), its lease a key with an expiry. A job's output file is a hash naming the job and kind."""
 
 from __future__ import annotations
 
@@ -11,16 +12,22 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 
-from triton_embeddings.gateway.batch.store import TERMINAL, BatchStore, Change, Line, Page, unavailable
+from triton_embeddings.gateway.batch.store import OK, TERMINAL, UNRUN, BatchStore, Change, Line, Page, unavailable
 
 P = "embeddings:batch:"  # every key of the store starts with it
-# Write line ARGV[1] once; count it as failed (ARGV[3] = "1") or completed in the job's counts.
+# Write line ARGV[1] (stored as its kind's digit then its JSON) once; count it as completed or failed (kind ARGV[3]
+# "0" or "1"; "2", unrun, is not counted), add its index to its file's sorted set KEYS[3] and its ARGV[4] bytes
+# to the file's total (field ARGV[5] of KEYS[4]).
 PUT_LINE = """
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
-  redis.call('HINCRBY', KEYS[2], ARGV[3] == '1' and 'failed' or 'completed', 1)
-  return 1
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then
+  return 0
 end
-return 0
+if ARGV[3] ~= '2' then
+  redis.call('HINCRBY', KEYS[2], ARGV[3] == '1' and 'failed' or 'completed', 1)
+end
+redis.call('ZADD', KEYS[3], ARGV[1], ARGV[1])
+redis.call('HINCRBY', KEYS[4], ARGV[5], ARGV[4])
+return 1
 """
 # Take the lease when it is free or already ours (then renew it).
 ACQUIRE = """
@@ -36,6 +43,10 @@ RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL'
 
 def _index(kind: str, owner: str | None) -> str:
     return f"{P}{kind}:all" if owner is None else f"{P}{kind}:owner:{owner}"
+
+
+def _file_kind(errors: bool) -> str:
+    return "error" if errors else "output"
 
 
 class RedisStore(BatchStore):
@@ -71,6 +82,19 @@ class RedisStore(BatchStore):
     @unavailable
     async def file_content(self, file_id: str) -> bytes | None:
         return await self._redis.hget(f"{P}file:{file_id}", "content")
+
+    @unavailable
+    async def put_output_file(self, meta: dict, owner: str | None, batch_id: str, errors: bool) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(f"{P}file:{meta['id']}", mapping={"meta": json.dumps(meta), "owner": owner or "",
+                                                        "batch": batch_id, "errors": int(errors)})
+            self._indexed("files", meta["id"], owner, pipe)
+            await pipe.execute()
+
+    @unavailable
+    async def file_source(self, file_id: str) -> tuple[str, bool] | None:
+        batch, errors = await self._redis.hmget(f"{P}file:{file_id}", ["batch", "errors"])
+        return None if batch is None else (batch.decode(), errors == b"1")
 
     async def _page(self, kind: str, owner: str | None, limit: int, after: str | None) -> list[str]:
         key = _index(kind, owner)
@@ -167,20 +191,43 @@ class RedisStore(BatchStore):
     async def release(self, batch_id: str, runner: str) -> None:
         await self._release(keys=[f"{P}lease:{batch_id}"], args=[runner])
 
+    def _line(self, batch_id: str, index: int, kind: int, body: bytes, client=None):
+        file = _file_kind(kind != OK)
+        keys = [f"{P}lines:{batch_id}", f"{P}counts:{batch_id}", f"{P}{file}:{batch_id}", f"{P}bytes:{batch_id}"]
+        return self._put_line(keys=keys, args=[index, b"%d" % kind + body, kind, len(body) + 1, file], client=client)
+
     @unavailable
-    async def put_line(self, batch_id: str, index: int, failed: bool, body: bytes) -> bool:
-        value = (b"1" if failed else b"0") + body
-        return bool(await self._put_line(keys=[f"{P}lines:{batch_id}", f"{P}counts:{batch_id}"],
-                                         args=[index, value, "1" if failed else "0"]))
+    async def put_line(self, batch_id: str, index: int, kind: int, body: bytes) -> bool:
+        return bool(await self._line(batch_id, index, int(kind), body))
+
+    @unavailable
+    async def put_unrun(self, batch_id: str, lines: list[tuple[int, bytes]]) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for index, body in lines:
+                await self._line(batch_id, index, UNRUN, body, client=pipe)
+            await pipe.execute()
 
     @unavailable
     async def done_indices(self, batch_id: str) -> set[int]:
         return {int(i) for i in await self._redis.hkeys(f"{P}lines:{batch_id}")}
 
     @unavailable
-    async def lines(self, batch_id: str) -> list[Line]:
-        raw = await self._redis.hgetall(f"{P}lines:{batch_id}")
-        return sorted((Line(int(i), v[:1] == b"1", v[1:]) for i, v in raw.items()), key=lambda line: line.index)
+    async def line_page(self, batch_id: str, errors: bool, after: int, limit: int) -> list[Line]:
+        key = f"{P}{_file_kind(errors)}:{batch_id}"
+        indices = [int(i) for i in await self._redis.zrangebyscore(key, f"({after}", "+inf", start=0, num=limit)]
+        if not indices:
+            return []
+        bodies = await self._redis.hmget(f"{P}lines:{batch_id}", indices)
+        return [Line(i, v[1:]) for i, v in zip(indices, bodies, strict=True)]
+
+    @unavailable
+    async def line_stats(self, batch_id: str, errors: bool) -> tuple[int, int]:
+        kind = _file_kind(errors)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zcard(f"{P}{kind}:{batch_id}")
+            pipe.hget(f"{P}bytes:{batch_id}", kind)
+            lines, size = await pipe.execute()
+        return lines, int(size or 0)
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from triton_embeddings.gateway.batch import jsonl
 from triton_embeddings.gateway.batch.protocol import (
@@ -87,12 +87,22 @@ async def get_file(file_id: str, request: Request) -> Response:
     return json_response(_visible(request, await _store(request).get_file(file_id), "File", file_id))
 
 
+async def _chain(first: bytes, rest):
+    yield first
+    async for page in rest:
+        yield page
+
+
 @router.get("/v1/files/{file_id}/content")
 async def file_content(file_id: str, request: Request) -> Response:
+    """The file streamed a page of lines at a time (`EMBEDDINGS_BATCH_PAGE_LINES`); its first page is read
+    before the answer starts, so a store that is down is still a 503."""
     store = _store(request)
-    _visible(request, await store.get_file(file_id), "File", file_id)
-    content = await store.file_content(file_id)
-    return Response(content or b"", media_type="application/jsonl")
+    meta = _visible(request, await store.get_file(file_id), "File", file_id)
+    pages = store.file_pages(file_id, request.app.state.settings.batch_page_lines)
+    first = await anext(pages, b"")
+    return StreamingResponse(_chain(first, pages), media_type="application/jsonl",
+                             headers={"content-length": str(meta["bytes"])})
 
 
 @router.delete("/v1/files/{file_id}")
@@ -107,7 +117,10 @@ async def delete_file(file_id: str, request: Request) -> Response:
 async def create_batch(body: BatchCreateRequest, request: Request) -> Response:
     """Check every line of the input file for the endpoint; a batch whose file fails is recorded `failed`."""
     store = _store(request)
-    _visible(request, await store.get_file(body.input_file_id), "File", body.input_file_id)
+    meta = _visible(request, await store.get_file(body.input_file_id), "File", body.input_file_id)
+    if meta["purpose"] != "batch":
+        raise APIError(ErrorKind.INVALID_REQUEST, f"File '{body.input_file_id}' has purpose '{meta['purpose']}': "
+                       "a batch's input file is one uploaded with purpose 'batch'.", param="input_file_id")
     content = await store.file_content(body.input_file_id) or b""
     try:
         requests = jsonl.parse(content, request.app.state.settings.batch_max_requests)

@@ -1,5 +1,6 @@
 """The batch runner, one per gateway: it takes a job's lease in the store, runs the job's lines in small
-chunks through the pipeline when online traffic leaves room, and writes its output files.
+chunks through the pipeline when online traffic leaves room (its rows ranked below online rows in the batcher),
+and writes its output files: references to its stored lines, which the content route streams.
 
 Exactly once: a line's output is written under its index, once (the first write wins); a job resumes from
 the lines written. Exactly one runner holds a job: its lease, renewed every third of its life; a runner that
@@ -16,15 +17,17 @@ import time
 from triton_embeddings.gateway.batch import jsonl
 from triton_embeddings.gateway.batch.execute import Outcome, output_line, run_line, unrun_line
 from triton_embeddings.gateway.batch.protocol import derived_id, file_object, moved, new_id
-from triton_embeddings.gateway.batch.store import ACTIVE, TERMINAL, BatchStore
+from triton_embeddings.gateway.batch.store import ACTIVE, FAILED, OK, TERMINAL, BatchStore
 from triton_embeddings.gateway.errors import StoreUnavailable
 from triton_embeddings.gateway.http.middleware import request_id_var
 from triton_embeddings.gateway.metrics import GatewayMetrics
+from triton_embeddings.gateway.pipeline.batcher import BATCH, row_priority
 from triton_embeddings.gateway.settings import Settings
 
 log = logging.getLogger("gateway.batch")
 STATUSES = ACTIVE + TERMINAL
 STATUS_CHECK_S = 0.5  # how often a running job's status is read again (a cancel, the window)
+UNRUN_PAGE = 1000  # unrun lines written at a time when a job is cancelled or expires
 UNRUN = {"cancelled": ("batch_cancelled", "The batch was cancelled before this request ran."),
          "expired": ("batch_expired", "The batch expired before this request ran.")}
 
@@ -169,10 +172,11 @@ class Job:
     async def _line(self, request: jsonl.Request) -> None:
         rid = f"{self.id}:{request.index}"
         request_id_var.set(rid)  # this task's log lines carry the line's request id
+        row_priority.set(BATCH)  # the batcher ranks this line's rows below online rows
         outcome = await self._attempts(request, rid)
         body = output_line(derived_id("batch_req", self.id, request.index), request, rid, outcome)
         failed = outcome.status != 200
-        if await self.store.put_line(self.id, request.index, failed, body):
+        if await self.store.put_line(self.id, request.index, FAILED if failed else OK, body):
             m = self.runner.metrics
             m.batch_lines.labels("failed" if failed else "completed").inc()
             if outcome.tokens:
@@ -189,28 +193,28 @@ class Job:
         raise AssertionError("unreachable")
 
     async def _finish(self, batch: dict) -> None:
-        """Write the output and error files (ids derived from the job's), then the final status."""
+        """Write the lines never run (cancelled, expired), the output and error files (ids derived from the
+        job's: references to its lines), then the final status."""
         status = {"finalizing": "completed", "cancelling": "cancelled"}.get(batch["status"], "expired")
-        got = await self.store.get_batch(self.id)
-        owner = got[1]
-        lines = await self.store.lines(self.id)
-        written = {line.index for line in lines}
-        ok = [line.body for line in lines if not line.failed]
-        errors = [line.body for line in lines if line.failed]
+        owner = (await self.store.get_batch(self.id))[1]
         if status in UNRUN:
-            code, message = UNRUN[status]
-            errors += [unrun_line(derived_id("batch_req", self.id, r.index), r, code, message)
-                       for r in await self._requests(batch) if r.index not in written]
-        files = {}
-        for kind, rows in (("output", ok), ("error", errors)):
-            if rows:
-                files[f"{kind}_file_id"] = await self._file(kind, rows, owner)
+            await self._unrun(batch, *UNRUN[status])
+        files, lines = {}, {}
+        for kind, errors in (("output", False), ("error", True)):
+            lines[kind], size = await self.store.line_stats(self.id, errors)
+            if lines[kind]:
+                file_id = derived_id("file", self.id, kind)
+                meta = file_object(file_id, size, f"{self.id}_{kind}.jsonl", "batch_output")
+                await self.store.put_output_file(meta, owner, self.id, errors)
+                files[f"{kind}_file_id"] = file_id
         await self._update(_if_status(tuple(ACTIVE), status, **files))
-        log.info("batch %s %s: %d lines, %d failed", self.id, status, len(lines), len(errors))
+        log.info("batch %s %s: %d output lines, %d error lines", self.id, status, lines["output"], lines["error"])
 
-    async def _file(self, kind: str, rows: list[bytes], owner: str | None) -> str:
-        content = b"\n".join(rows) + b"\n"
-        file_id = derived_id("file", self.id, kind)
-        meta = file_object(file_id, len(content), f"{self.id}_{kind}.jsonl", "batch_output")
-        await self.store.put_file(meta, owner, content)
-        return file_id
+    async def _unrun(self, batch: dict, code: str, message: str) -> None:
+        """The error line of each request that never ran, stored as the job's other lines are."""
+        done = await self.store.done_indices(self.id)
+        unrun = [r for r in await self._requests(batch) if r.index not in done]
+        for at in range(0, len(unrun), UNRUN_PAGE):
+            page = unrun[at : at + UNRUN_PAGE]
+            lines = [unrun_line(derived_id("batch_req", self.id, r.index), r, code, message) for r in page]
+            await self.store.put_unrun(self.id, [(r.index, line) for r, line in zip(page, lines, strict=True)])

@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from triton_embeddings.gateway.batch.store import ACTIVE, BatchStore, Change, Line, Page, unavailable
+from triton_embeddings.gateway.batch.store import ACTIVE, FAILED, OK, UNRUN, BatchStore, Change, Line, Page, unavailable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, owner TEXT,
@@ -18,7 +18,22 @@ CREATE TABLE IF NOT EXISTS batches (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TE
                                     status TEXT NOT NULL, record TEXT NOT NULL, runner TEXT, lease_until REAL);
 CREATE TABLE IF NOT EXISTS lines (batch_id TEXT NOT NULL, idx INTEGER NOT NULL, failed INTEGER NOT NULL,
                                   body BLOB NOT NULL, PRIMARY KEY (batch_id, idx));
+CREATE TABLE IF NOT EXISTS output_files (file_id TEXT PRIMARY KEY, batch_id TEXT NOT NULL, errors INTEGER NOT NULL);
 """
+# `lines.failed` holds the line's kind (OK, FAILED, UNRUN); the error file is every line whose kind is not OK.
+OF_FILE = "batch_id = ? AND (failed != 0) = ?"
+
+
+def _atomic(db: sqlite3.Connection, work):
+    """`work(db)` in one write transaction."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        out = work(db)
+        db.execute("COMMIT")
+        return out
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 def _owned(owner: str | None) -> tuple[str, tuple]:
@@ -70,6 +85,21 @@ class SQLiteStore(BatchStore):
         row = await self._run(lambda db: db.execute("SELECT content FROM files WHERE id = ?", (file_id,)).fetchone())
         return None if row is None else bytes(row[0])
 
+    @unavailable
+    async def put_output_file(self, meta: dict, owner: str | None, batch_id: str, errors: bool) -> None:
+        def put(db):
+            db.execute("INSERT INTO files (id, owner, meta, content) VALUES (?, ?, ?, x'') ON CONFLICT(id) DO UPDATE "
+                       "SET meta = excluded.meta", (meta["id"], owner, json.dumps(meta)))
+            db.execute("INSERT OR REPLACE INTO output_files VALUES (?, ?, ?)", (meta["id"], batch_id, int(errors)))
+
+        await self._run(_atomic, put)
+
+    @unavailable
+    async def file_source(self, file_id: str) -> tuple[str, bool] | None:
+        row = await self._run(lambda db: db.execute("SELECT batch_id, errors FROM output_files WHERE file_id = ?",
+                                                    (file_id,)).fetchone())
+        return None if row is None else (row[0], bool(row[1]))
+
     def _page(self, db, table: str, column: str, owner, limit: int, after: str | None) -> Page:
         where, args = _owned(owner)
         if after is not None:
@@ -85,8 +115,11 @@ class SQLiteStore(BatchStore):
 
     @unavailable
     async def delete_file(self, file_id: str) -> bool:
-        cur = await self._run(lambda db: db.execute("DELETE FROM files WHERE id = ?", (file_id,)))
-        return cur.rowcount > 0
+        def delete(db):
+            db.execute("DELETE FROM output_files WHERE file_id = ?", (file_id,))
+            return db.execute("DELETE FROM files WHERE id = ?", (file_id,)).rowcount > 0
+
+        return await self._run(_atomic, delete)
 
     @unavailable
     async def put_batch(self, batch: dict, owner: str | None) -> None:
@@ -94,10 +127,10 @@ class SQLiteStore(BatchStore):
                                               (batch["id"], owner, batch["status"], json.dumps(batch))))
 
     def _counted(self, db, record: dict) -> dict:
-        done, failed = db.execute("SELECT COUNT(*), COALESCE(SUM(failed), 0) FROM lines WHERE batch_id = ?",
-                                  (record["id"],)).fetchone()
+        ok, failed = db.execute("SELECT COALESCE(SUM(failed = ?), 0), COALESCE(SUM(failed = ?), 0) FROM lines "
+                                "WHERE batch_id = ?", (OK, FAILED, record["id"])).fetchone()
         counts = record["request_counts"]
-        return {**record, "request_counts": {**counts, "completed": done - failed, "failed": failed}}
+        return {**record, "request_counts": {**counts, "completed": ok, "failed": failed}}
 
     @unavailable
     async def get_batch(self, batch_id: str) -> tuple[dict, str | None] | None:
@@ -118,20 +151,14 @@ class SQLiteStore(BatchStore):
     @unavailable
     async def update_batch(self, batch_id: str, change: Change) -> dict | None:
         def update(db):
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                row = db.execute("SELECT record FROM batches WHERE id = ?", (batch_id,)).fetchone()
-                new = None if row is None else change(self._counted(db, json.loads(row[0])))
-                if new is not None:
-                    db.execute("UPDATE batches SET record = ?, status = ? WHERE id = ?",
-                               (json.dumps(new), new["status"], batch_id))
-                db.execute("COMMIT")
-                return new
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            row = db.execute("SELECT record FROM batches WHERE id = ?", (batch_id,)).fetchone()
+            new = None if row is None else change(self._counted(db, json.loads(row[0])))
+            if new is not None:
+                db.execute("UPDATE batches SET record = ?, status = ? WHERE id = ?",
+                           (json.dumps(new), new["status"], batch_id))
+            return new
 
-        return await self._run(update)
+        return await self._run(_atomic, update)
 
     @unavailable
     async def active_batches(self) -> list[str]:
@@ -159,11 +186,17 @@ class SQLiteStore(BatchStore):
             "UPDATE batches SET runner = NULL, lease_until = NULL WHERE id = ? AND runner = ?", (batch_id, runner)))
 
     @unavailable
-    async def put_line(self, batch_id: str, index: int, failed: bool, body: bytes) -> bool:
+    async def put_line(self, batch_id: str, index: int, kind: int, body: bytes) -> bool:
         cur = await self._run(lambda db: db.execute(
             "INSERT OR IGNORE INTO lines (batch_id, idx, failed, body) VALUES (?, ?, ?, ?)",
-            (batch_id, index, int(failed), body)))
+            (batch_id, index, int(kind), body)))
         return cur.rowcount > 0
+
+    @unavailable
+    async def put_unrun(self, batch_id: str, lines: list[tuple[int, bytes]]) -> None:
+        rows = [(batch_id, index, UNRUN, body) for index, body in lines]
+        await self._run(_atomic, lambda db: db.executemany(
+            "INSERT OR IGNORE INTO lines (batch_id, idx, failed, body) VALUES (?, ?, ?, ?)", rows))
 
     @unavailable
     async def done_indices(self, batch_id: str) -> set[int]:
@@ -172,10 +205,17 @@ class SQLiteStore(BatchStore):
         return {r[0] for r in rows}
 
     @unavailable
-    async def lines(self, batch_id: str) -> list[Line]:
+    async def line_page(self, batch_id: str, errors: bool, after: int, limit: int) -> list[Line]:
         rows = await self._run(lambda db: db.execute(
-            "SELECT idx, failed, body FROM lines WHERE batch_id = ? ORDER BY idx", (batch_id,)).fetchall())
-        return [Line(i, bool(f), bytes(b)) for i, f, b in rows]
+            f"SELECT idx, body FROM lines WHERE {OF_FILE} AND idx > ? ORDER BY idx LIMIT ?",
+            (batch_id, errors, after, limit)).fetchall())
+        return [Line(i, bytes(b)) for i, b in rows]
+
+    @unavailable
+    async def line_stats(self, batch_id: str, errors: bool) -> tuple[int, int]:
+        return await self._run(lambda db: db.execute(
+            f"SELECT COUNT(*), COALESCE(SUM(LENGTH(body) + 1), 0) FROM lines WHERE {OF_FILE}",
+            (batch_id, errors)).fetchone())
 
     async def close(self) -> None:
         def close():

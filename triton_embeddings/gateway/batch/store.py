@@ -3,19 +3,26 @@
 Two stores implement it: SQLite (one file, the default) and Redis (shared by every gateway). Every write a
 runner makes is idempotent: a line index is written once (the first write wins), a job's output files have ids
 derived from the job's, so a runner that crashed and one that took its lease over write the same thing.
+
+A job's output and error files are not copies: each is a reference to the job's stored lines of its kind (OK
+lines; FAILED and UNRUN lines), read back in index order a page at a time (`file_pages`), so neither finishing a
+job nor downloading its output holds more than a page of lines in memory.
 """
 
 from __future__ import annotations
 
 import functools
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from triton_embeddings.gateway.errors import StoreUnavailable
 
 TERMINAL = ("completed", "failed", "cancelled", "expired")
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
+# A stored line's kind: answered (output file), answered with an error, never run (cancelled or expired first).
+# Only OK and FAILED lines count in `request_counts`; the error file holds FAILED and UNRUN lines.
+OK, FAILED, UNRUN = 0, 1, 2
 
 # A change of a job's record under the store's lock: the new record, or None to leave it as it is.
 Change = Callable[[dict], dict | None]
@@ -31,10 +38,9 @@ class Page:
 
 @dataclass(frozen=True)
 class Line:
-    """One output line as stored: its index in the input file, whether it failed, and its JSON."""
+    """One output line as stored: its index in the input file and its JSON."""
 
     index: int
-    failed: bool
     body: bytes
 
 
@@ -73,7 +79,32 @@ class BatchStore(ABC):
         """A file's object and owner; None when there is none."""
 
     @abstractmethod
-    async def file_content(self, file_id: str) -> bytes | None: ...
+    async def file_content(self, file_id: str) -> bytes | None:
+        """An uploaded file's content (a job's output file has none here: see `file_pages`)."""
+
+    @abstractmethod
+    async def put_output_file(self, meta: dict, owner: str | None, batch_id: str, errors: bool) -> None:
+        """Write a job's output (`errors` False) or error file: a reference to the job's lines of that kind."""
+
+    @abstractmethod
+    async def file_source(self, file_id: str) -> tuple[str, bool] | None:
+        """The (job, errors) whose lines a job's output file is made of; None for an uploaded file."""
+
+    async def file_pages(self, file_id: str, page_lines: int) -> AsyncIterator[bytes]:
+        """A file's content in order: an upload in one piece (bounded by the upload cap), a job's output file
+        `page_lines` lines at a time, each read from the store when the previous one has been taken."""
+        source = await self.file_source(file_id)
+        if source is None:
+            yield await self.file_content(file_id) or b""
+            return
+        after = -1
+        while True:
+            page = await self.line_page(*source, after, page_lines)
+            if page:
+                yield b"".join(line.body + b"\n" for line in page)
+            if len(page) < page_lines:
+                return
+            after = page[-1].index
 
     @abstractmethod
     async def list_files(self, owner: str | None, limit: int, after: str | None) -> Page: ...
@@ -112,15 +143,24 @@ class BatchStore(ABC):
     async def release(self, batch_id: str, runner: str) -> None: ...
 
     @abstractmethod
-    async def put_line(self, batch_id: str, index: int, failed: bool, body: bytes) -> bool:
-        """Write output line `index` unless it was written before; True when this call wrote it."""
+    async def put_line(self, batch_id: str, index: int, kind: int, body: bytes) -> bool:
+        """Write output line `index` (OK, FAILED) unless it was written before; True when this call wrote it."""
+
+    @abstractmethod
+    async def put_unrun(self, batch_id: str, lines: list[tuple[int, bytes]]) -> None:
+        """Write (index, body) UNRUN lines, each unless its index was written before."""
 
     @abstractmethod
     async def done_indices(self, batch_id: str) -> set[int]: ...
 
     @abstractmethod
-    async def lines(self, batch_id: str) -> list[Line]:
-        """Every output line written, in input order."""
+    async def line_page(self, batch_id: str, errors: bool, after: int, limit: int) -> list[Line]:
+        """At most `limit` lines of the output (`errors` False) or error file with an index above `after`, in
+        index order."""
+
+    @abstractmethod
+    async def line_stats(self, batch_id: str, errors: bool) -> tuple[int, int]:
+        """The output or error file's lines and bytes (each line's JSON and its newline)."""
 
     @abstractmethod
     async def close(self) -> None: ...

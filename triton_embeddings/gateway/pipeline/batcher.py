@@ -13,11 +13,19 @@ Each call to Triton carries at most an even share of the items outstanding (queu
 instance, so a call holding most of the work would leave the other instances idle while its clients wait
 (32 single-text clients: one call of ~27 texts beside calls of 1); below `MIN_SHARE` the per-call overhead
 outweighs spreading.
+
+Online rows go first: a row carries the priority of the request that queued it (`row_priority`, ONLINE unless
+the batch runner set BATCH for its lines). While online rows wait, a call is sized for them alone (the even
+share above, of the online rows) and filled with them first; batch rows fill what is left, so they never make
+an online call longer. With no online row waiting, batch rows take whole calls. So that batch work is never
+starved, once `PASSED_OVER_MAX` calls in a row have left out waiting batch rows, the next call takes batch rows
+first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections import deque
@@ -28,6 +36,9 @@ from triton_embeddings.gateway.backends.base import LOCAL, ModelInfo, RerankMode
 from triton_embeddings.gateway.errors import DeadlineExceeded
 
 MIN_SHARE = 4
+ONLINE, BATCH = 0, 1
+PASSED_OVER_MAX = 8  # calls in a row that may leave waiting batch rows out before one takes them first
+row_priority: contextvars.ContextVar[int] = contextvars.ContextVar("row_priority", default=ONLINE)
 
 log = logging.getLogger("gateway.batcher")
 
@@ -46,6 +57,36 @@ class _Item:
         self.call = call
 
 
+class _Queue:
+    """A model's waiting rows, one lane per priority: online rows first, batch rows in what is left."""
+
+    def __init__(self):
+        self.lanes: tuple[deque[_Item], deque[_Item]] = (deque(), deque())
+        self.passed_over = 0  # calls in a row that left waiting batch rows out
+
+    def __len__(self) -> int:
+        return len(self.lanes[ONLINE]) + len(self.lanes[BATCH])
+
+    def sizing(self) -> int:
+        """The rows the next call is sized for: the online rows when any wait, else the batch rows."""
+        return len(self.lanes[ONLINE]) or len(self.lanes[BATCH])
+
+    def take(self, size: int) -> list[_Item]:
+        """The rows of the next call, at most `size`; rows of requests that went away are dropped."""
+        online, batch = self.lanes
+        order = (batch, online) if self.passed_over >= PASSED_OVER_MAX else (online, batch)
+        out: list[_Item] = []
+        took_batch = False
+        for lane in order:
+            while lane and len(out) < size:
+                item = lane.popleft()
+                if not item.future.done():
+                    out.append(item)
+                    took_batch |= lane is batch
+        self.passed_over = 0 if took_batch or not batch else self.passed_over + 1
+        return out
+
+
 class Batcher:
     """Queues rows per model and runs them through their task's call in bounded, concurrent batches."""
 
@@ -58,19 +99,20 @@ class Batcher:
         self.max_calls = max_calls
         self.deadline_s = deadline_s
         self.observe_call = observe_call
-        self._queues: dict[str, deque[_Item]] = {}
+        self._queues: dict[str, _Queue] = {}
         self._calls: dict[str, int] = {}
         self._in_flight: dict[str, int] = {}  # items in calls now running, per model
         self._tasks: set[asyncio.Task] = set()
 
     async def submit(self, info: ModelInfo | RerankModelInfo, rows: list, lengths: list[int], call: BatchCall,
                      request_id: str = "") -> list:
-        """Run `rows` (any number) through `call` in batches; one result per row, in order."""
+        """Run `rows` (any number) through `call` in batches, at the priority `row_priority` holds; one result per
+        row, in order."""
         loop = asyncio.get_running_loop()
-        queue = self._queues.setdefault(info.name, deque())
+        queue = self._queues.setdefault(info.name, _Queue())
         items = [_Item(r, n, loop.create_future(), request_id, call) for r, n in zip(rows, lengths, strict=True)]
         futures = [it.future for it in items]
-        queue.extend(sorted(items, key=lambda it: it.length))
+        queue.lanes[row_priority.get()].extend(sorted(items, key=lambda it: it.length))
         self._pump(info)
         # Wait for all (so no failure goes unretrieved); the first failure is this request's answer.
         try:
@@ -85,12 +127,7 @@ class Batcher:
     def _pump(self, info: ModelInfo | RerankModelInfo) -> None:
         queue = self._queues[info.name]
         while queue and self._calls.get(info.name, 0) < self.max_calls:
-            batch: list[_Item] = []
-            size = min(info.max_batch_size, self._share(info, len(queue)))
-            while queue and len(batch) < size:
-                item = queue.popleft()
-                if not item.future.done():  # skip rows of requests that went away
-                    batch.append(item)
+            batch = queue.take(min(info.max_batch_size, self._share(info, queue.sizing())))
             if not batch:
                 return
             self._calls[info.name] = self._calls.get(info.name, 0) + 1

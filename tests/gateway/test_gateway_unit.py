@@ -31,7 +31,14 @@ from triton_embeddings.gateway.backends.triton import (
 )
 from triton_embeddings.gateway.http.token_ids import TokenDecoder
 from triton_embeddings.gateway.metrics import GatewayMetrics, translate_family
-from triton_embeddings.gateway.pipeline.batcher import BATCH, PASSED_OVER_MAX, Batcher, row_priority
+from triton_embeddings.gateway.pipeline.batcher import (
+    BATCH,
+    MIN_SHARE,
+    ONLINE_QUIET_S,
+    PASSED_OVER_MAX,
+    Batcher,
+    row_priority,
+)
 from triton_embeddings.gateway.pipeline.cache import CacheEntry, MemoryCache, RedisCache, cache_key
 from triton_embeddings.gateway.pipeline.embeddings import TextRow, embed_batch
 from triton_embeddings.gateway.settings import Settings
@@ -444,10 +451,20 @@ def _queue(batcher, info, held, rows: list[str], priority: int = 0) -> asyncio.T
     return asyncio.create_task(submit())
 
 
-async def _held_batcher(max_batch_size: int):
-    """A one-call batcher over `held`, busy with a first online call, so the rows queued next wait."""
+class Clock:
+    """A clock the test moves (the batcher's idea of when online traffic was last seen)."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _held_batcher(max_batch_size: int, max_calls: int = 1, clock=None):
+    """A batcher over `held`, busy with a first online call, so the rows queued next wait."""
     info = dataclasses.replace(FakeBackend().models["fake-model"], max_batch_size=max_batch_size)
-    batcher, held = Batcher(max_calls=1), HeldCalls()
+    batcher, held = Batcher(max_calls=max_calls, clock=clock or Clock()), HeldCalls()
     first = _queue(batcher, info, held, ["o-first"])
     await _until(lambda: held.calls == [["o-first"]])
     return batcher, info, held, first
@@ -464,14 +481,38 @@ async def test_online_rows_go_first_and_batch_rows_fill_what_is_left():
 
 
 async def test_batch_rows_never_make_an_online_call_longer():
-    batcher, info, held, first = await _held_batcher(max_batch_size=64)
+    clock = Clock()
+    batcher, info, held, first = await _held_batcher(max_batch_size=64, clock=clock)
     tasks = [_queue(batcher, info, held, [f"b{i}" for i in range(40)], BATCH),
              _queue(batcher, info, held, [f"o{i}" for i in range(6)])]
     await _until(lambda: len(batcher._queues[info.name]) == 46)
     assert await held.next_call() == [f"o{i}" for i in range(6)]  # sized for the online rows alone, not 46
+    clock.now += ONLINE_QUIET_S  # online traffic has stopped
     assert await held.next_call() == [f"b{i}" for i in range(40)]  # no online row waits: a whole call of batch rows
     held.go.release()
     await asyncio.gather(first, *tasks)
+
+
+async def test_beside_online_traffic_batch_rows_get_one_small_call_at_a_time():
+    """Online traffic on (a row within ONLINE_QUIET_S): one call of batch rows in flight, MIN_SHARE rows at most,
+    however many call slots are free; once online traffic stops, batch rows take even shares of every slot."""
+    clock = Clock()
+    batcher, info, held, first = await _held_batcher(max_batch_size=32, max_calls=4, clock=clock)
+    task = _queue(batcher, info, held, [f"b{i}" for i in range(80)], BATCH)
+    await _until(lambda: len(held.calls) == 2)
+    assert held.calls[1] == [f"b{i}" for i in range(MIN_SHARE)]  # three slots free, one small call
+    held.go.release()  # the online call returns: still no second call of batch rows
+    await first
+    assert len(held.calls) == 2
+    assert await held.next_call() == [f"b{i}" for i in range(MIN_SHARE, 2 * MIN_SHARE)]
+    clock.now += ONLINE_QUIET_S  # online traffic has stopped
+    held.go.release()
+    await _until(lambda: len(held.calls) == 7)  # the 72 rows left at once, an even share in every slot
+    assert [len(c) for c in held.calls[3:]] == [18] * 4
+    assert held.calls[3][0] == f"b{2 * MIN_SHARE}" and sum(map(len, held.calls[1:])) == 80
+    for _ in range(4):
+        held.go.release()
+    await task
 
 
 async def test_batch_rows_are_not_starved_by_steady_online_rows():

@@ -19,7 +19,9 @@ the batch runner set BATCH for its lines). While online rows wait, a call is siz
 share above, of the online rows) and filled with them first; batch rows fill what is left, so they never make
 an online call longer. With no online row waiting, batch rows take whole calls. So that batch work is never
 starved, once `PASSED_OVER_MAX` calls in a row have left out waiting batch rows, the next call takes batch rows
-first.
+first. While online traffic is on (an online row submitted within `ONLINE_QUIET_S`), batch rows use only a
+trickle of the capacity: one call of batch rows at a time, of at most `MIN_SHARE` rows, so a steady online load
+loses at most about that share of Triton to batch work; once online traffic stops, batch rows take whole calls.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from triton_embeddings.gateway.errors import DeadlineExceeded
 MIN_SHARE = 4
 ONLINE, BATCH = 0, 1
 PASSED_OVER_MAX = 8  # calls in a row that may leave waiting batch rows out before one takes them first
+ONLINE_QUIET_S = 0.25  # online traffic counts as on this long after its last row was submitted
 row_priority: contextvars.ContextVar[int] = contextvars.ContextVar("row_priority", default=ONLINE)
 
 log = logging.getLogger("gateway.batcher")
@@ -47,14 +50,16 @@ BatchCall = Callable[[Any, list, str], Awaitable[Sequence]]
 
 
 class _Item:
-    __slots__ = ("row", "length", "future", "request_id", "call")
+    __slots__ = ("row", "length", "future", "request_id", "call", "priority")
 
-    def __init__(self, row: object, length: int, future: asyncio.Future, request_id: str, call: BatchCall):
+    def __init__(self, row: object, length: int, future: asyncio.Future, request_id: str, call: BatchCall,
+                 priority: int = ONLINE):
         self.row = row
         self.length = length
         self.future = future
         self.request_id = request_id
         self.call = call
+        self.priority = priority
 
 
 class _Queue:
@@ -95,13 +100,17 @@ class Batcher:
         max_calls: int,
         deadline_s: float | None = None,
         observe_call: Callable[[str, float], None] = lambda model, seconds: None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.max_calls = max_calls
         self.deadline_s = deadline_s
         self.observe_call = observe_call
+        self.clock = clock
         self._queues: dict[str, _Queue] = {}
         self._calls: dict[str, int] = {}
         self._in_flight: dict[str, int] = {}  # items in calls now running, per model
+        self._batch_calls: dict[str, int] = {}  # calls now running that hold batch rows, per model
+        self._online_at: dict[str, float] = {}  # when an online row was last submitted, per model
         self._tasks: set[asyncio.Task] = set()
 
     async def submit(self, info: ModelInfo | RerankModelInfo, rows: list, lengths: list[int], call: BatchCall,
@@ -110,9 +119,13 @@ class Batcher:
         row, in order."""
         loop = asyncio.get_running_loop()
         queue = self._queues.setdefault(info.name, _Queue())
-        items = [_Item(r, n, loop.create_future(), request_id, call) for r, n in zip(rows, lengths, strict=True)]
+        priority = row_priority.get()
+        if priority == ONLINE:
+            self._online_at[info.name] = self.clock()
+        items = [_Item(r, n, loop.create_future(), request_id, call, priority)
+                 for r, n in zip(rows, lengths, strict=True)]
         futures = [it.future for it in items]
-        queue.lanes[row_priority.get()].extend(sorted(items, key=lambda it: it.length))
+        queue.lanes[priority].extend(sorted(items, key=lambda it: it.length))
         self._pump(info)
         # Wait for all (so no failure goes unretrieved); the first failure is this request's answer.
         try:
@@ -127,14 +140,24 @@ class Batcher:
     def _pump(self, info: ModelInfo | RerankModelInfo) -> None:
         queue = self._queues[info.name]
         while queue and self._calls.get(info.name, 0) < self.max_calls:
-            batch = queue.take(min(info.max_batch_size, self._share(info, queue.sizing())))
+            size = min(info.max_batch_size, self._share(info, queue.sizing()))
+            if not queue.lanes[ONLINE] and self._online_on(info.name):  # a call of batch rows beside online traffic
+                if self._batch_calls.get(info.name, 0):
+                    return
+                size = min(size, MIN_SHARE)
+            batch = queue.take(size)
             if not batch:
                 return
+            if any(it.priority == BATCH for it in batch):
+                self._batch_calls[info.name] = self._batch_calls.get(info.name, 0) + 1
             self._calls[info.name] = self._calls.get(info.name, 0) + 1
             self._in_flight[info.name] = self._in_flight.get(info.name, 0) + len(batch)
             task = asyncio.create_task(self._run(info, batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _online_on(self, model: str) -> bool:
+        return self.clock() - self._online_at.get(model, float("-inf")) < ONLINE_QUIET_S
 
     def _share(self, info: ModelInfo | RerankModelInfo, queued: int) -> int:
         """Items for the next call to Triton: an even share of those outstanding over `max_calls`, at least
@@ -160,4 +183,6 @@ class Batcher:
             self.observe_call(info.name, time.perf_counter() - t0)
             self._calls[info.name] -= 1
             self._in_flight[info.name] -= len(batch)
+            if any(it.priority == BATCH for it in batch):
+                self._batch_calls[info.name] -= 1
             self._pump(info)

@@ -23,7 +23,8 @@ the clients still completed fewer than 4 requests each falls back to completions
 runs the bench waits until the servers are idle again, so work left in flight never slows the next path.
 CPU is per process: cores used (CPU seconds / wall seconds) from /proc/<pid>/stat. Triton's per-model
 metrics say how the encoder batched. Then: p50 latency of one client sending one short text, against raw
-one-text latency; and the int8 export served through the same Triton and gateway, against fp32 on S32 and
+one-text latency and against the encoder step alone over gRPC (bench/hop_latency.py: the floor of any path
+through Triton); and the int8 export served through the same Triton and gateway, against fp32 on S32 and
 L32.
 """
 
@@ -50,6 +51,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import procstat  # noqa: E402
+from hop_latency import encoder_hop_ms  # noqa: E402
 from near_free import NAME as NEAR_FREE  # noqa: E402
 from near_free import near_free_folder  # noqa: E402
 from provenance import provenance  # noqa: E402
@@ -322,6 +324,10 @@ def latency_round(r: int, plan: Plan, stack: Stack, raw: dict, files) -> dict:
     load = Load("P1", 1, 1, 0, "1 client x 1 short text")
     short = Path(files[0]).read_text().splitlines()
     out = {"raw": raw_latency_ms(raw["fp32"], [f"lat{r}-{k} {short[k]}" for k in range(100)])}
+    hop = encoder_hop_ms(stack.triton.grpc_url, Path(stack.triton.model_repository), plan.model,
+                         [f"hop{r}-{k} {short[k]}" for k in range(100)])
+    if hop is not None:
+        out["encoder-hop"] = hop
     for path in ["triton", "gateway"] + [p for p in plan.paths if p.startswith("gw:")]:
         url, api, model = path_target(stack, path, plan.model, None)
         out[path] = wrk(url, api, model, load, plan.seconds, f"lat{r}{path}", files, {}, None).p50_ms
@@ -468,6 +474,9 @@ def summary_lines(summary: dict, model: str = MODEL) -> list[str]:
         lines.append(f"p50, 1 client x 1 short text: raw {p50['raw']:.1f} ms, triton {p50['triton']:.1f} ms, "
                      f"gateway {p50['gateway']:.1f} ms: gateway = raw {p50['gateway'] - p50['raw']:+.1f} ms "
                      "(goal <= +2 ms)")
+        if "encoder-hop" in p50:
+            lines.append(f"p50, the encoder step alone over gRPC (token ids, no gateway): {p50['encoder-hop']:.1f} ms"
+                         f" = raw {p50['encoder-hop'] - p50['raw']:+.1f} ms, the floor of any path through Triton")
         lines += [f"p50, 1 client x 1 short text, {k}: {v:.1f} ms" for k, v in p50.items() if k.startswith("gw:")]
     lines += path_lines(summary, model)
     for load, ratio in summary["int8"].items():

@@ -96,11 +96,22 @@ def reembed_alone(url: str, texts: list[str], per_line: int, work: Path) -> dict
             "command": f"embeddings-reembed --batch-size {per_line} (default concurrency)"}
 
 
+WARM_S = 3.0  # S32 before each measured run: the gateway counts online traffic as on, the batch is throttled
+
+
+def warm(stack, files, prefix: str) -> None:
+    wrk(stack.gateway_url, "openai", MODEL, S32, WARM_S, prefix, files, {}, None)
+
+
 def online_round(r: int, stack, client: httpx.Client, texts: list[str], args, files) -> dict:
-    """wrk S32 alone, then the same with a batch running (started first, cancelled after)."""
+    """wrk S32 alone, then the same with a batch running (started first, cancelled after). Each measured run
+    follows WARM_S of the same load, so it sees the steady state the goal is about: texts already in a call to
+    Triton are not preempted, and when the load starts the batch's calls in flight finish first."""
+    warm(stack, files, f"wa{r}")
     alone = wrk(stack.gateway_url, "openai", MODEL, S32, args.seconds, f"a{r}", files, stack.pids(), None)
     batch_id = submit(client, [f"r{r} {t}" for t in texts], args.per_line)
     wait_status(client, batch_id, ("in_progress", *ENDED))
+    warm(stack, files, f"wb{r}")
     _, before = lines_done(client, batch_id)
     t0 = time.perf_counter()
     # No process groups: wrk would wait for the server to go idle after its run, which it does not while the

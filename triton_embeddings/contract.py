@@ -207,6 +207,17 @@ class OnnxStepParams(ParameterSet):
     engine: str = param("engine", "auto")
 
 
+@dataclass(frozen=True)
+class FusedPoolerParams(ParameterSet):
+    """The embedded encoder's fused pooling (written beside `pooler_file`): the pooler.onnx's mode again, so the
+    GPU engine can pool on the device and copy only [N, D] to the host (triton_models/gpu_engine.py)."""
+
+    what: ClassVar[str] = "fused pooler"
+    # "": an export from before this was written; the step then pools with pooler_file on the CPU.
+    pooling_mode: str = param("pooling_mode", "")
+    normalize: bool = param("normalize", True)
+
+
 ENGINES = ("auto", "onnxruntime", "torch")
 # The encoder's version folder (embedded target, fp32): the transformer's Hugging Face config.json and
 # model.safetensors, the same weights as model.onnx, for the GPU engine.

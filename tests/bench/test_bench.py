@@ -62,9 +62,12 @@ def test_quick_near_free_bench_measures_the_serving_path_and_the_workers(tmp_pat
         cwd=ROOT, capture_output=True, text=True, timeout=900, env=dict(os.environ, HF_HUB_OFFLINE="1"),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for line in ("gateway / raw, S32:", "(goal >= 0.25)", "2 gateway workers / 1, S32:", "direct path / ensemble"):
+    for line in ("gateway / raw, S32:", "(goal >= 0.25)", "2 gateway workers / 1, S32:", "direct path / ensemble",
+                 "the encoder step alone over gRPC"):
         assert line in proc.stdout, proc.stdout
-    cells = json.loads(out_json.read_text())["summary"]["throughput"]["S32"]
+    summary = json.loads(out_json.read_text())["summary"]
+    assert summary["p50_one_short_text_ms"]["encoder-hop"] > 0  # the direct route was found and timed
+    cells = summary["throughput"]["S32"]
     assert set(cells["raw"]["ways"]) == {"1 session x all cores", "1 process x 1 thread per core"}
     assert cells["raw"]["texts_per_s"] == max(cells["raw"]["ways"].values())  # one round: its better way
     assert all(cells[p]["texts_per_s"] > 0 and cells[p]["errors"] == 0

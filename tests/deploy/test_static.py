@@ -143,11 +143,13 @@ def test_export_entrypoint_shellcheck():
 # options and the TensorRT engine path the rendered encoder config names.
 _DRY_RUN = """
 import sys
+from types import SimpleNamespace
 from triton_embeddings.export import cli, flow
 from triton_embeddings.export.kinds.embedding import encoder_config
 def dry(kind, source, repository, options, **kw):
     # the CLI and ExportOptions have checked every option by now; render what the encoder config names
-    config = encoder_config(options, 128, False, 384, "ab" * 32)  # the sha256 of some encoder file
+    spec = SimpleNamespace(max_seq_length=128, pooling_mode="mean", normalize=True)
+    config = encoder_config(options, spec, False, 384, "ab" * 32)  # the sha256 of some encoder file
     accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
     engines = accelerators[0].parameters["trt_engine_cache_path"] if accelerators else "-"
     print("ACCEPTED", source, options.name, repository, options.target.name, options.precision,

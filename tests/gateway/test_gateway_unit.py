@@ -9,6 +9,7 @@ import json
 import logging
 import subprocess
 import sys
+import time
 
 import httpx
 import numpy as np
@@ -31,7 +32,14 @@ from triton_embeddings.gateway.backends.triton import (
 )
 from triton_embeddings.gateway.http.token_ids import TokenDecoder
 from triton_embeddings.gateway.metrics import GatewayMetrics, translate_family
-from triton_embeddings.gateway.pipeline.batcher import BATCH, PASSED_OVER_MAX, Batcher, row_priority
+from triton_embeddings.gateway.pipeline.batcher import (
+    BATCH,
+    MIN_SHARE,
+    ONLINE_QUIET_S,
+    PASSED_OVER_MAX,
+    Batcher,
+    row_priority,
+)
 from triton_embeddings.gateway.pipeline.cache import CacheEntry, MemoryCache, RedisCache, cache_key
 from triton_embeddings.gateway.pipeline.embeddings import TextRow, embed_batch
 from triton_embeddings.gateway.settings import Settings
@@ -436,42 +444,105 @@ async def _until(condition) -> None:
     raise AssertionError("the condition never held")
 
 
-def _queue(batcher, info, held, rows: list[str], priority: int = 0) -> asyncio.Task:
+def _queue(batcher, info, held, rows: list[str], priority: int = 0, length: int = 1) -> asyncio.Task:
     async def submit():
         row_priority.set(priority)
-        return await batcher.submit(info, rows, [1] * len(rows), held)
+        return await batcher.submit(info, rows, [length] * len(rows), held)
 
     return asyncio.create_task(submit())
 
 
-async def _held_batcher(max_batch_size: int):
-    """A one-call batcher over `held`, busy with a first online call, so the rows queued next wait."""
+class Clock:
+    """A clock the test moves (the batcher's idea of when online traffic was last seen)."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _held_batcher(max_batch_size: int, max_calls: int = 1, clock=None):
+    """A batcher over `held`, busy with a first online call, so the rows queued next wait."""
     info = dataclasses.replace(FakeBackend().models["fake-model"], max_batch_size=max_batch_size)
-    batcher, held = Batcher(max_calls=1), HeldCalls()
-    first = _queue(batcher, info, held, ["o-first"])
+    batcher, held = Batcher(max_calls=max_calls, clock=clock or Clock()), HeldCalls()
+    first = _queue(batcher, info, held, ["o-first"], length=100)
     await _until(lambda: held.calls == [["o-first"]])
     return batcher, info, held, first
 
 
 async def test_online_rows_go_first_and_batch_rows_fill_what_is_left():
     batcher, info, held, first = await _held_batcher(max_batch_size=3)
-    waiting = [_queue(batcher, info, held, ["b1", "b2", "b3"], BATCH), _queue(batcher, info, held, ["o1", "o2"])]
+    waiting = [_queue(batcher, info, held, ["b1", "b2", "b3"], BATCH, length=100),
+               _queue(batcher, info, held, ["oA"], length=1000)]
+    await _until(lambda: len(batcher._queues[info.name]) == 4)
+    assert await held.next_call() == ["oA"]  # no batch credit yet: the online row alone; it earns some
+    waiting.append(_queue(batcher, info, held, ["o1", "o2"], length=100))
     await _until(lambda: len(batcher._queues[info.name]) == 5)  # both queued, the batch rows first
     assert await held.next_call() == ["o1", "o2", "b1"]  # online rows first though queued last; batch fills up
     assert await held.next_call() == ["b2", "b3"]
     held.go.release()
-    assert [await t for t in (first, *waiting)] == [["o-first"], ["b1", "b2", "b3"], ["o1", "o2"]]
+    assert [await t for t in (first, *waiting)] == [["o-first"], ["b1", "b2", "b3"], ["oA"], ["o1", "o2"]]
 
 
 async def test_batch_rows_never_make_an_online_call_longer():
-    batcher, info, held, first = await _held_batcher(max_batch_size=64)
+    clock = Clock()
+    batcher, info, held, first = await _held_batcher(max_batch_size=64, clock=clock)
     tasks = [_queue(batcher, info, held, [f"b{i}" for i in range(40)], BATCH),
              _queue(batcher, info, held, [f"o{i}" for i in range(6)])]
     await _until(lambda: len(batcher._queues[info.name]) == 46)
     assert await held.next_call() == [f"o{i}" for i in range(6)]  # sized for the online rows alone, not 46
+    clock.now += ONLINE_QUIET_S  # online traffic has stopped
     assert await held.next_call() == [f"b{i}" for i in range(40)]  # no online row waits: a whole call of batch rows
     held.go.release()
     await asyncio.gather(first, *tasks)
+
+
+async def test_beside_online_traffic_batch_rows_get_a_share_of_the_online_work():
+    """Online traffic on (a row within ONLINE_QUIET_S): batch rows go only on credit, BATCH_SHARE of the online
+    rows' characters, at most MIN_SHARE a call and one call of batch rows alone at a time, however many slots
+    are free; once online traffic stops they take even shares of every slot."""
+    clock = Clock()
+    batcher, info, held, first = await _held_batcher(max_batch_size=32, max_calls=4, clock=clock)
+    task = _queue(batcher, info, held, [f"b{i}" for i in range(80)], BATCH, length=10)
+    await _until(lambda: len(batcher._queues[info.name]) == 80)
+    assert len(held.calls) == 1  # no credit: nothing is sent though three slots are free
+    online = [_queue(batcher, info, held, ["oA"], length=100)]  # earns 10 characters: one small call, spent
+    await _until(lambda: len(held.calls) == 3)
+    assert held.calls[1:] == [["oA"], [f"b{i}" for i in range(MIN_SHARE)]]
+    for _ in range(3):
+        held.go.release()  # every call returns: the batch rows have no credit left, none is sent
+    await asyncio.gather(first, online[0])
+    await _until(lambda: len(batcher._queues[info.name]) == 80 - MIN_SHARE and not batcher._tasks)
+    assert len(held.calls) == 3
+    online.append(_queue(batcher, info, held, ["oB"], length=400))  # earns 40: one more small call
+    await _until(lambda: len(held.calls) == 5)
+    assert held.calls[4] == [f"b{i}" for i in range(MIN_SHARE, 2 * MIN_SHARE)]
+    for wake in batcher._wakes.values():  # the pump after the quiet time, on the loop's real clock: not here
+        wake.cancel()
+    clock.now += ONLINE_QUIET_S  # online traffic has stopped
+    held.go.release()
+    await _until(lambda: len(held.calls) == 5 + 3)  # 72 rows queued, 4 in flight, three slots free
+    assert [len(c) for c in held.calls[5:]] == [19] * 3 and held.calls[5][0] == f"b{2 * MIN_SHARE}"
+    for _ in range(5):
+        held.go.release()
+    await asyncio.gather(task, online[1])
+
+
+async def test_batch_rows_held_back_for_online_traffic_go_once_it_is_quiet():
+    """No call to wait for and no request coming: the batcher pumps itself once online traffic is quiet."""
+    batcher, info, held, first = await _held_batcher(max_batch_size=8, max_calls=2, clock=time.monotonic)
+    task = _queue(batcher, info, held, ["b1", "b2"], BATCH)
+    await _until(lambda: len(batcher._queues[info.name]) == 2)
+    held.go.release()
+    await first
+    assert len(held.calls) == 1  # held back: online traffic was on, no credit
+    deadline = time.monotonic() + 10  # ONLINE_QUIET_S on the real clock, with room for a loaded machine
+    while len(held.calls) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert held.calls[1] == ["b1", "b2"]
+    held.go.release()
+    assert await task == ["b1", "b2"]
 
 
 async def test_batch_rows_are_not_starved_by_steady_online_rows():

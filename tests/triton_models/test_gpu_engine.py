@@ -6,11 +6,15 @@ pooler.onnx, the engine choice a config and the host make, and the export's GPU 
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
 
+from tests.conftest import served
 from triton_embeddings import contract as c
 from triton_embeddings.defaults import DEFAULT_MODEL
 from triton_embeddings.export import triton_config as tc
@@ -135,3 +139,61 @@ def test_the_gpu_check_passes_in_fp32_on_the_cpu(st_model, encoder_folder, model
     check = embedding.torch_verification(st_model, spec, tokenizer, encoder_folder / c.TORCH_WEIGHTS, device="cpu")
     assert check.precision == "fp32" and check.passed, check.table()
     assert check.min_cosine >= 0.9999
+
+
+def test_the_gpu_engine_pools_on_the_device_when_the_encoder_names_its_pooling(model_repository, encoder_folder):
+    """The fused pooler's mode in the encoder's config (FusedPoolerParams) lets the torch engine pool where it
+    ran; ONNX Runtime, or an export from before the mode was written, pools with pooler.onnx on the CPU."""
+    ensemble = c.EnsembleParams.from_config(tc.load(model_repository / DEFAULT_MODEL / "config.pbtxt"))
+    config = _config_with(model_repository, "torch")
+    torch_runner, _ = gpu_engine.engine_or_session(config, encoder_folder)
+    assert gpu_engine.device_pooling(torch_runner, config) == (ensemble.pooling_mode, ensemble.normalize)
+    ort_runner, _ = gpu_engine.engine_or_session(_config_with(model_repository, "onnxruntime"), encoder_folder)
+    assert gpu_engine.device_pooling(ort_runner, config) is None
+    del config["parameters"]["pooling_mode"]
+    assert gpu_engine.device_pooling(torch_runner, config) is None
+
+
+def test_pooled_and_hidden_come_from_one_pass(engine, default_model_source):
+    feed = _feed(default_model_source, TEXTS)
+    pooled, hidden = engine.pooled_and_hidden(feed, "mean", True, hidden=True)
+    np.testing.assert_allclose(hidden, engine.hidden(feed), atol=1e-6)
+    np.testing.assert_allclose(pooled, engine.pooled(feed, "mean", True), atol=1e-6)
+    assert engine.pooled_and_hidden(feed, "mean", True, hidden=False)[1] is None
+
+
+def _torch_repository(model_repository: Path, into: Path) -> Path:
+    """A copy of the default model's repository whose encoder runs the torch engine and has no pooler.onnx."""
+    for folder in model_repository.iterdir():
+        shutil.copytree(folder, into / folder.name, symlinks=False,
+                        ignore=shutil.ignore_patterns(c.FUSED_POOLER_FILE) if folder.name == ENCODER else None)
+    config = into / ENCODER / "config.pbtxt"
+    text = config.read_text()
+    engine_auto = 'key: "engine"\n  value {\n    string_value: "auto"'
+    assert engine_auto in text
+    config.write_text(text.replace(engine_auto, engine_auto.replace('"auto"', '"torch"')))
+    return into
+
+
+def test_the_served_step_pools_on_the_device_without_pooler_onnx(model_repository, triton, tmp_path_factory):
+    """Served by the real Triton with engine torch (its CPU fallback) and no pooler.onnx beside the encoder: the
+    direct path's EMBEDDING (token ids in, [N, D] out) equals the ensemble's vectors from the ONNX steps."""
+    from tritonclient.grpc import InferenceServerClient, InferInput, InferRequestedOutput
+
+    from triton_embeddings.gateway.backends.direct import route_from_configs
+
+    repo = _torch_repository(model_repository, tmp_path_factory.mktemp("torch_repository"))
+    steps = (DEFAULT_MODEL, ENCODER, f"{DEFAULT_MODEL}{c.TOKENIZER_SUFFIX}")
+    route = route_from_configs(repo, *(tc.load(repo / name / "config.pbtxt") for name in steps))
+    texts = [*TEXTS, "a longer text " * 20]
+    with served(repo, tmp_path_factory, "torch_triton") as server:
+        client = InferenceServerClient(server.grpc_url)
+        res = client.infer(route.encoder, route.infer_inputs(route.encode(texts)),
+                           outputs=[InferRequestedOutput(c.EMBEDDING)])
+        got = res.as_numpy(c.EMBEDDING)
+    reference = InferenceServerClient(triton.grpc_url)
+    column = InferInput(c.TEXT, [len(texts), 1], "BYTES")
+    column.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=object))
+    want = reference.infer(DEFAULT_MODEL, [column], outputs=[InferRequestedOutput(c.EMBEDDING)]).as_numpy(c.EMBEDDING)
+    assert got.shape == want.shape
+    assert float(np.min(np.sum(got * want, axis=1))) >= 0.99999

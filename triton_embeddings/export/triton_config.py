@@ -159,11 +159,12 @@ def encoder_step(opts: ExportOptions, step: c.StepSpec, max_len: int, onnx_sha25
     return config
 
 
-def fuse_pooler(config: mc.ModelConfig, dimension: int) -> None:
+def fuse_pooler(config: mc.ModelConfig, dimension: int, pooling_mode: str, normalize: bool) -> None:
     """An embedded encoder step that can also pool: the per-text EMBEDDING output, from the pooler's ONNX in its
-    folder, for callers that send token ids and ask for EMBEDDING alone."""
+    folder (or on the device, by the GPU engine), for callers that send token ids and ask for EMBEDDING alone."""
     config.output.extend(_tensor_outputs((c.TensorSpec(c.EMBEDDING, "FP32", (dimension,)),)))
     _parameters(config, {"pooler_file": c.FUSED_POOLER_FILE})
+    _parameters(config, c.FusedPoolerParams(pooling_mode=pooling_mode, normalize=normalize))
 
 
 def small_step(opts: ExportOptions, step: c.StepSpec, ragged: bool = False) -> mc.ModelConfig:

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from triton_embeddings.contract import ENCODER_OUTPUT, ENGINES, ONNX_ATTENTION_MASK, TORCH_WEIGHTS, OnnxStepParams
+from triton_embeddings.contract import (
+    ENCODER_OUTPUT,
+    ENGINES,
+    ONNX_ATTENTION_MASK,
+    TORCH_WEIGHTS,
+    FusedPoolerParams,
+    OnnxStepParams,
+)
 
 LIBRARIES = ("torch", "transformers", "safetensors")
 
@@ -70,12 +77,19 @@ class TorchEncoder:
 
     def pooled(self, feed: dict[str, np.ndarray], pooling_mode: str, normalize: bool) -> np.ndarray:
         """The pooled (and normalized) embeddings [N, H] float32: pooled on the device, only they are copied."""
+        return self.pooled_and_hidden(feed, pooling_mode, normalize, hidden=False)[0]
+
+    def pooled_and_hidden(self, feed: dict[str, np.ndarray], pooling_mode: str, normalize: bool,
+                          hidden: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """One forward pass: the pooled embeddings [N, H], and last_hidden_state [N, L, H] on the host only when
+        `hidden` (a caller asked for the per-token output too)."""
         from triton_embeddings.triton_models.torch_pooling import pool
 
-        hidden = self._last_hidden_state(feed)
+        states = self._last_hidden_state(feed)
         mask = self.torch.from_numpy(np.ascontiguousarray(feed[ONNX_ATTENTION_MASK])).to(self.device)
         with self.torch.inference_mode():
-            return pool(hidden, mask, pooling_mode, normalize).cpu().numpy()
+            pooled = pool(states, mask, pooling_mode, normalize).cpu().numpy()
+            return pooled, (states.float().cpu().numpy() if hidden else None)
 
     def run(self, output_names, feed: dict[str, np.ndarray], run_options=None) -> list[np.ndarray]:
         """An ONNX Runtime session's `run`, so the step's batching code is the same for both engines."""
@@ -104,3 +118,12 @@ def engine_or_session(config: dict, folder: str | Path):
     from triton_embeddings.triton_models.onnx_session import session_from_config
 
     return session_from_config(config, folder)
+
+
+def device_pooling(runner, config: dict) -> tuple[str, bool] | None:
+    """(pooling_mode, normalize) when `runner` is the torch engine and the encoder's config names its fused
+    pooling (FusedPoolerParams); None: pool with the pooler ONNX on the CPU (ONNX Runtime, older exports)."""
+    fused = FusedPoolerParams.from_config(config)
+    if not isinstance(runner, TorchEncoder) or not fused.pooling_mode:
+        return None
+    return fused.pooling_mode, fused.normalize

@@ -23,7 +23,7 @@ import triton_python_backend_utils as pb_utils
 
 from triton_embeddings.contract import ATTENTION_MASK, EMBEDDING, ONNX_ATTENTION_MASK, TOKEN_EMBEDDINGS
 from triton_embeddings.triton_models.backend_utils import TokenCounters, model_config
-from triton_embeddings.triton_models.gpu_engine import engine_or_session
+from triton_embeddings.triton_models.gpu_engine import device_pooling, engine_or_session
 from triton_embeddings.triton_models.onnx_session import (
     make_session,
     return_large_blocks_to_the_os,
@@ -41,11 +41,14 @@ class TritonPythonModel:
         self.run_options = shrinking_run_options()
         self.inputs = [i["name"] for i in config["input"]]
         self.outputs = [o["name"] for o in config["output"]]
-        # The fused pooler (embedded encoder): EMBEDDING is computed here, not by the encoder's ONNX.
+        # The fused pooler (embedded encoder): EMBEDDING is computed here, not by the encoder's ONNX; by the GPU
+        # engine on the device when it runs the step, else by the pooler ONNX on the CPU.
+        fused = bool(params.pooler_file) and EMBEDDING in self.outputs
+        self.device_pooling = device_pooling(self.session, config) if fused else None
         self.pooler = None
-        if params.pooler_file and EMBEDDING in self.outputs:
+        if fused and self.device_pooling is None:
             self.pooler = make_session(str(Path(folder) / params.pooler_file), 1, ["CPUExecutionProvider"], True)
-        self.session_outputs = [n for n in self.outputs if not (self.pooler and n == EMBEDDING)]
+        self.session_outputs = [n for n in self.outputs if not (fused and n == EMBEDDING)]
         # An output declared [-1, ...] has one row per token (hidden states); [k] has one per text (logits).
         self.per_token = [len(o["dims"]) >= 2 and int(o["dims"][0]) == -1 for o in config["output"]]
         self.regroup = params.regroup_by_length
@@ -81,11 +84,21 @@ class TritonPythonModel:
     def _run_group(self, feed: dict, wanted: set[str]) -> list:
         """The encoder's outputs for one group (in `self.outputs` order); the pooled EMBEDDING when asked for,
         and None for outputs nobody asked for."""
+        if self.device_pooling is not None and EMBEDDING in wanted:
+            return self._pooled_on_device(feed, wanted)
         names = [n for n in self.session_outputs if n in wanted or (self.pooler and n == self.session_outputs[0])]
         outs = dict(zip(names, self.session.run(names, feed, self.run_options)))
         if self.pooler is not None and EMBEDDING in wanted:
             hidden, mask = outs[self.session_outputs[0]], feed[ONNX_ATTENTION_MASK]
             (outs[EMBEDDING],) = self.pooler.run(None, {TOKEN_EMBEDDINGS: hidden, ATTENTION_MASK: mask})
+        return [outs.get(n) if n in wanted else None for n in self.outputs]
+
+    def _pooled_on_device(self, feed: dict, wanted: set[str]) -> list:
+        """The GPU engine pools where it ran: [N, D] reaches the host, the hidden states only when asked for."""
+        mode, normalize = self.device_pooling
+        hidden_name = self.session_outputs[0]
+        pooled, hidden = self.session.pooled_and_hidden(feed, mode, normalize, hidden=hidden_name in wanted)
+        outs = {EMBEDDING: pooled, hidden_name: hidden}
         return [outs.get(n) if n in wanted else None for n in self.outputs]
 
     def _run_by_shape(self, arrays):

@@ -213,11 +213,12 @@ def bound_steps(token_types: bool, hidden: int) -> c.EnsembleSpec:
     return c.steps_of(c.EMBEDDING_KIND).bind({c.DIMENSION: hidden}, {c.TOKEN_TYPES} if token_types else set())
 
 
-def encoder_config(opts: ExportOptions, max_len: int, token_types: bool, hidden: int, encoder_sha256: str = ""):
+def encoder_config(opts: ExportOptions, spec, token_types: bool, hidden: int, encoder_sha256: str = ""):
     step = bound_steps(token_types, hidden).step(c.ENCODER_SUFFIX)
-    config = tc.encoder_step(opts, step, max_len, encoder_sha256, opts.max_queue_delay_us, opts.encoder_count)
+    config = tc.encoder_step(opts, step, spec.max_seq_length, encoder_sha256, opts.max_queue_delay_us,
+                             opts.encoder_count)
     if opts.target.python_onnx_steps:  # the embedded target also pools in the step (docs/contract.md)
-        tc.fuse_pooler(config, hidden)
+        tc.fuse_pooler(config, hidden, spec.pooling_mode, spec.normalize)
     return config
 
 
@@ -227,7 +228,7 @@ def configs(opts: ExportOptions, spec, token_types: bool, hidden: int, encoder_s
     built = [
         tc.ensemble_of(opts, steps_, ensemble_params(spec, opts.precision, encoder_sha256)),
         tc.tokenizer_step(opts, steps_.step(c.TOKENIZER_SUFFIX), tokenizer_params(spec)),
-        encoder_config(opts, spec.max_seq_length, token_types, hidden, encoder_sha256),
+        encoder_config(opts, spec, token_types, hidden, encoder_sha256),
         tc.small_step(opts, steps_.step(c.POOLER_SUFFIX), ragged=opts.target.ragged),
     ]
     return {config.name: config for config in built}

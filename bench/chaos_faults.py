@@ -1,0 +1,171 @@
+"""The chaos run's faults, in turn, and the time each component takes to answer again: a Python-backend stub
+SIGKILLed, tritonserver SIGKILLed, a gateway SIGTERMed, a gateway SIGKILLed, Redis SIGKILLed, 200 idle
+connections, a 10x burst. Recovery is measured per component (Triton's ready endpoint, the gateway's /ready on
+its port, Redis PING, a call for the stub's model), from the fault and from the component's restart."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+import httpx
+import procstat
+from chaos_load import clients
+from chaos_stack import wait_for
+
+ORDER = ("stub", "tritonserver", "gateway-sigterm", "gateway-sigkill", "redis", "idle-connections", "burst")
+SETTLE_S = 6.0  # the stack answers this long after a recovery before the next fault (nginx's fail_timeout: 5 s)
+RECOVERY_TIMEOUT_S = 180.0
+
+
+@dataclass
+class Fault:
+    name: str
+    target: str
+    at: float
+    restarted: float | None = None  # the component's new process started (None: nothing was restarted)
+    answered: float | None = None
+    ended: float | None = None  # a burst's end: its recovery is counted from there
+
+    @property
+    def recovery_s(self) -> float | None:
+        return None if self.answered is None else self.answered - (self.ended or self.at)
+
+    @property
+    def after_restart_s(self) -> float | None:
+        return None if self.answered is None or self.restarted is None else self.answered - self.restarted
+
+    def as_dict(self, t0: float) -> dict:
+        r = self.recovery_s
+        a = self.after_restart_s
+        return {"fault": self.name, "target": self.target, "at_s": round(self.at - t0, 1),
+                "restarted": self.restarted is not None, "recovery_s": None if r is None else round(r, 2),
+                "answering_after_restart_s": None if a is None else round(a, 2)}
+
+
+def kill_tree(pid: int, sig: int) -> None:
+    """`sig` to a process and its children at once (as a container's processes all get the kill)."""
+    for p in [*procstat.children(pid), pid]:
+        try:
+            os.kill(p, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _probe(url: str, path: str, body: dict) -> bool:
+    try:
+        return httpx.post(url + path, json=body, timeout=5.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def model_probe(url: str, model: str, reranker: str):
+    """A check that `model` answers through `url`, with a new text each time (never from the cache)."""
+    if model == reranker:
+        return lambda: _probe(url, "/v1/rerank", {"model": model, "query": f"q {uuid.uuid4()}", "documents": ["d"]})
+    return lambda: _probe(url, "/v1/embeddings", {"model": model, "input": f"probe {uuid.uuid4()}"})
+
+
+def _new_pid(find, old: int | None):
+    """A check that `find()` gives a pid other than `old`."""
+    return lambda: (p := find()) is not None and p != old
+
+
+class Faults:
+    """Injects the faults in ORDER on a stack (bench/chaos_stack.py) under load; records each."""
+
+    def __init__(self, serve, nginx, redis, refs, record, load_clients: int, rng: random.Random):
+        self.serve, self.nginx, self.redis, self.refs, self.record = serve, nginx, redis, refs, record
+        self.load_clients, self.rng = load_clients, rng
+        self.done: list[Fault] = []
+
+    def stack_ready(self) -> bool:
+        return (self.serve.triton_ready() and all(self.serve.gateway_ready(i) for i in range(len(self.serve.ports)))
+                and self.redis.ping() and model_probe(self.nginx.url, next(iter(self.refs.vectors)), "")())
+
+    def settle(self) -> None:
+        """Wait until every component answers and SETTLE_S have passed since the last recovery."""
+        wait_for(self.stack_ready, RECOVERY_TIMEOUT_S, "the stack")
+        last = max((f.answered or f.at for f in self.done), default=0.0)
+        time.sleep(max(0.0, last + SETTLE_S - time.monotonic()))
+
+    def inject(self, name: str) -> Fault:
+        fault = getattr(self, name.replace("-", "_"))()
+        self.done.append(fault)
+        return fault
+
+    def _restart(self, fault: Fault, restarted, answers) -> Fault:
+        fault.restarted = fault.at + wait_for(restarted, RECOVERY_TIMEOUT_S, f"{fault.name}: restart")
+        fault.answered = fault.restarted + wait_for(answers, RECOVERY_TIMEOUT_S, f"{fault.name}: answer")
+        return fault
+
+    def stub(self) -> Fault:
+        triton = self.serve.triton_pid()
+        model, pid = self.rng.choice(sorted(procstat.stub_pids(triton).items()))
+        base = model.rsplit("_", 1)[0]
+        fault = Fault("stub", model, time.monotonic())
+        os.kill(pid, signal.SIGKILL)
+        probes = [model_probe(self.serve.gateway_url(i), base, self.refs.reranker) for i in range(2)]
+        return self._restart(fault, _new_pid(lambda: procstat.stub_pids(triton).get(model), pid),
+                             lambda: all(p() for p in probes))
+
+    def tritonserver(self) -> Fault:
+        pid = self.serve.triton_pid()
+        fault = Fault("tritonserver", "tritonserver", time.monotonic())
+        os.kill(pid, signal.SIGKILL)
+        return self._restart(fault, _new_pid(self.serve.triton_pid, pid), self.serve.triton_ready)
+
+    def _gateway(self, name: str, sig: int) -> Fault:
+        i = self.rng.randrange(len(self.serve.ports))
+        pid = self.serve.gateway_pid(i)
+        fault = Fault(name, f"gateway :{self.serve.ports[i]}", time.monotonic())
+        kill_tree(pid, sig) if sig == signal.SIGKILL else os.kill(pid, sig)
+        return self._restart(fault, _new_pid(lambda: self.serve.gateway_pid(i), pid),
+                             lambda: self.serve.gateway_ready(i))
+
+    def gateway_sigterm(self) -> Fault:
+        return self._gateway("gateway-sigterm", signal.SIGTERM)
+
+    def gateway_sigkill(self) -> Fault:
+        return self._gateway("gateway-sigkill", signal.SIGKILL)
+
+    def redis(self) -> Fault:
+        before = len(self.redis.restarts)
+        fault = Fault("redis", "redis-server", time.monotonic())
+        self.redis.proc.kill()
+        self._restart(fault, lambda: len(self.redis.restarts) > before, self.redis.ping)
+        fault.restarted = self.redis.restarts[before]
+        return fault
+
+    def idle_connections(self, n: int = 200, hold_s: float = 10.0) -> Fault:
+        fault = Fault("idle-connections", f"{n} idle connections to nginx", time.monotonic())
+        socks = [socket.create_connection(("127.0.0.1", self.nginx.port), timeout=5) for _ in range(n)]
+        try:
+            fault.answered = fault.at + wait_for(model_probe(self.nginx.url, next(iter(self.refs.vectors)), ""),
+                                                 RECOVERY_TIMEOUT_S, "the stack with idle connections open")
+            time.sleep(max(0.0, fault.at + hold_s - time.monotonic()))
+        finally:
+            for s in socks:
+                s.close()
+        return fault
+
+    def burst(self, factor: int = 10, seconds: float = 5.0) -> Fault:
+        """factor x the load's clients for `seconds`; recovered when a call answers after the burst."""
+        stop = threading.Event()
+        fault = Fault("burst", f"{factor}x clients for {seconds:g} s", time.monotonic())
+        threads = clients(self.nginx.url, self.refs, self.record, factor * self.load_clients, stop, seed=99)
+        time.sleep(seconds)
+        stop.set()
+        end = time.monotonic()
+        fault.answered = end + wait_for(model_probe(self.nginx.url, next(iter(self.refs.vectors)), ""),
+                                        RECOVERY_TIMEOUT_S, "the stack after the burst")
+        for t in threads:
+            t.join(RECOVERY_TIMEOUT_S)
+        fault.ended = end
+        return fault

@@ -38,7 +38,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import chaos_report  # noqa: E402
 import chaos_stack as cs  # noqa: E402
 import procstat  # noqa: E402
-from chaos_faults import ORDER, Faults, kill_tree  # noqa: E402
+from chaos_faults import ORDER, Faults, kill_tree, stubs  # noqa: E402
 from chaos_load import Record, batch_input, batch_loop, check_batch, client_for, clients, references, submit, wait_batch  # noqa: E402
 from provenance import provenance  # noqa: E402
 
@@ -51,10 +51,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=10.0, help="length of the run under faults (at least one cycle)")
     p.add_argument("--interval", type=float, default=30.0, help="seconds between faults")
     p.add_argument("--clients", type=int, default=3, help="load threads (the burst runs 10x as many)")
+    p.add_argument("--rate", type=float, default=5.0, help="calls per second each load thread starts at most")
     p.add_argument("--warmup-seconds", type=float, default=20.0)
     p.add_argument("--no-mpnet", action="store_true", help="serve all-MiniLM-L6-v2 and the reranker only")
     p.add_argument("--seed", type=int, default=0, help="picks the stub and the gateway each fault hits")
     p.add_argument("--out", type=Path, help="also write the run's figures and provenance here (JSON)")
+    p.add_argument("--workdir", type=Path, help="keep the logs (serve.log, nginx/) and the batch store here")
     return p.parse_args(argv)
 
 
@@ -70,8 +72,10 @@ def rss(serve: cs.Serve, nginx: cs.Nginx, redis: cs.Redis) -> dict[str, float]:
     out = {"embeddings-serve": procstat.rss_mb(serve.proc.pid)}
     if (triton := serve.triton_pid()) is not None:
         out["tritonserver"] = procstat.rss_mb(triton)
-        for model, pid in sorted(procstat.stub_pids(triton).items()):
-            out[f"stub {model}"] = procstat.rss_mb(pid)
+        models = sorted(stubs(triton).items(), key=lambda s: (s[1], s[0]))
+        for pid, model in models:
+            k = sum(m == model for p, m in models if p < pid)
+            out[f"stub {model} {k}"] = procstat.rss_mb(pid)
     for i, pid in enumerate(serve.gateway_pids()):
         if pid is not None:
             out[f"gateway {i}"] = procstat.rss_mb(pid)
@@ -132,13 +136,14 @@ def graceful_stop(serve: cs.Serve, nginx: cs.Nginx, refs, n: int = 8) -> dict:
     texts = refs.reserved[model]
     size = len(texts) // n
 
-    def check(status: int, data: bytes):
-        return status == 200 and refs.all_ok(model, json.loads(data)["data"], texts)
+    def checker(chunk: list[str]):
+        return lambda status, data: status == 200 and refs.all_ok(model, json.loads(data)["data"], chunk)
 
     results, sent, threads = [], [threading.Event() for _ in range(n)], []
     for k in range(n):
-        body = json.dumps({"model": model, "input": texts[k * size:(k + 1) * size]}).encode()
-        threads.append(threading.Thread(target=_send, args=(nginx.port, body, sent[k], results, check)))
+        chunk = texts[k * size:(k + 1) * size]
+        body = json.dumps({"model": model, "input": chunk}).encode()
+        threads.append(threading.Thread(target=_send, args=(nginx.port, body, sent[k], results, checker(chunk))))
         threads[-1].start()
     for e in sent:
         e.wait(60)
@@ -164,8 +169,10 @@ def cycle(faults: Faults, args, start: float) -> None:
             return
         faults.settle()
         fault = faults.inject(ORDER[k % len(ORDER)])
+        calls = list(faults.record.calls)
         print(f"chaos: {fault.name} ({fault.target}) at {fault.at - start:.0f} s: answering again after "
-              f"{fault.recovery_s:.1f} s", flush=True)
+              f"{fault.recovery_s:.1f} s; so far {len(calls)} calls, {sum(c.failed for c in calls)} failed, "
+              f"{sum(c.wrong for c in calls)} wrong", flush=True)
         k += 1
 
 
@@ -175,7 +182,7 @@ def run(args, work: Path) -> dict:
     ce = cs.cross_encoder_folder() / "model"
     print("chaos: computing references ...", flush=True)
     refs = references({m: model_source(m) for m in models}, (cs.RERANKER, str(ce)),
-                      {MINILM: 1500, MPNET: 400}, cs.CACHE)
+                      {MINILM: 3000, MPNET: 800}, cs.CACHE)
     with cs.Redis(tool("redis-server"), work) as redis:
         serve = cs.start_serve(repo, models, redis.port, work)
         try:
@@ -194,10 +201,10 @@ def _under_load(args, serve: cs.Serve, redis: cs.Redis, refs, work: Path) -> dic
     nginx = cs.start_nginx(tool("nginx"), serve.ports, work)
     try:
         record, stop, batches = Record(), threading.Event(), []
-        faults = Faults(serve, nginx, redis, refs, record, args.clients, random.Random(args.seed))
+        faults = Faults(serve, nginx, redis, refs, record, args, random.Random(args.seed))
         cs.wait_for(faults.stack_ready, 60, "the stack through nginx")
-        threads = [*clients(nginx.url, refs, record, args.clients, stop), batch_loop(nginx.url, refs, record, stop,
-                                                                                   batches)]
+        threads = [*clients(nginx.url, refs, record, args.clients, stop, rate=args.rate),
+                   batch_loop(nginx.url, refs, record, stop, batches)]
         time.sleep(args.warmup_seconds)
         warm, start = rss(serve, nginx, redis), time.monotonic()
         print(f"chaos: warm-up done ({args.warmup_seconds:g} s); faults every {args.interval:g} s for "
@@ -220,8 +227,10 @@ def _under_load(args, serve: cs.Serve, redis: cs.Redis, refs, work: Path) -> dic
 def main(argv=None) -> int:
     args = parse_args(argv)
     args.provenance = provenance("bench/chaos.py", argv)
-    with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
-        doc = run(args, Path(tmp))
+    with contextlib.ExitStack() as stack:
+        work = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="chaos-")))
+        work.mkdir(parents=True, exist_ok=True)
+        doc = run(args, work)
     print("\n".join(chaos_report.lines(doc)), flush=True)
     if args.out:
         args.out.write_text(json.dumps(doc, indent=1) + "\n")

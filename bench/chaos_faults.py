@@ -72,6 +72,11 @@ def model_probe(url: str, model: str, reranker: str):
     return lambda: _probe(url, "/v1/embeddings", {"model": model, "input": f"probe {uuid.uuid4()}"})
 
 
+def stubs(triton: int) -> dict[int, str]:
+    """pid -> the model of each of tritonserver's Python-backend stubs."""
+    return {p: m for p in procstat.children(triton) if (m := procstat.stub_model(p))}
+
+
 def _new_pid(find, old: int | None):
     """A check that `find()` gives a pid other than `old`."""
     return lambda: (p := find()) is not None and p != old
@@ -80,9 +85,9 @@ def _new_pid(find, old: int | None):
 class Faults:
     """Injects the faults in ORDER on a stack (bench/chaos_stack.py) under load; records each."""
 
-    def __init__(self, serve, nginx, redis, refs, record, load_clients: int, rng: random.Random):
+    def __init__(self, serve, nginx, redis, refs, record, load, rng: random.Random):
         self.serve, self.nginx, self.redis, self.refs, self.record = serve, nginx, redis, refs, record
-        self.load_clients, self.rng = load_clients, rng
+        self.load, self.rng = load, rng  # load: the run's --clients and --rate
         self.done: list[Fault] = []
 
     def stack_ready(self) -> bool:
@@ -96,7 +101,7 @@ class Faults:
         time.sleep(max(0.0, last + SETTLE_S - time.monotonic()))
 
     def inject(self, name: str) -> Fault:
-        fault = getattr(self, name.replace("-", "_"))()
+        fault = getattr(self, "fault_" + name.replace("-", "_"))()
         self.done.append(fault)
         return fault
 
@@ -105,17 +110,20 @@ class Faults:
         fault.answered = fault.restarted + wait_for(answers, RECOVERY_TIMEOUT_S, f"{fault.name}: answer")
         return fault
 
-    def stub(self) -> Fault:
+    def fault_stub(self) -> Fault:
+        """SIGKILL one stub; restarted once every instance of its model runs in a new stub (the reload)."""
         triton = self.serve.triton_pid()
-        model, pid = self.rng.choice(sorted(procstat.stub_pids(triton).items()))
-        base = model.rsplit("_", 1)[0]
+        pid = self.rng.choice(sorted(stubs(triton)))
+        model = stubs(triton)[pid]
+        old = {p for p, m in stubs(triton).items() if m == model}
         fault = Fault("stub", model, time.monotonic())
         os.kill(pid, signal.SIGKILL)
-        probes = [model_probe(self.serve.gateway_url(i), base, self.refs.reranker) for i in range(2)]
-        return self._restart(fault, _new_pid(lambda: procstat.stub_pids(triton).get(model), pid),
-                             lambda: all(p() for p in probes))
+        probes = [model_probe(self.serve.gateway_url(i), model.rsplit("_", 1)[0], self.refs.reranker)
+                  for i in range(len(self.serve.ports))]
+        new = lambda: {p for p, m in stubs(triton).items() if m == model}  # noqa: E731
+        return self._restart(fault, lambda: bool(new()) and not new() & old, lambda: all(p() for p in probes))
 
-    def tritonserver(self) -> Fault:
+    def fault_tritonserver(self) -> Fault:
         pid = self.serve.triton_pid()
         fault = Fault("tritonserver", "tritonserver", time.monotonic())
         os.kill(pid, signal.SIGKILL)
@@ -129,13 +137,13 @@ class Faults:
         return self._restart(fault, _new_pid(lambda: self.serve.gateway_pid(i), pid),
                              lambda: self.serve.gateway_ready(i))
 
-    def gateway_sigterm(self) -> Fault:
+    def fault_gateway_sigterm(self) -> Fault:
         return self._gateway("gateway-sigterm", signal.SIGTERM)
 
-    def gateway_sigkill(self) -> Fault:
+    def fault_gateway_sigkill(self) -> Fault:
         return self._gateway("gateway-sigkill", signal.SIGKILL)
 
-    def redis(self) -> Fault:
+    def fault_redis(self) -> Fault:
         before = len(self.redis.restarts)
         fault = Fault("redis", "redis-server", time.monotonic())
         self.redis.proc.kill()
@@ -143,7 +151,7 @@ class Faults:
         fault.restarted = self.redis.restarts[before]
         return fault
 
-    def idle_connections(self, n: int = 200, hold_s: float = 10.0) -> Fault:
+    def fault_idle_connections(self, n: int = 200, hold_s: float = 10.0) -> Fault:
         fault = Fault("idle-connections", f"{n} idle connections to nginx", time.monotonic())
         socks = [socket.create_connection(("127.0.0.1", self.nginx.port), timeout=5) for _ in range(n)]
         try:
@@ -155,11 +163,12 @@ class Faults:
                 s.close()
         return fault
 
-    def burst(self, factor: int = 10, seconds: float = 5.0) -> Fault:
+    def fault_burst(self, factor: int = 10, seconds: float = 5.0) -> Fault:
         """factor x the load's clients for `seconds`; recovered when a call answers after the burst."""
         stop = threading.Event()
         fault = Fault("burst", f"{factor}x clients for {seconds:g} s", time.monotonic())
-        threads = clients(self.nginx.url, self.refs, self.record, factor * self.load_clients, stop, seed=99)
+        threads = clients(self.nginx.url, self.refs, self.record, factor * self.load.clients, stop, seed=99,
+                          rate=self.load.rate)
         time.sleep(seconds)
         stop.set()
         end = time.monotonic()

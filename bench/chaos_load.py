@@ -176,12 +176,15 @@ def client_for(url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=url + "/v1", api_key="unused")  # the client's default retries and timeout
 
 
-def clients(url: str, refs: References, record: Record, n: int, stop: threading.Event, seed: int = 0):
-    """`n` threads calling until `stop` is set; the threads."""
+def clients(url: str, refs: References, record: Record, n: int, stop: threading.Event, seed: int = 0,
+            rate: float = 5.0):
+    """`n` threads, each starting a call every 1/`rate` s (or when its last one ends), until `stop` is set."""
     def loop(i: int) -> None:
         client, rng = client_for(url), random.Random(seed * 1000 + i)
         while not stop.is_set():
+            due = time.monotonic() + 1.0 / rate
             one_call(client, refs, rng, record)
+            stop.wait(max(0.0, due - time.monotonic()))
 
     threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(n)]
     for t in threads:

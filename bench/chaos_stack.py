@@ -29,8 +29,7 @@ GATEWAYS = 2
 # a short batch lease (a killed runner's job is taken over within seconds) and requests held while Triton is away.
 GATEWAY_ENV = {"EMBEDDINGS_WORKERS": "2", "EMBEDDINGS_CACHE": "redis", "EMBEDDINGS_ACCESS_LOG": "false",
                "EMBEDDINGS_LOG_LEVEL": "warning", "EMBEDDINGS_UNAVAILABLE_HOLD_S": "90",
-               "EMBEDDINGS_BATCH_LEASE_S": "6", "EMBEDDINGS_BATCH_POLL_S": "0.5", "EMBEDDINGS_BATCH_RETRIES": "8",
-               "EMBEDDINGS_TIKTOKEN_LOAD_TIMEOUT_S": "1"}
+               "EMBEDDINGS_BATCH_LEASE_S": "6", "EMBEDDINGS_BATCH_POLL_S": "0.5", "EMBEDDINGS_BATCH_RETRIES": "8"}
 
 
 def _cached(name: str, build) -> Path:
@@ -109,8 +108,8 @@ class Redis:
         while not self._stop.is_set():
             if self.proc.poll() is not None:
                 time.sleep(1.0)
-                self._start()
                 self.restarts.append(time.monotonic())
+                self._start()
             time.sleep(0.1)
 
     def __enter__(self) -> Redis:

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
 GOAL_RESTART_S, GOAL_RSS_PCT = 5.0, 10.0
@@ -37,10 +39,12 @@ def summary(args, record, faults, batches, warm, end, graceful, killed, start, m
         "clients": args.clients, "models": "MiniLM + reranker" if args.no_mpnet else "MiniLM + mpnet + reranker",
         "calls": total, "failed": failed, "wrong": wrong,
         "by_kind": {k: sum(c.kind == k for c in calls) for k in dict.fromkeys(c.kind for c in calls)},
-        "errors": [c.error for c in calls if c.failed or c.wrong][:10],
+        "errors": [f"{n} x {e}" for e, n in Counter(c.error[:160] for c in calls
+                                                      if c.failed or c.wrong).most_common(10)],
         "latency": {"between_faults": _latency([c for c in online if not _during(c, faults)]),
                     "during_faults": _latency([c for c in online if _during(c, faults)])},
-        "faults": [f.as_dict(start) for f in faults],
+        "faults": [{**f.as_dict(start), "failed_calls": sum(c.failed and _during(c, [f]) for c in calls)}
+                   for f in faults],
         "worst_recovery_s": round(worst, 2),
         "batch_jobs": {"jobs": len(batches), "lines": sum(b.lines for b in batches),
                        "ok": sum(b.ok for b in batches)},
@@ -66,10 +70,10 @@ def lines(doc: dict) -> list[str]:
     for when, name in (("between_faults", "between faults"), ("during_faults", "during faults")):
         m = lat[when]
         out.append(f"latency {name}: {m['calls']} calls, p50 {m['p50_ms']} ms, p99 {m['p99_ms']} ms")
-    out += ["", f"{'fault':<18}{'target':<34}{'at':>7}{'recovered':>11}{'after restart':>15}"]
+    out += ["", f"{'fault':<18}{'target':<34}{'at':>7}{'recovered':>11}{'after restart':>15}{'failed calls':>14}"]
     for f in doc["faults"]:
         out.append(f"{f['fault']:<18}{f['target']:<34}{f['at_s']:>6.0f}s{_s(f['recovery_s']):>11}"
-                   f"{_s(f['answering_after_restart_s']):>15}")
+                   f"{_s(f['answering_after_restart_s']):>15}{f['failed_calls']:>14}")
     b, k, g = doc["batch_jobs"], doc["batch_sigkill"], doc["graceful_stop"]
     out += ["", f"batch jobs under load: {b['jobs']} ({b['lines']} lines), {b['ok']} complete and right",
             f"batch job, its gateway SIGKILLed after {k['lines_written_before_kill']} of {k['lines']} lines: "

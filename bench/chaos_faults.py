@@ -1,7 +1,9 @@
-"""The chaos run's faults, in turn, and the time each component takes to answer again: a Python-backend stub
-SIGKILLed, tritonserver SIGKILLed, a gateway SIGTERMed, a gateway SIGKILLed, Redis SIGKILLed, 200 idle
-connections, a 10x burst. Recovery is measured per component (Triton's ready endpoint, the gateway's /ready on
-its port, Redis PING, a call for the stub's model), from the fault and from the component's restart."""
+"""The chaos run's faults, in turn: a Python-backend stub SIGKILLed, tritonserver SIGKILLed, a gateway
+SIGTERMed, a gateway SIGKILLed, Redis SIGKILLed, 200 idle connections, a 10x burst.
+
+Per component, two moments: back (by its own account: Triton's ready endpoints, a new gateway process's
+/health, a new redis-server) and answering (calls through every gateway for the stub's or every model, an
+embeddings call on the restarted gateway's port, Redis PING). The goal is answering within 5 s of being back."""
 
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ import procstat
 from chaos_load import clients
 from chaos_stack import wait_for
 
+from triton_embeddings.local.processes import http_ok
+
 ORDER = ("stub", "tritonserver", "gateway-sigterm", "gateway-sigkill", "redis", "idle-connections", "burst")
 SETTLE_S = 6.0  # the stack answers this long after a recovery before the next fault (nginx's fail_timeout: 5 s)
 RECOVERY_TIMEOUT_S = 180.0
@@ -29,7 +33,7 @@ class Fault:
     name: str
     target: str
     at: float
-    restarted: float | None = None  # the component's new process started (None: nothing was restarted)
+    restarted: float | None = None  # the component is back by its own account (None: nothing was restarted)
     answered: float | None = None
     ended: float | None = None  # a burst's end: its recovery is counted from there
 
@@ -44,8 +48,10 @@ class Fault:
     def as_dict(self, t0: float) -> dict:
         r = self.recovery_s
         a = self.after_restart_s
+        back = None if self.restarted is None else round(self.restarted - self.at, 2)
         return {"fault": self.name, "target": self.target, "at_s": round(self.at - t0, 1),
-                "restarted": self.restarted is not None, "recovery_s": None if r is None else round(r, 2),
+                "restarted": self.restarted is not None, "back_after_s": back,
+                "recovery_s": None if r is None else round(r, 2),
                 "answering_after_restart_s": None if a is None else round(a, 2)}
 
 
@@ -110,32 +116,44 @@ class Faults:
         fault.answered = fault.restarted + wait_for(answers, RECOVERY_TIMEOUT_S, f"{fault.name}: answer")
         return fault
 
+    def _through_gateways(self, models: list[str]):
+        """A check that each of `models` answers through every gateway (new texts: never from the cache)."""
+        probes = [model_probe(self.serve.gateway_url(i), m, self.refs.reranker)
+                  for i in range(len(self.serve.ports)) for m in models]
+        return lambda: all(p() for p in probes)
+
     def fault_stub(self) -> Fault:
-        """SIGKILL one stub; restarted once every instance of its model runs in a new stub (the reload)."""
+        """SIGKILL one stub; back once every instance of its model runs in a new stub and Triton says the model
+        is ready (the supervisor's reload); answering once its ensemble answers through every gateway."""
         triton = self.serve.triton_pid()
         pid = self.rng.choice(sorted(stubs(triton)))
         model = stubs(triton)[pid]
         old = {p for p, m in stubs(triton).items() if m == model}
         fault = Fault("stub", model, time.monotonic())
         os.kill(pid, signal.SIGKILL)
-        probes = [model_probe(self.serve.gateway_url(i), model.rsplit("_", 1)[0], self.refs.reranker)
-                  for i in range(len(self.serve.ports))]
         new = lambda: {p for p, m in stubs(triton).items() if m == model}  # noqa: E731
-        return self._restart(fault, lambda: bool(new()) and not new() & old, lambda: all(p() for p in probes))
+        return self._restart(fault, lambda: bool(new()) and not new() & old and self.serve.model_ready(model),
+                             self._through_gateways([model.rsplit("_", 1)[0]]))
 
     def fault_tritonserver(self) -> Fault:
+        """SIGKILL tritonserver; back once a new one is ready (every model loaded); answering once every model
+        answers through every gateway."""
         pid = self.serve.triton_pid()
         fault = Fault("tritonserver", "tritonserver", time.monotonic())
         os.kill(pid, signal.SIGKILL)
-        return self._restart(fault, _new_pid(self.serve.triton_pid, pid), self.serve.triton_ready)
+        return self._restart(fault, lambda: _new_pid(self.serve.triton_pid, pid)() and self.serve.triton_ready(),
+                             self._through_gateways([*self.refs.vectors, self.refs.reranker]))
 
     def _gateway(self, name: str, sig: int) -> Fault:
+        """A gateway killed; back once a new process on its port is live (/health); answering once it answers
+        an embeddings call."""
         i = self.rng.randrange(len(self.serve.ports))
         pid = self.serve.gateway_pid(i)
         fault = Fault(name, f"gateway :{self.serve.ports[i]}", time.monotonic())
         kill_tree(pid, sig) if sig == signal.SIGKILL else os.kill(pid, sig)
-        return self._restart(fault, _new_pid(lambda: self.serve.gateway_pid(i), pid),
-                             lambda: self.serve.gateway_ready(i))
+        url = self.serve.gateway_url(i)
+        return self._restart(fault, lambda: _new_pid(lambda: self.serve.gateway_pid(i), pid)() and
+                             http_ok(url + "/health", 1.0), model_probe(url, next(iter(self.refs.vectors)), ""))
 
     def fault_gateway_sigterm(self) -> Fault:
         return self._gateway("gateway-sigterm", signal.SIGTERM)

@@ -70,10 +70,11 @@ def lines(doc: dict) -> list[str]:
     for when, name in (("between_faults", "between faults"), ("during_faults", "during faults")):
         m = lat[when]
         out.append(f"latency {name}: {m['calls']} calls, p50 {m['p50_ms']} ms, p99 {m['p99_ms']} ms")
-    out += ["", f"{'fault':<18}{'target':<34}{'at':>7}{'recovered':>11}{'after restart':>15}{'failed calls':>14}"]
+    out += ["", f"{'fault':<18}{'target':<34}{'at':>7}{'back after':>12}{'answering':>11}{'after back':>12}"
+            f"{'failed calls':>14}"]
     for f in doc["faults"]:
-        out.append(f"{f['fault']:<18}{f['target']:<34}{f['at_s']:>6.0f}s{_s(f['recovery_s']):>11}"
-                   f"{_s(f['answering_after_restart_s']):>15}{f['failed_calls']:>14}")
+        out.append(f"{f['fault']:<18}{f['target']:<34}{f['at_s']:>6.0f}s{_s(f['back_after_s']):>12}"
+                   f"{_s(f['recovery_s']):>11}{_s(f['answering_after_restart_s']):>12}{f['failed_calls']:>14}")
     b, k, g = doc["batch_jobs"], doc["batch_sigkill"], doc["graceful_stop"]
     out += ["", f"batch jobs under load: {b['jobs']} ({b['lines']} lines), {b['ok']} complete and right",
             f"batch job, its gateway SIGKILLed after {k['lines_written_before_kill']} of {k['lines']} lines: "

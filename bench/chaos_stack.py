@@ -150,6 +150,9 @@ class Serve:
     def triton_ready(self) -> bool:
         return http_ok(f"http://127.0.0.1:{self.triton_http}/v2/health/ready", 1.0)
 
+    def model_ready(self, model: str) -> bool:
+        return http_ok(f"http://127.0.0.1:{self.triton_http}/v2/models/{model}/ready", 1.0)
+
     def gateway_ready(self, i: int) -> bool:
         return http_ok(self.gateway_url(i) + "/ready", 1.0)
 

@@ -225,8 +225,8 @@ def chaos(doc: dict) -> list[str]:
             f"failed, {doc['wrong']} wrong; p50 / p99 between faults {lat['between_faults']['p50_ms']:.0f} / "
             f"{lat['between_faults']['p99_ms']:.0f} ms, during them {lat['during_faults']['p50_ms']:.0f} / "
             f"{lat['during_faults']['p99_ms']:.0f} ms.")
-    faults = [[f["fault"], f["target"], f"{f['at_s']:.0f} s", _secs(f["recovery_s"]),
-               _secs(f["answering_after_restart_s"])] for f in doc["faults"]]
+    faults = [[f["fault"], f["target"], f"{f['at_s']:.0f} s", _secs(f["back_after_s"]), _secs(f["recovery_s"]),
+               _secs(f["answering_after_restart_s"]), str(f["failed_calls"])] for f in doc["faults"]]
     data = [f"Graceful stop (SIGTERM to embeddings-serve with {g['requests']} requests in flight, per gateway "
             f"{g['in_flight_per_gateway']}): {g['answered']} answered, {g['lost']} lost. Batch job whose gateway was "
             f"SIGKILLed after {k['lines_written_before_kill']} of {k['lines']} lines: {k['status']}, {k['answered']} "
@@ -234,7 +234,8 @@ def chaos(doc: dict) -> list[str]:
     rows = [[name, f"{m['after_warmup']} MB", f"{m['end']} MB"] for name, m in doc["rss_mb"].items()]
     last = (f"`chaos: {doc['calls']} calls, {doc['failed']} failed, {doc['wrong']} wrong, worst recovery "
             f"{doc['worst_recovery_s']:.1f} s, RSS growth {doc['rss_growth_pct']:.1f}%`")
-    return [head, "", *_table(["fault", "target", "at", "answering again after", "after its restart"], faults), "",
+    return [head, "", *_table(["fault", "target", "at", "back after", "answering after", "answering after back",
+                               "failed calls"], faults), "",
             *data, "", *_table(["process", "RSS after warm-up", "RSS at end"], rows), "", last]
 
 

@@ -154,8 +154,25 @@ def _own_group_dying_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+class _LastProcess:
+    """The pid, exit code and liveness of the process a child started last (`process`)."""
+
+    process: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.poll() if self.process else None
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
 @dataclass
-class HttpChild:
+class HttpChild(_LastProcess):
     """A process that serves HTTP: started when `health_url` answers 200; its own process group."""
 
     name: str
@@ -165,14 +182,6 @@ class HttpChild:
     startup_timeout_s: float = 120.0
     stop_timeout_s: float = 60.0
     process: subprocess.Popen | None = field(default=None, init=False)
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
-    @property
-    def returncode(self) -> int | None:
-        return self.process.poll() if self.process else None
 
     def start(self) -> None:
         self.process = subprocess.Popen(self.command, env=self.env,
@@ -186,9 +195,6 @@ class HttpChild:
             if isinstance(e, (ProcessExited, NotReady)):
                 raise ChildFailed(f"{self.name}: {e}") from None
             raise
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError, AttributeError):
@@ -208,29 +214,18 @@ def gateway_child(host: str, port: int, env: dict[str, str]) -> HttpChild:
 
 
 @dataclass
-class TritonChild:
+class TritonChild(_LastProcess):
     """The embedded Triton (`TritonServer`, its stub watchdog included), restarted on the same ports."""
 
     server: TritonServer
     ports_timeout_s: float = 10.0
     name: str = "tritonserver"
-    _last: subprocess.Popen | None = field(default=None, init=False, repr=False)
-
-    @property
-    def pid(self) -> int | None:
-        return self._last.pid if self._last else None
-
-    @property
-    def returncode(self) -> int | None:
-        return self._last.poll() if self._last else None
+    process: subprocess.Popen | None = field(default=None, init=False, repr=False)  # once it served
 
     def start(self) -> None:
-        self._last = None
+        self.process = None
         self.server.start()
-        self._last = self.server.process
-
-    def running(self) -> bool:
-        return self._last is not None and self._last.poll() is None
+        self.process = self.server.process
 
     def kill(self) -> None:
         process = self.server.process

@@ -3,8 +3,12 @@
     python -m triton_embeddings.local.serve            # what `make serve` runs; Ctrl-C stops both
     python -m triton_embeddings.local.serve --models all-MiniLM-L6-v2 all-mpnet-base-v2   # the seed's line-up
     python -m triton_embeddings.local.serve --reranker cross-encoder/ms-marco-MiniLM-L6-v2   # + /v1/rerank
+    python -m triton_embeddings.local.serve --gateways 2   # gateway processes on :8080 and :8081
 
-Gateway settings still come from `EMBEDDINGS_*` variables; the Triton URLs are the ones started here.
+Triton and each gateway (`python -m triton_embeddings.gateway`) are child processes, restarted when they exit
+with Docker's backoff (local/restarts.py). Gateway settings still come from `EMBEDDINGS_*` variables; the
+Triton URLs, address and model repository are the ones started here. SIGTERM drains the gateways, then
+stops Triton; Ctrl-C the same without the gateways' 5 s delay.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ GATEWAYS = 2
 # As compose runs the gateways, plus what the run needs: the Redis cache, one batch store for both gateways,
 # a short batch lease (a killed runner's job is taken over within seconds) and requests held while Triton is away.
 GATEWAY_ENV = {"EMBEDDINGS_WORKERS": "2", "EMBEDDINGS_CACHE": "redis", "EMBEDDINGS_ACCESS_LOG": "false",
-               "EMBEDDINGS_LOG_LEVEL": "warning", "EMBEDDINGS_UNAVAILABLE_HOLD_S": "90",
+               "EMBEDDINGS_LOG_LEVEL": "warning", "EMBEDDINGS_UNAVAILABLE_HOLD_S": "60",
                "EMBEDDINGS_BATCH_LEASE_S": "6", "EMBEDDINGS_BATCH_POLL_S": "0.5", "EMBEDDINGS_BATCH_RETRIES": "8"}
 
 

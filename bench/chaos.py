@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -89,7 +90,7 @@ def rss(serve: cs.Serve, nginx: cs.Nginx, redis: cs.Redis) -> dict[str, float]:
 def metric(serve: cs.Serve, i: int, name: str) -> float:
     """The sum of a gateway's samples of `name` (0 when it does not answer)."""
     try:
-        with __import__("urllib.request").request.urlopen(serve.gateway_url(i) + "/metrics", timeout=2) as r:
+        with urllib.request.urlopen(serve.gateway_url(i) + "/metrics", timeout=2) as r:
             text = r.read().decode()
     except OSError:
         return 0.0

@@ -30,6 +30,7 @@ def chaos_run(tmp_path_factory):
            "--warmup-seconds", "10", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200,
                           env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    (out.parent / "chaos.log").write_text(proc.stdout + proc.stderr)
     assert out.exists(), proc.stdout[-5000:] + proc.stderr[-5000:]
     return proc, json.loads(out.read_text())
 

@@ -201,17 +201,19 @@ def _under_load(args, serve: cs.Serve, redis: cs.Redis, refs, work: Path) -> dic
         raise SystemExit(f"chaos: embeddings-serve exited with {serve.proc.returncode}; log: {serve.log}")
     nginx = cs.start_nginx(tool("nginx"), serve.ports, work)
     try:
-        record, stop, batches = Record(), threading.Event(), []
+        record, stop, batch_stop, batches = Record(), threading.Event(), threading.Event(), []
         faults = Faults(serve, nginx, redis, refs, record, args, random.Random(args.seed))
         cs.wait_for(faults.stack_ready, 60, "the stack through nginx")
-        threads = [*clients(nginx.url, refs, record, args.clients, stop, rate=args.rate),
-                   batch_loop(nginx.url, refs, record, stop, batches)]
+        threads = clients(nginx.url, refs, record, args.clients, stop, rate=args.rate)
+        batch_thread = batch_loop(nginx.url, refs, record, batch_stop, batches)
         time.sleep(args.warmup_seconds)
         warm, start = rss(serve, nginx, redis), time.monotonic()
         print(f"chaos: warm-up done ({args.warmup_seconds:g} s); faults every {args.interval:g} s for "
               f"{args.minutes:g} min ...", flush=True)
         cycle(faults, args, start)
         faults.settle()
+        batch_stop.set()  # the killed job runs alone: the gateway whose counter moves is the one running it
+        batch_thread.join(600)
         killed = batch_sigkill(serve, nginx, refs)
         faults.settle()
         stop.set()

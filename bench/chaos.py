@@ -138,7 +138,11 @@ def graceful_stop(serve: cs.Serve, nginx: cs.Nginx, refs, n: int = 8) -> dict:
     size = len(texts) // n
 
     def checker(chunk: list[str]):
-        return lambda status, data: status == 200 and refs.all_ok(model, json.loads(data)["data"], chunk)
+        def check(status: int, data: bytes):
+            if status != 200:
+                return f"status {status}: {data[:200]!r}"
+            return refs.all_ok(model, json.loads(data)["data"], chunk) or "wrong vectors"
+        return check
 
     results, sent, threads = [], [threading.Event() for _ in range(n)], []
     for k in range(n):

@@ -18,7 +18,7 @@ import numpy as np
 import openai
 
 COSINE, SCORE_TOL = 0.9999, 1e-4
-RESERVED = 256  # long texts of the first model for the graceful stop's requests (8 x 32)
+RESERVED = 128  # long texts of the first model for the graceful stop's requests (8 x 16)
 WORDS = (
     "the server model batch token request latency vector search index query document cluster memory queue "
     "embedding semantic similarity language network cloud private data cost scale inference engine length "
@@ -82,7 +82,7 @@ def references(sources: dict[str, str], reranker: tuple[str, str], texts: dict[s
     vectors, pools, reserved = {}, {}, {}
     for seed, (model, source) in enumerate(sources.items()):
         pools[model] = make_texts(texts[model], seed)
-        reserved[model] = make_texts(RESERVED, 50, 100, 180) if seed == 0 else []
+        reserved[model] = make_texts(RESERVED, 50, 60, 120) if seed == 0 else []
         both = pools[model] + reserved[model]
         vectors[model] = dict(zip(both, _encoded(model, source, both, cache)))
     queries, documents = make_texts(40, 100, 3, 8), make_texts(120, 101)

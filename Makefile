@@ -24,7 +24,7 @@ TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download
 
 NODE_CLIENT := tests/gateway/node
 
-.PHONY: install serve triton export preflight test lint bench soak clean
+.PHONY: install serve triton export preflight test lint bench soak chaos clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -79,6 +79,12 @@ bench: $(REPO)/$(NAME)_encoder/1/model.onnx
 MINUTES ?= 10
 soak: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) bench/soak.py --minutes $(MINUTES)
+
+# The compose-shaped stack (nginx, 2 gateways, Triton with MiniLM, mpnet and a reranker, Redis) under a mixed load
+# while its parts are killed in turn (bench/chaos.py); `make chaos MINUTES=2 CHAOS_ARGS="--out run.json"`.
+CHAOS_ARGS ?=
+chaos: $(VENV)/.installed
+	HF_HUB_OFFLINE=1 $(PY) bench/chaos.py --minutes $(MINUTES) $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

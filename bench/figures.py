@@ -10,6 +10,9 @@ A markdown file quotes a run in a block:
     python bench/figures.py --check    # exit 1 naming each block that differs (tests/test_figures.py)
 
 Each JSON is written by the tool that measured it (bench.py, bench_rerank.py, bench_batch.py, compare_demo.py, soak.py,
+
+
+Each JSON is written by the tool that measured it (bench.py, bench_rerank.py, compare_demo.py, soak.py, chaos.py,
 quantization_quality.py, gpu_throughput.py with --json/--out) and carries its provenance (bench/provenance.py);
 every block opens with that line, so a figure always says which run, commit, machine and day it comes from.
 """
@@ -242,11 +245,37 @@ def batch(doc: dict) -> list[str]:
             *_table(["goal (medians of rounds)", "measured", ""], goal)]
 
 
+def _secs(value) -> str:
+    return "" if value is None else f"{value:.1f} s"
+
+
+def chaos(doc: dict) -> list[str]:
+    lat, g, k = doc["latency"], doc["graceful_stop"], doc["batch_sigkill"]
+    head = (f"{doc['minutes']:g} minutes, {doc['models']}, {doc['clients']} openai clients (default retries) and one "
+            f"batch job at a time, a fault every {doc['interval_s']:g} s: {doc['calls']:,} calls, {doc['failed']} "
+            f"failed, {doc['wrong']} wrong; p50 / p99 between faults {lat['between_faults']['p50_ms']:.0f} / "
+            f"{lat['between_faults']['p99_ms']:.0f} ms, during them {lat['during_faults']['p50_ms']:.0f} / "
+            f"{lat['during_faults']['p99_ms']:.0f} ms.")
+    faults = [[f["fault"], f["target"], f"{f['at_s']:.0f} s", _secs(f["back_after_s"]), _secs(f["recovery_s"]),
+               _secs(f["answering_after_restart_s"]), str(f["failed_calls"])] for f in doc["faults"]]
+    data = [f"Graceful stop (SIGTERM to embeddings-serve with {g['requests']} requests in flight, per gateway "
+            f"{g['in_flight_per_gateway']}): {g['answered']} answered, {g['lost']} lost. Batch job whose gateway was "
+            f"SIGKILLed after {k['lines_written_before_kill']} of {k['lines']} lines: {k['status']}, {k['answered']} "
+            f"lines answered, {k['missing']} missing, {k['duplicated']} duplicated, {k['wrong']} wrong."]
+    rows = [[name, f"{m['after_warmup']} MB", f"{m['end']} MB"] for name, m in doc["rss_mb"].items()]
+    last = (f"`chaos: {doc['calls']} calls, {doc['failed']} failed, {doc['wrong']} wrong, worst recovery "
+            f"{doc['worst_recovery_s']:.1f} s, RSS growth {doc['rss_growth_pct']:.1f}%`")
+    return [head, "", *_table(["fault", "target", "at", "back after", "answering after", "answering after back",
+                               "failed calls"], faults), "",
+            *data, "", *_table(["process", "RSS after warm-up", "RSS at end"], rows), "", last]
+
+
 RENDERERS: dict[str, Callable[[dict], list[str]]] = {
     "bench-throughput": bench_throughput, "bench-goals": bench_goals, "bench-cpu": bench_cpu, "rerank": rerank,
     "cost": cost, "compare-agreement": compare_agreement, "compare-quality": compare_quality,
     "compare-speed": compare_speed, "soak": soak, "quantization": quantization, "gpu-proxy": gpu_proxy,
     "batch": batch,
+    "chaos": chaos,
 }
 
 

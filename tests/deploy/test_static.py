@@ -794,6 +794,16 @@ def test_compose_and_kubernetes_drop_the_gateways_copy_of_triton_metrics():
     assert {"source_labels": ["__name__"], "regex": "nv_.*", "action": "drop"} in job["metric_relabel_configs"]
 
 
+def test_compose_and_kubernetes_hold_requests_while_triton_restarts(kustomized):
+    """EMBEDDINGS_UNAVAILABLE_HOLD_S: 60 s, past Triton's restart and the openai client's own retries."""
+    from triton_embeddings.gateway.settings import Settings
+
+    held = Settings(unavailable_hold_s=60)
+    assert held.unavailable_hold_s > 30 and held.request_timeout_s > held.unavailable_hold_s  # no 504 first
+    assert compose_config([])["services"]["gateway"]["environment"]["EMBEDDINGS_UNAVAILABLE_HOLD_S"] == "60"
+    assert _by_kind(kustomized, "ConfigMap")["gateway"]["data"]["EMBEDDINGS_UNAVAILABLE_HOLD_S"] == "60"
+
+
 
 # --- docs -----------------------------------------------------------------------------------------------
 

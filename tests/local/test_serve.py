@@ -10,12 +10,15 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.gw_helpers import DEFAULT_MODEL, ROOT, free_port
 from tests.tools import require
 from triton_embeddings.contract import RERANK_KIND
+from triton_embeddings.local.processes import port_in_use
 from triton_embeddings.local.serve import curl_example, ensure_exported, missing_weights
 
 
@@ -34,55 +37,73 @@ def test_export_only_when_weights_are_missing(tmp_path):
     assert calls == [("src", "m")]
 
 
+class Serve:
+    """`python -m triton_embeddings.local.serve ARGS` on free ports, its output collected; `stop(sig)` -> exit code."""
+
+    def __init__(self, repo, *args: str, gateways: int = 1, **env: str):
+        port = free_port()
+        while any(port_in_use(port + i) for i in range(gateways)):
+            port = free_port()
+        self.ports = {"--port": port, "--triton-http-port": free_port(), "--triton-grpc-port": free_port(),
+                      "--triton-metrics-port": free_port()}
+        self.gateway_ports = [port + i for i in range(gateways)]
+        cmd = [sys.executable, "-m", "triton_embeddings.local.serve", "--model-repository", str(repo), *args,
+               "--gateways", str(gateways), *(str(x) for kv in self.ports.items() for x in kv)]
+        env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", **env)
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, start_new_session=True)
+        self.lines: list[str] = []
+        threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stdout.readline, "")), daemon=True).start()
+
+    @property
+    def out(self) -> str:
+        return "".join(self.lines)
+
+    def wait_started(self, timeout: float = 240) -> Serve:
+        deadline = time.monotonic() + timeout
+        while not any("Try:" in ln for ln in self.lines):
+            assert self.proc.poll() is None and time.monotonic() < deadline, self.out
+            time.sleep(0.2)
+        time.sleep(0.2)
+        return self
+
+    def url(self, i: int = 0) -> str:
+        return f"http://127.0.0.1:{self.gateway_ports[i]}"
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 60) -> int:
+        """Send `sig` once (Ctrl-C sends SIGINT); its exit code. Whatever is left is killed (a failure)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            raise
+
+    def held_ports(self) -> list[int]:
+        return [p for p in [*self.ports.values(), *self.gateway_ports] if port_in_use(p)]
+
+
 @pytest.mark.slow
 def test_serve_local_exports_serves_and_stops_on_ctrl_c(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
-    ports = {
-        "--port": free_port(),
-        "--triton-http-port": free_port(),
-        "--triton-grpc-port": free_port(),
-        "--triton-metrics-port": free_port(),
-    }
-    args = [sys.executable, "-m", "triton_embeddings.local.serve", "--model-repository", str(repo)]
-    for k, v in ports.items():
-        args += [k, str(v)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen(
-        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
-    reader.start()
+    serve = Serve(repo)
     try:
-        deadline = time.monotonic() + 240
-        while not any("Try:" in ln for ln in lines):
-            assert proc.poll() is None, "".join(lines)
-            assert time.monotonic() < deadline, "".join(lines)
-            time.sleep(0.2)
-        time.sleep(0.2)
-        out = "".join(lines)
+        serve.wait_started()
+        out = serve.out
         assert "exporting" in out and not missing_weights(repo, DEFAULT_MODEL)
-        example = curl_example(ports["--port"], DEFAULT_MODEL)
+        example = curl_example(serve.gateway_ports[0], DEFAULT_MODEL)
         assert example in out
         require("curl")
         res = subprocess.run(["bash", "-c", example], capture_output=True, text=True, timeout=30)
         body = json.loads(res.stdout)
         assert len(body["data"][0]["embedding"]) == 384
     finally:
-        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
-        try:
-            code = proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise
-    reader.join(5)
-    assert code == 0, "".join(lines)
-    assert "serve: stopped" in "".join(lines)
-    from triton_embeddings.local.launcher import port_in_use
-
-    for port in ports.values():
-        assert not port_in_use(port), f"port {port} still held after Ctrl-C"
+        code = serve.stop(signal.SIGINT)  # what Ctrl-C sends
+    assert code == 0, serve.out
+    assert "serve: stopped" in serve.out
+    assert serve.held_ports() == [], f"ports still held after Ctrl-C:\n{serve.out}"
 
 
 def test_reranker_exported_only_when_missing(tmp_path):
@@ -104,40 +125,20 @@ def test_reranker_exported_only_when_missing(tmp_path):
 @pytest.mark.slow
 def test_serve_with_a_reranker_serves_embeddings_and_rerank(tmp_path, model_repository, cross_encoder_source):
     """`embeddings-serve --reranker FOLDER`: the reranker is exported beside MiniLM; one Triton serves both."""
-    import httpx
 
     repo = tmp_path / "repo"
     shutil.copytree(model_repository, repo)  # MiniLM already exported: only the reranker is
-    port = free_port()
-    args = [sys.executable, "-m", "triton_embeddings.local.serve", "--model-repository", str(repo),
-            "--reranker", cross_encoder_source, "--reranker-name", "rr", "--port", str(port),
-            "--triton-http-port", str(free_port()), "--triton-grpc-port", str(free_port()),
-            "--triton-metrics-port", str(free_port())]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True).start()
+    serve = Serve(repo, "--reranker", cross_encoder_source, "--reranker-name", "rr")
     try:
-        deadline = time.monotonic() + 240
-        while not any("Try:" in ln for ln in lines):
-            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
-            time.sleep(0.2)
-        out = "".join(lines)
+        out = serve.wait_started().out
         assert "exporting reranker rr" in out and "exporting all-MiniLM" not in out
-        base = f"http://127.0.0.1:{port}"
-        ranked = httpx.post(base + "/v1/rerank", json={"model": "rr", "query": "q", "documents": ["a", "b c"]}).json()
-        assert sorted(r["index"] for r in ranked["results"]) == [0, 1]
-        embedded = httpx.post(base + "/v1/embeddings", json={"model": DEFAULT_MODEL, "input": "x"}).json()
+        ranked = httpx.post(serve.url() + "/v1/rerank", json={"model": "rr", "query": "q", "documents": ["a", "b c"]})
+        assert sorted(r["index"] for r in ranked.json()["results"]) == [0, 1]
+        embedded = httpx.post(serve.url() + "/v1/embeddings", json={"model": DEFAULT_MODEL, "input": "x"}).json()
         assert len(embedded["data"][0]["embedding"]) == 384
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            code = proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise
-    assert code == 0, "".join(lines)
+        code = serve.stop(signal.SIGINT)
+    assert code == 0, serve.out
 
 
 def test_seed_models_come_from_their_packages_else_the_hub(monkeypatch, tmp_path):
@@ -156,3 +157,80 @@ def test_serve_refuses_one_source_for_several_models(tmp_path, capsys):
     args = ["--model-repository", str(tmp_path), "--models", "a", "b", "--model", "/src", "--port", str(free_port())]
     code = main(args)
     assert code == 2 and "--model names the source of one model" in capsys.readouterr().err
+
+
+def _children(pid: int) -> list[int]:
+    """The live (not zombie) child processes of `pid`."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        try:
+            state, ppid = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, ValueError):
+            continue
+        if int(ppid) == pid and state != "Z":
+            out.append(int(entry.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _child(serve: Serve, marker: bytes) -> int | None:
+    """serve's child whose command line holds `marker` (b"tritonserver", or a gateway's EMBEDDINGS_PORT)."""
+    for pid in _children(serve.proc.pid):
+        try:
+            seen = Path(f"/proc/{pid}/cmdline").read_bytes() + Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if marker in seen.split(b"\0") or any(a.endswith(marker) for a in seen.split(b"\0")[:1]):
+            return pid
+    return None
+
+
+def _embed(url: str, timeout: float = 30) -> int:
+    """One embeddings call of a text never sent before (no cache answers it); its status, 0: no connection."""
+    text = f"restarts {time.monotonic_ns()}"
+    try:
+        return httpx.post(url + "/v1/embeddings", json={"model": DEFAULT_MODEL, "input": text},
+                          timeout=timeout).status_code
+    except httpx.TransportError:
+        return 0
+
+
+@pytest.mark.slow
+def test_serve_restarts_a_killed_gateway_and_a_killed_triton(model_repository):
+    """`embeddings-serve --gateways 2`: a SIGKILLed gateway serves again within 5 s; a SIGKILLed tritonserver
+    takes its stubs with it and comes back on its ports while a request held by the gateway waits for it;
+    SIGTERM drains the gateways, stops Triton, frees every port and exits 0."""
+    serve = Serve(model_repository, gateways=2, EMBEDDINGS_UNAVAILABLE_HOLD_S="90")
+    try:
+        serve.wait_started()
+        assert [_embed(serve.url(i)) for i in range(2)] == [200, 200]
+        gateway = _child(serve, f"EMBEDDINGS_PORT={serve.gateway_ports[1]}".encode())
+        os.kill(gateway, signal.SIGKILL)
+        t0 = time.monotonic()
+        while _embed(serve.url(1), timeout=5) != 200:
+            assert time.monotonic() - t0 < 5, f"the gateway did not answer within 5 s of its kill\n{serve.out}"
+            time.sleep(0.05)
+        assert _child(serve, f"EMBEDDINGS_PORT={serve.gateway_ports[1]}".encode()) not in (None, gateway)
+
+        triton = _child(serve, b"tritonserver")
+        stubs = _children(triton)
+        assert stubs, "the embedded Triton runs its steps in Python-backend stubs"
+        os.kill(triton, signal.SIGKILL)
+        assert httpx.get(serve.url(0) + "/ready", timeout=10).status_code == 503  # nginx/k8s route away
+        assert _embed(serve.url(0), timeout=150) == 200, serve.out  # sent while Triton is down: held, answered
+        restarted = _child(serve, b"tritonserver")
+        assert restarted not in (None, triton) and _children(restarted)
+        assert [s for s in stubs if _alive(s)] == [], "the killed Triton's stubs were left behind"
+        assert "serve: tritonserver restarted" in serve.out
+        left = [restarted, *_children(restarted), *(_children(serve.proc.pid))]
+    finally:
+        code = serve.stop(signal.SIGTERM)
+    assert code == 0, serve.out
+    assert serve.held_ports() == [], serve.out
+    assert [p for p in left if _alive(p)] == []

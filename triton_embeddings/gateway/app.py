@@ -55,6 +55,7 @@ def _make_backend(settings: Settings) -> Backend:
         refresh_interval_s=settings.refresh_interval_s,
         only_models=settings.models,
         repository=settings.model_repository,
+        unavailable_hold_s=settings.unavailable_hold_s,
     )
 
 

@@ -119,6 +119,13 @@ class Settings(BaseSettings):
         30.0, description="How often the served models are re-read from Triton (every 1 s while it is down)."
     )
     retry_after_s: int = Field(1, description="`Retry-After` seconds sent with 429 and 503 answers.")
+    unavailable_hold_s: float = Field(
+        0.0,
+        ge=0,
+        description="While Triton is unreachable (restarting, reloading a model), a request waits, its Triton "
+        "call made again every 0.5 s, this long before it is answered 503 with Retry-After; 0: at once. Set it "
+        "past Triton's restart time (10-30 s with 3 models on 2 cores) and past the clients' own retries.",
+    )
 
     model_repository: Path | None = Field(
         None,

@@ -245,9 +245,9 @@ class TritonServer:
             self._watch[0].join(timeout=2)
             self._watch = None
         # Every step is a Python-backend model here: once no stub runs, nothing is left to finish.
-        if stop_triton(self.process, timeout, stubs_gone_grace_s=1.0):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)  # stubs a killed server may leave behind
+        stop_triton(self.process, timeout, stubs_gone_grace_s=1.0)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # stubs a killed (or crashed) server left behind
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None

@@ -3,13 +3,18 @@
     python -m triton_embeddings.local.serve            # what `make serve` runs; Ctrl-C stops both
     python -m triton_embeddings.local.serve --models all-MiniLM-L6-v2 all-mpnet-base-v2   # the seed's line-up
     python -m triton_embeddings.local.serve --reranker cross-encoder/ms-marco-MiniLM-L6-v2   # + /v1/rerank
+    python -m triton_embeddings.local.serve --gateways 2   # gateway processes on :8080 and :8081
 
-Gateway settings still come from `EMBEDDINGS_*` variables; the Triton URLs are the ones started here.
+Triton and each gateway (`python -m triton_embeddings.gateway`) are child processes, restarted when they exit
+with Docker's backoff (local/restarts.py). Gateway settings still come from `EMBEDDINGS_*` variables; the
+Triton URLs, address and model repository are the ones started here. SIGTERM drains the gateways, then
+stops Triton; Ctrl-C the same without the gateways' 5 s delay.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -71,8 +76,16 @@ def ensure_exported(repository: Path, name: str, source: str | None, exporter=No
     return True
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGINT (Ctrl-C) or SIGTERM reached serve; `signum` is passed on to the gateways."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+    raise Stopped(signum)
 
 
 def curl_example(port: int, model: str) -> str:
@@ -80,6 +93,12 @@ def curl_example(port: int, model: str) -> str:
         f"curl -s http://127.0.0.1:{port}/v1/embeddings -H 'Content-Type: application/json' \\\n"
         f'  -d \'{{"model": "{model}", "input": ["Hello, world!"]}}\''
     )
+
+
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number >= 1")
+    return int(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,52 +116,81 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reranker-name", help="the reranker's model name (default: last part of --reranker)")
     p.add_argument("--host", default="127.0.0.1", help="gateway address (default %(default)s)")
     p.add_argument("--port", type=int, default=8080, help="gateway port (default %(default)s)")
+    p.add_argument("--gateways", type=_positive, default=1, metavar="N",
+                   help="gateway processes, on ports --port .. --port+N-1 (default %(default)s)")
     p.add_argument("--triton-http-port", type=int, default=8000)
     p.add_argument("--triton-grpc-port", type=int, default=8001)
     p.add_argument("--triton-metrics-port", type=int, default=8002)
     return p
 
 
-def _gateway_server(args, settings):
-    from triton_embeddings.gateway.app import create_app
-    from triton_embeddings.gateway.http.server import make_server
-
-    return make_server(create_app(settings), settings)  # settings carry args.host and args.port
+def gateway_ports(args) -> list[int]:
+    """`--gateways N` serve on --port .. --port+N-1."""
+    return [args.port + i for i in range(args.gateways)]
 
 
-def _announce_when_started(server, args) -> None:
-    def announce() -> None:
-        while not server.started and not server.should_exit:
-            time.sleep(0.05)
-        if server.started:
-            print(
-                f"\nserve: gateway on http://{args.host}:{args.port} (Ctrl-C stops Triton and the "
-                f"gateway). Try:\n\n{curl_example(args.port, args.name)}\n",
-                flush=True,
-            )
+def gateway_env(args, triton, port: int) -> dict[str, str]:
+    """This process's environment, the Triton started here and the gateway's address; the gateway runs the
+    package serve runs (the folder holding it first on PYTHONPATH)."""
+    import triton_embeddings
 
-    threading.Thread(target=announce, daemon=True).start()
+    package_parent = str(Path(triton_embeddings.__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env.update({
+        "EMBEDDINGS_HOST": args.host,
+        "EMBEDDINGS_PORT": str(port),
+        "EMBEDDINGS_TRITON_GRPC_URL": triton.grpc_url,
+        "EMBEDDINGS_TRITON_METRICS_URL": triton.metrics_url,
+        "EMBEDDINGS_MODEL_REPOSITORY": str(Path(args.model_repository).resolve()),
+        "PYTHONPATH": os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")])),
+    })
+    return env
+
+
+def _announce(args, ports: list[int]) -> None:
+    where = f"http://{args.host}:{ports[0]}" + (f" .. :{ports[-1]}" if len(ports) > 1 else "")
+    what = "the gateway" if len(ports) == 1 else f"the {len(ports)} gateways"
+    print(f"\nserve: gateway{'s' if len(ports) > 1 else ''} on {where} (Ctrl-C stops Triton and {what}). "
+          f"Try:\n\n{curl_example(ports[0], args.name)}\n", flush=True)
+
+
+def _shutdown(children: list, signum: int) -> None:
+    """No more restarts; the gateways get `signum` together (they drain), then Triton stops."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)  # one stop at a time: a second signal would cut the drain
+    for supervised in children:
+        supervised.halt()
+    gateways, triton = children[1:], children[:1]
+    threads = [threading.Thread(target=g.child.stop, args=(signum,)) for g in gateways]
+    if gateways:
+        print(f"serve: stopping {len(gateways)} gateway{'s' * (len(gateways) > 1)} ...", flush=True)
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for supervised in triton:
+        print("serve: stopping Triton ...", flush=True)
+        supervised.child.stop()
 
 
 def _serve(args, triton) -> None:
-    """Triton, then the gateway in front of it, until Ctrl-C or SIGTERM."""
-    from triton_embeddings.gateway.app import setup_logging
-    from triton_embeddings.gateway.settings import Settings
+    """Triton, then the gateways in front of it, each restarted when it exits, until Ctrl-C or SIGTERM."""
+    from triton_embeddings.local.restarts import Supervised, TritonChild, gateway_child
 
-    settings = Settings(
-        host=args.host, port=args.port, triton_grpc_url=triton.grpc_url, triton_metrics_url=triton.metrics_url,
-        model_repository=args.model_repository,
-    )
-    setup_logging(settings.log_level)
-    print(f"serve: starting Triton (gRPC {triton.grpc_url}) ...", flush=True)
-    with triton:
-        server = _gateway_server(args, settings)
-        _announce_when_started(server, args)
-        try:
-            server.run()  # returns on SIGINT/SIGTERM after draining requests
-        except KeyboardInterrupt:  # uvicorn re-raises the signal it captured
-            pass
-        print("serve: stopping Triton ...", flush=True)
+    children: list[Supervised] = []
+    signum = signal.SIGINT
+    try:
+        print(f"serve: starting Triton (gRPC {triton.grpc_url}) ...", flush=True)
+        children.append(Supervised(TritonChild(triton)).start())
+        for port in gateway_ports(args):
+            children.append(Supervised(gateway_child(args.host, port, gateway_env(args, triton, port))).start())
+        _announce(args, gateway_ports(args))
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+    finally:
+        _shutdown(children, signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,14 +202,16 @@ def main(argv: list[str] | None = None) -> int:
     except TritonLaunchError as e:
         print(f"serve: {e}", file=sys.stderr)
         return 1
-    if port_in_use(args.port, args.host):
-        print(f"serve: gateway port {args.port} on {args.host} is already in use (use --port)", file=sys.stderr)
-        return 1
-    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM before uvicorn runs: stop Triton too
+    for port in gateway_ports(args):
+        if port_in_use(port, args.host):
+            print(f"serve: gateway port {port} on {args.host} is already in use (use --port)", file=sys.stderr)
+            return 1
     names = args.models or [args.name or DEFAULT_MODEL]
     if args.model and len(names) > 1:
         print("serve: --model names the source of one model; with several, each comes from its name", file=sys.stderr)
         return 2
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)  # which signal stopped serve is passed on to the gateways
     args.name = names[0]  # the curl example's model
     try:
         for name in names:
@@ -176,9 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         grpc_port=args.triton_grpc_port,
         metrics_port=args.triton_metrics_port,
     )
+    from triton_embeddings.local.restarts import ChildFailed
+
     try:
         _serve(args, triton)
-    except TritonLaunchError as e:
+    except (TritonLaunchError, ChildFailed) as e:
         print(f"serve: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -10,7 +10,9 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from tritonclient.grpc import (
@@ -37,9 +39,11 @@ from triton_embeddings.gateway.backends.base import (
 from triton_embeddings.gateway.backends.direct import DirectRoute, route_from_configs
 
 log = logging.getLogger("gateway.triton")
+T = TypeVar("T")
 
 # A served model that vanished from Triton (reloading after a crash) answers 503, not 404, this long.
 LOST_MODEL_GRACE_S = 300.0
+HOLD_RETRY_S = 0.5  # while a call is held (unavailable_hold_s), how often it is made again
 PROBE_TEXT = "readiness probe"
 INLINE_TOKENIZE_TEXTS = 16  # the direct path tokenizes this many texts or fewer on the event loop (~0.1 ms)
 
@@ -143,11 +147,13 @@ class TritonBackend:
         refresh_interval_s: float = 30.0,
         only_models: list[str] | None = None,
         repository: Path | None = None,
+        unavailable_hold_s: float = 0.0,
     ):
         self.url = url
         self.repository = repository  # where the direct path reads tokenizers (None: the ensembles only)
         self.routes: dict[str, tuple[str, DirectRoute | None]] = {}  # model -> (fingerprint, its direct route)
         self.timeout_s = timeout_s
+        self.unavailable_hold_s = unavailable_hold_s  # EMBEDDINGS_UNAVAILABLE_HOLD_S
         self.ready_timeout_s = ready_timeout_s
         self.refresh_interval_s = refresh_interval_s
         self.only_models = only_models
@@ -304,19 +310,24 @@ class TritonBackend:
 
         `options`: optional per-row inputs by name (contract.PROMPT_NAME, contract.TRUNCATE).
         """
-        return await self._guarded(model, self._embed(model, texts, request_id, options))
+        return await self._guarded(model, lambda: self._embed(model, texts, request_id, options))
 
-    async def _guarded(self, model: str, call):
-        """Await one inference; a crashed worker marks the model broken (until a probe passes)."""
-        try:
-            result = await call
-        except WorkerDown:
-            self.broken[model] = "a Triton worker (Python-backend stub) crashed"
-            self.request_refresh()
-            raise
-        except BackendUnavailable:
-            self.request_refresh()
-            raise
+    async def _guarded(self, model: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Await one inference (`call()`); a crashed worker marks the model broken (until a probe passes).
+        While Triton is unreachable (restarting, reloading the model), the call is made again every
+        HOLD_RETRY_S for up to `unavailable_hold_s`; then the last failure is raised (the client's 503)."""
+        held_until = time.monotonic() + self.unavailable_hold_s
+        while True:
+            try:
+                result = await call()
+                break
+            except BackendUnavailable as e:
+                if isinstance(e, WorkerDown):
+                    self.broken[model] = "a Triton worker (Python-backend stub) crashed"
+                self.request_refresh()
+                if time.monotonic() + HOLD_RETRY_S > held_until:
+                    raise
+            await asyncio.sleep(HOLD_RETRY_S)
         self.broken.pop(model, None)
         return result
 
@@ -361,7 +372,7 @@ class TritonBackend:
 
     async def rerank(self, model: str, queries: list[str], documents: list[str], request_id: str = "") -> RerankResult:
         """Run the rerank ensemble on one batch of pairs (at most the model's max_batch_size)."""
-        return await self._guarded(model, self._rerank(model, queries, documents, request_id))
+        return await self._guarded(model, lambda: self._rerank(model, queries, documents, request_id))
 
     async def _rerank(self, model: str, queries: list[str], documents: list[str], request_id: str) -> RerankResult:
         n = len(documents)
@@ -390,6 +401,10 @@ class TritonBackend:
         self, model: str, texts: list[str], prompt_names: list[str] | None = None, request_id: str = ""
     ) -> list[list[tuple[int, int, int]]]:
         """Per text, the windows (start char, end char, tokens) that the tokenizer step cuts (WINDOW_SPANS)."""
+        return await self._guarded(model, lambda: self._windows(model, texts, prompt_names, request_id))
+
+    async def _windows(self, model: str, texts: list[str], prompt_names: list[str] | None,
+                       request_id: str) -> list[list[tuple[int, int, int]]]:
         if (route := self.route(model)) is not None:
             return await asyncio.to_thread(route.windows, texts, prompt_names)
         inputs = [_bytes_column(contract.TEXT, texts)]

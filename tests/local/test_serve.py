@@ -18,7 +18,7 @@ import pytest
 from tests.gw_helpers import DEFAULT_MODEL, ROOT, free_port
 from tests.tools import require
 from triton_embeddings.contract import RERANK_KIND
-from triton_embeddings.local.processes import port_in_use
+from triton_embeddings.local.processes import http_ok, port_in_use
 from triton_embeddings.local.serve import curl_example, ensure_exported, missing_weights
 
 
@@ -53,6 +53,7 @@ class Serve:
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, start_new_session=True)
         self.lines: list[str] = []
+        self.signalled = False
         threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stdout.readline, "")), daemon=True).start()
 
     @property
@@ -71,14 +72,21 @@ class Serve:
         return f"http://127.0.0.1:{self.gateway_ports[i]}"
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 60) -> int:
-        """Send `sig` once (Ctrl-C sends SIGINT); its exit code. Whatever is left is killed (a failure)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+        """Send `sig` (Ctrl-C sends SIGINT) unless a stop signal was sent already; its exit code. Whatever is left
+        is killed (a failure)."""
+        if self.proc.poll() is None and not self.signalled:
+            self.signal(sig)
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            for pid in _children(self.proc.pid):  # Triton and the gateways lead process groups of their own
+                os.killpg(pid, signal.SIGKILL)
             os.killpg(self.proc.pid, signal.SIGKILL)
             raise
+
+    def signal(self, sig: int) -> None:
+        self.signalled = True
+        self.proc.send_signal(sig)
 
     def held_ports(self) -> list[int]:
         return [p for p in [*self.ports.values(), *self.gateway_ports] if port_in_use(p)]
@@ -205,17 +213,19 @@ def _embed(url: str, timeout: float = 30) -> int:
 def test_serve_restarts_a_killed_gateway_and_a_killed_triton(model_repository):
     """`embeddings-serve --gateways 2`: a SIGKILLed gateway serves again within 5 s; a SIGKILLed tritonserver
     takes its stubs with it and comes back on its ports while a request held by the gateway waits for it;
-    SIGTERM drains the gateways, stops Triton, frees every port and exits 0."""
-    serve = Serve(model_repository, gateways=2, EMBEDDINGS_UNAVAILABLE_HOLD_S="90")
+    SIGTERM reaches each gateway once (not ready, still serving, then its drain), stops Triton, frees every port
+    and exits 0."""
+    serve = Serve(model_repository, gateways=2, EMBEDDINGS_UNAVAILABLE_HOLD_S="90", EMBEDDINGS_SHUTDOWN_DELAY_S="15")
     try:
         serve.wait_started()
         assert [_embed(serve.url(i)) for i in range(2)] == [200, 200]
         gateway = _child(serve, f"EMBEDDINGS_PORT={serve.gateway_ports[1]}".encode())
         os.kill(gateway, signal.SIGKILL)
         t0 = time.monotonic()
-        while _embed(serve.url(1), timeout=5) != 200:
+        while not http_ok(serve.url(1) + "/health", 0.5):  # cheap polls: the machine's CPU goes to the restart
             assert time.monotonic() - t0 < 5, f"the gateway did not answer within 5 s of its kill\n{serve.out}"
             time.sleep(0.05)
+        assert _embed(serve.url(1), timeout=5) == 200 and time.monotonic() - t0 < 5, serve.out
         assert _child(serve, f"EMBEDDINGS_PORT={serve.gateway_ports[1]}".encode()) not in (None, gateway)
 
         triton = _child(serve, b"tritonserver")
@@ -229,6 +239,14 @@ def test_serve_restarts_a_killed_gateway_and_a_killed_triton(model_repository):
         assert [s for s in stubs if _alive(s)] == [], "the killed Triton's stubs were left behind"
         assert "serve: tritonserver restarted" in serve.out
         left = [restarted, *_children(restarted), *(_children(serve.proc.pid))]
+
+        serve.signal(signal.SIGTERM)  # passed on once: each gateway says not ready, still serves, then drains
+        for i in range(2):
+            t0 = time.monotonic()
+            while httpx.get(serve.url(i) + "/ready", timeout=5).status_code != 503:
+                assert time.monotonic() - t0 < 5, serve.out
+                time.sleep(0.05)
+            assert _embed(serve.url(i)) == 200  # within EMBEDDINGS_SHUTDOWN_DELAY_S: still served
     finally:
         code = serve.stop(signal.SIGTERM)
     assert code == 0, serve.out

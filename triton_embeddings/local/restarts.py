@@ -13,7 +13,6 @@ group: Ctrl-C reaches serve alone, which passes it on once, so the gateways drai
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -26,8 +25,6 @@ from typing import Protocol
 
 from triton_embeddings.local.launcher import TritonServer
 from triton_embeddings.local.processes import NotReady, ProcessExited, port_in_use, stop_process, wait_http
-
-PR_SET_PDEATHSIG = 1
 
 
 class ChildFailed(RuntimeError):
@@ -146,14 +143,6 @@ class Supervised:
             self._thread.join(0.2)
 
 
-def _own_group_dying_with_parent() -> None:
-    """In the child before exec: a process group of its own (Ctrl-C at the terminal reaches serve alone) and,
-    on Linux, SIGTERM when the thread that started it ends (serve killed: no gateway left behind)."""
-    os.setpgid(0, 0)
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 class _LastProcess:
     """The pid, exit code and liveness of the process a child started last (`process`)."""
 
@@ -184,8 +173,9 @@ class HttpChild(_LastProcess):
     process: subprocess.Popen | None = field(default=None, init=False)
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.command, env=self.env,
-                                        preexec_fn=_own_group_dying_with_parent)  # noqa: PLW1509
+        # A process group of its own: Ctrl-C at a terminal reaches serve alone, which passes it on once (a
+        # second SIGINT would cut the gateway's drain).
+        self.process = subprocess.Popen(self.command, env=self.env, process_group=0)
         try:
             wait_http(self.health_url, self.startup_timeout_s, self.process, interval=0.05)
         except BaseException as e:

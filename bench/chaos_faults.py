@@ -131,8 +131,10 @@ class Faults:
         old = {p for p, m in stubs(triton).items() if m == model}
         fault = Fault("stub", model, time.monotonic())
         os.kill(pid, signal.SIGKILL)
-        new = lambda: {p for p, m in stubs(triton).items() if m == model}  # noqa: E731
-        return self._restart(fault, lambda: bool(new()) and not new() & old and self.serve.model_ready(model),
+        # A surviving stub of the old instances can linger: its unload waits for a request that failed on the
+        # killed stub, which the Python backend never releases; the model serves from the new stubs meanwhile.
+        new = lambda: {p for p, m in stubs(triton).items() if m == model} - old  # noqa: E731
+        return self._restart(fault, lambda: len(new()) >= len(old) and self.serve.model_ready(model),
                              self._through_gateways([model.rsplit("_", 1)[0]]))
 
     def fault_tritonserver(self) -> Fault:

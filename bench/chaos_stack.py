@@ -5,6 +5,7 @@ in front; the processes of each part, found again after every restart."""
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -19,7 +20,7 @@ import redis
 
 from deploy.render import render_nginx
 from triton_embeddings.local.models import HUB_IDS, cache_dir, model_source
-from triton_embeddings.local.processes import free_port, http_ok, stop_process
+from triton_embeddings.local.processes import http_ok, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 RERANKER = "tiny-reranker"
@@ -88,7 +89,7 @@ class Redis:
     `restart: always` would."""
 
     def __init__(self, binary: str, work: Path):
-        self.binary, self.work, self.port = binary, work, free_port()
+        self.binary, self.work, self.port = binary, work, service_port()
         self.proc: subprocess.Popen | None = None
         self.restarts: list[float] = []
         self._stop = threading.Event()
@@ -199,11 +200,20 @@ def _first(pids: list[int], name: bytes) -> int | None:
                                         for a in _cmdline(p)[:1])), None)
 
 
+def service_port(count: int = 1) -> int:
+    """The first of `count` free ports below the kernel's ephemeral range, as a deployment's fixed ports are:
+    a server restarted on an ephemeral port can find it taken by an outgoing connection meanwhile."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    while True:
+        base = rng.randrange(10_000, low - count)
+        if all(_free(base + i) for i in range(count)):
+            return base
+
+
 def start_serve(repo: Path, models: list[str], redis_port: int, work: Path) -> Serve:
-    base = free_port()
-    while any(not _free(base + i) for i in range(GATEWAYS)):
-        base = free_port()
-    http, grpc, metrics = free_port(), free_port(), free_port()
+    base = service_port(GATEWAYS)
+    http, grpc, metrics = service_port(), service_port(), service_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDDINGS_")}
     env.update(GATEWAY_ENV, EMBEDDINGS_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
                EMBEDDINGS_BATCH_STORE=f"sqlite:///{work / 'batch.sqlite3'}", PYTHONPATH=str(ROOT))
@@ -243,7 +253,7 @@ def start_nginx(binary: str, upstreams: list[int], work: Path) -> Nginx:
     workdir = work / "nginx"
     workdir.mkdir(mode=0o755)
     work.chmod(0o755)
-    port = free_port()
+    port = service_port()
     conf = render_nginx(workdir, listen=f"127.0.0.1:{port}", upstreams=[f"127.0.0.1:{p}" for p in upstreams],
                         access_log=Path("/dev/null"))
     with open(workdir / "error.log", "wb") as out:

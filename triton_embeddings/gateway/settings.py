@@ -124,7 +124,8 @@ class Settings(BaseSettings):
         ge=0,
         description="While Triton is unreachable (restarting, reloading a model), a request waits, its Triton "
         "call made again every 0.5 s, this long before it is answered 503 with Retry-After; 0: at once. Set it "
-        "past Triton's restart time (10-30 s with 3 models on 2 cores) and past the clients' own retries.",
+        "past Triton's restart time (about 7 s with 3 models on 2 idle cores, more when loaded) and past the "
+        "clients' own retries.",
     )
 
     model_repository: Path | None = Field(
